@@ -1,0 +1,1 @@
+"""The ranking-only CTR system: Criteo preprocessing, training, serving with feedback."""

@@ -1,0 +1,1 @@
+"""Features: schema, offline store (Parquet + DuckDB), online stores, events, content encoders."""

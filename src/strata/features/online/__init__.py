@@ -1,0 +1,1 @@
+"""Online feature stores: the `OnlineStore` protocol with memory and Valkey backends."""

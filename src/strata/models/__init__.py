@@ -1,0 +1,1 @@
+"""Pure nn.Modules: shared layers, the two-tower retrieval model and the DCN rankers."""

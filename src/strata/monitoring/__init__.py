@@ -1,0 +1,1 @@
+"""Monitoring: rolling AUC and feature drift, turned into typed retraining decisions."""

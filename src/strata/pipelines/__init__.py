@@ -1,0 +1,1 @@
+"""Kubeflow pipelines: thin components over the same library functions the CLI calls."""

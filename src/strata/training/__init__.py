@@ -1,0 +1,1 @@
+"""Training: typed batches, losses, masking, loops, metrics, export and the model registry."""
