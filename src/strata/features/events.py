@@ -1,0 +1,429 @@
+"""Event ingestion for near-real-time personalisation: validate, log durably, apply, acknowledge.
+
+An event is `{event_id, user_id, item_id, type, ts, context}` (plus an optional `value`, e.g. the
+rating). Ingest is idempotent by `event_id`. Its effects, in this order:
+
+1. durable append to the event log (`EventLog`: append-only JSONL under `settings.events_dir`,
+   `fsync` before returning), which later lands in the offline store (`land_events`);
+2. live state in the online store (`ActivityStore`): counters per type, top category, capped
+   recent-items list, applied once per event_id (the idempotency marks live as long as the window);
+3. the user's Bloom filter of recently interacted items (adding twice is harmless).
+
+The log is written before the live state, so a crash after the fsync loses nothing: `recover()`
+replays the log (idempotently) into a fresh embedded store. In Valkey mode events first go to a
+Valkey Stream; a consumer group reads them, performs the same three steps and `XACK`s only after
+the durable write, so an event that was added but not processed stays pending and is re-read by
+the next consumer with the same name. An event counts as acknowledged when `ingest` returns.
+
+Malformed events are rejected one by one with the offending field named and counted per field;
+they never reach the log or the stores.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from pydantic import ValidationError as PydanticValidationError
+from rich.progress import TaskID
+
+from strata.errors import DataError, StoreUnavailableError, ValidationError
+from strata.features.online import (
+    ActivityEvents,
+    ActivityStore,
+    OnlineStore,
+    open_activity_store,
+    open_online_store,
+)
+from strata.progress import task
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from strata.config import Settings
+    from strata.serving.bloom import BloomFilter
+
+log = logging.getLogger(__name__)
+
+EventType = Literal["rating", "view", "click", "purchase"]
+ContextValue = str | int | float | StrictBool
+
+
+class Event(BaseModel):
+    """One user-item interaction; unknown fields are rejected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    event_id: str = Field(min_length=1, max_length=128)
+    user_id: int = Field(ge=0)
+    item_id: int = Field(ge=0)
+    type: EventType
+    ts: int = Field(ge=0)
+    value: float = 1.0
+    context: dict[str, ContextValue] = Field(default_factory=dict)
+
+
+def parse_event(obj: Any) -> Event:
+    """Validate one event; `ValidationError` names the first bad field."""
+    if isinstance(obj, Event):
+        return obj
+    if not isinstance(obj, Mapping):
+        raise ValidationError("event", f"expected an object, got {type(obj).__name__}")
+    try:
+        return Event.model_validate(dict(obj))
+    except PydanticValidationError as exc:
+        first = exc.errors()[0]
+        name = ".".join(str(p) for p in first["loc"]) or "event"
+        raise ValidationError(name, first["msg"]) from None
+
+
+@dataclass
+class IngestReport:
+    """Outcome of one ingest call: counts plus the first few rejection messages."""
+
+    accepted: int = 0
+    new: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    rejected_by_field: Counter[str] = field(default_factory=Counter)
+    errors: list[str] = field(default_factory=list)
+
+    def reject(self, where: str, exc: ValidationError) -> None:
+        """Count a rejected event under its field."""
+        self.rejected += 1
+        self.rejected_by_field[exc.field] += 1
+        if len(self.errors) < 20:
+            self.errors.append(f"{where}: {exc}")
+
+    def merge(self, other: IngestReport) -> None:
+        """Add another report's counts into this one."""
+        self.accepted += other.accepted
+        self.new += other.new
+        self.duplicates += other.duplicates
+        self.rejected += other.rejected
+        self.rejected_by_field.update(other.rejected_by_field)
+        self.errors.extend(other.errors[: max(0, 20 - len(self.errors))])
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready summary."""
+        return {
+            "accepted": self.accepted,
+            "new": self.new,
+            "duplicates": self.duplicates,
+            "rejected": self.rejected,
+            "rejected_by_field": dict(self.rejected_by_field),
+            "errors": self.errors,
+        }
+
+
+class EventLog:
+    """Append-only JSONL log with fsync per append; a torn tail from a crash is cut on open."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._repair()
+
+    def _repair(self) -> None:
+        if not self.path.exists():
+            return
+        size = self.path.stat().st_size
+        if size == 0:
+            return
+        with self.path.open("rb+") as fh:
+            fh.seek(max(0, size - 1))
+            if fh.read(1) == b"\n":
+                return
+            # A crash mid-write left a partial last line that was never acknowledged: drop it.
+            fh.seek(0)
+            data = fh.read()
+            keep = data.rfind(b"\n") + 1
+            fh.truncate(keep)
+            os.fsync(fh.fileno())
+            log.warning("%s: dropped %d bytes of a torn final record", self.path, size - keep)
+
+    def append(self, records: list[dict[str, Any]]) -> None:
+        """Write all records in one `write` and fsync before returning."""
+        if not records:
+            return
+        data = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records).encode()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def read(self, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+        """Complete records from byte `offset` on, and the offset after the last one."""
+        if not self.path.exists():
+            return [], offset
+        with self.path.open("rb") as fh:
+            fh.seek(offset)
+            data = fh.read()
+        end = data.rfind(b"\n") + 1
+        records = [json.loads(line) for line in data[:end].splitlines() if line.strip()]
+        return records, offset + end
+
+
+def _columns(events: list[Event], categories: Mapping[int, int] | None) -> ActivityEvents:
+    cats = None
+    if categories is not None:
+        cats = np.fromiter((categories.get(e.item_id, -1) for e in events), np.int64, len(events))
+    return ActivityEvents(
+        event_id=np.array([e.event_id for e in events], dtype=object),
+        user_id=np.fromiter((e.user_id for e in events), np.int64, len(events)),
+        item_id=np.fromiter((e.item_id for e in events), np.int64, len(events)),
+        type=np.array([e.type for e in events], dtype=object),
+        ts=np.fromiter((e.ts for e in events), np.int64, len(events)),
+        category=cats,
+    )
+
+
+class EventIngestor:
+    """Validates, durably logs and applies events to the online store and Bloom filters."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: OnlineStore | None = None,
+        bloom: BloomFilter | None = None,
+        item_categories: Mapping[int, int] | None = None,
+        log_name: str = "events",
+        consumer: str | None = None,
+    ) -> None:
+        from strata.serving.bloom import open_bloom
+
+        self.settings = settings
+        self.config = settings.events
+        self.store = store if store is not None else open_online_store(settings.online)
+        self.activity: ActivityStore = open_activity_store(self.store)
+        self.bloom = bloom if bloom is not None else open_bloom(settings.bloom, self.store)
+        self.categories = item_categories
+        self.log = EventLog(settings.events_dir / f"{log_name}.jsonl")
+        self.consumer = consumer or f"{socket.gethostname()}-{log_name}"
+        self._stream = None
+        if type(self.store).__name__ == "ValkeyOnlineStore":
+            self._stream = _ValkeyStream(self.store, self.config.stream, self.config.group)
+
+    # --- core -----------------------------------------------------------------------------
+
+    def _validate(self, records: Iterable[Any], report: IngestReport) -> list[Event]:
+        events: list[Event] = []
+        seen: set[str] = set()
+        for i, rec in enumerate(records):
+            try:
+                ev = parse_event(rec)
+            except ValidationError as exc:
+                report.reject(f"event {i}", exc)
+                continue
+            if ev.event_id in seen:
+                report.duplicates += 1
+                continue
+            seen.add(ev.event_id)
+            events.append(ev)
+        return events
+
+    def _process(self, events: list[Event], now: float) -> int:
+        """Durable log, then live state, then Bloom; returns how many events were new."""
+        if not events:
+            return 0
+        self.log.append([{**e.model_dump(), "_at": now} for e in events])
+        return self._apply(events, now)
+
+    def _apply(self, events: list[Event], now: float) -> int:
+        cols = _columns(events, self.categories)
+        new = self.activity.apply_events(cols, self.config.recent_cap, self.config.window_s)
+        self.bloom.add_many(cols.user_id, cols.item_id, now=now)
+        return int(new.sum())
+
+    def ingest(self, records: Iterable[Any], now: float | None = None) -> IngestReport:
+        """Validate and ingest a batch; when this returns, accepted events are durable."""
+        report = IngestReport()
+        events = self._validate(records, report)
+        report.accepted = len(events)
+        t = time.time() if now is None else now
+        if self._stream is None:
+            report.new = self._process(events, t)
+        else:
+            self._stream.add(events)
+            report.new = self.consume(now=t)
+        report.duplicates += report.accepted - report.new
+        return report
+
+    def consume(self, now: float | None = None, block_ms: int | None = None) -> int:
+        """Valkey mode: process own pending entries, then new ones; XACK after the durable log."""
+        if self._stream is None:
+            return 0
+        t = time.time() if now is None else now
+        total = 0
+        for start in ("0", ">"):
+            while True:
+                batch = self._stream.read(self.consumer, start, self.config.batch_size, block_ms)
+                if not batch:
+                    break
+                ids, events = zip(*batch, strict=True)
+                total += self._process(list(events), t)
+                self._stream.ack(list(ids))
+        return total
+
+    def recover(self) -> int:
+        """Replay the durable log into the live state (idempotent); returns events replayed."""
+        records, _ = self.log.read()
+        n = 0
+        for start in range(0, len(records), self.config.batch_size):
+            chunk = records[start : start + self.config.batch_size]
+            events = [parse_event({k: v for k, v in r.items() if k != "_at"}) for r in chunk]
+            ats = [float(r.get("_at", time.time())) for r in chunk]
+            self._apply(events, max(ats))
+            n += len(events)
+        return n
+
+
+class _ValkeyStream:
+    """The Valkey Stream + consumer group that carries events to the durable log."""
+
+    def __init__(self, store: Any, stream: str, group: str) -> None:
+        self.store = store
+        self.key = f"{store.prefix}:{stream}"
+        self.group = group
+        with store.guard():
+            try:
+                store.bulk.xgroup_create(self.key, group, id="0", mkstream=True)
+            except Exception as exc:  # the client's ResponseError; the group may already exist
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+    def add(self, events: list[Event]) -> None:
+        with self.store.guard():
+            pipe = self.store.bulk.pipeline(transaction=False)
+            for e in events:
+                # Approximate trim keeps the stream bounded; acked entries are in the log.
+                pipe.xadd(self.key, {"e": e.model_dump_json()}, maxlen=1_000_000, approximate=True)
+            pipe.execute()
+
+    def read(
+        self, consumer: str, start: str, count: int, block_ms: int | None
+    ) -> list[tuple[bytes, Event]]:
+        with self.store.guard():
+            resp = self.store.bulk.xreadgroup(
+                self.group, consumer, {self.key: start}, count=count, block=block_ms
+            )
+        out = []
+        for _, entries in resp or []:
+            for entry_id, fields in entries:
+                if not fields:  # pending entry whose payload was trimmed
+                    continue
+                out.append((entry_id, Event.model_validate_json(fields[b"e"])))
+        return out
+
+    def ack(self, ids: list[bytes]) -> None:
+        with self.store.guard():
+            self.store.bulk.xack(self.key, self.group, *ids)
+
+
+# --- files and the offline store ----------------------------------------------------------------
+
+
+def iter_jsonl(path: Path, report: IngestReport) -> Iterator[Any]:
+    """Objects from a JSONL file; unparsable lines are counted as rejected (field `json`)."""
+    if not Path(path).exists():
+        raise DataError(path, "no such file")
+    with Path(path).open("rb") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError as exc:
+                report.reject(f"line {lineno}", ValidationError("json", exc.msg))
+
+
+def ingest_file(settings: Settings, path: Path, ingestor: EventIngestor | None = None) -> dict:
+    """Ingest a JSONL file of events in batches with a progress bar; returns the report dict."""
+    ing = ingestor or EventIngestor(settings)
+    if ingestor is None and ing._stream is None:
+        # Embedded mode starts empty in every process: rebuild the idempotency marks first.
+        ing.recover()
+    report = IngestReport()
+    batch: list[Any] = []
+    size = ing.config.batch_size
+    with task(f"ingest {Path(path).name}") as (bar, tid):
+        for obj in iter_jsonl(path, report):
+            batch.append(obj)
+            if len(batch) >= size:
+                report.merge(ing.ingest(batch))
+                bar.advance(TaskID(tid), len(batch))
+                batch = []
+        if batch:
+            report.merge(ing.ingest(batch))
+            bar.advance(TaskID(tid), len(batch))
+    return report.as_dict()
+
+
+def events_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """Log records as an interactions table (contract columns of `strata.datasets.base`)."""
+    import pandas as pd
+
+    df = pd.DataFrame(
+        {
+            "event_id": pd.Series([r["event_id"] for r in records], dtype=object),
+            "user_id": np.array([r["user_id"] for r in records], dtype=np.int64),
+            "item_id": np.array([r["item_id"] for r in records], dtype=np.int64),
+            "event_type": pd.Series([r["type"] for r in records], dtype=object),
+            "value": np.array([r.get("value", 1.0) for r in records], dtype=np.float32),
+            "ts": np.array([r["ts"] for r in records], dtype=np.int64),
+            "device": pd.Series(
+                [str(r.get("context", {}).get("device", "unknown")) for r in records], dtype=object
+            ),
+        }
+    )
+    return df.drop_duplicates("event_id", keep="first").reset_index(drop=True)
+
+
+def land_events(settings: Settings, dataset: str, log_name: str = "events") -> int:
+    """Append logged events not yet landed to the offline store; returns rows handed over.
+
+    The landed byte offset is kept in `<events_dir>/<log_name>.landed-<dataset>` and replaced
+    atomically after `OfflineStore.append_events` (idempotent by event_id) succeeded, so a crash
+    in between only re-sends events the offline store then ignores.
+    """
+    from strata.features.offline import OfflineStore
+
+    elog = EventLog(settings.events_dir / f"{log_name}.jsonl")
+    mark = settings.events_dir / f"{log_name}.landed-{dataset}"
+    offset = int(mark.read_text()) if mark.exists() else 0
+    records, end = elog.read(offset)
+    if not records:
+        return 0
+    OfflineStore(settings).append_events(dataset, events_frame(records))
+    tmp = mark.with_suffix(".tmp")
+    tmp.write_text(str(end))
+    os.replace(tmp, mark)
+    return len(records)
+
+
+__all__ = [
+    "Event",
+    "EventIngestor",
+    "EventLog",
+    "IngestReport",
+    "StoreUnavailableError",
+    "events_frame",
+    "ingest_file",
+    "land_events",
+    "parse_event",
+]

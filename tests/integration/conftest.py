@@ -1,0 +1,102 @@
+"""A real Valkey for integration tests: `$STRATA_TEST_VALKEY_URL` (CI), else one started here.
+
+In CI (`CI=true`) a missing URL is a failure, not a skip: the online layer must be tested against
+a real server. Locally a session fixture starts `valkey-server` (or `redis-server`) on a free port
+without persistence when the binary exists, and skips otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from strata.config import ValkeyOnlineConfig
+from strata.errors import StoreUnavailableError
+from strata.features.online.valkey import ValkeyOnlineStore
+
+URL_ENV = "STRATA_TEST_VALKEY_URL"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_ready(url: str, timeout_s: float = 10.0) -> None:
+    store = ValkeyOnlineStore(ValkeyOnlineConfig(url=url, timeout_ms=500))
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            try:
+                store.health()
+                return
+            except StoreUnavailableError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+    finally:
+        store.close()
+
+
+@pytest.fixture(scope="session")
+def valkey_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a running Valkey/Redis (never persisted)."""
+    url = os.environ.get(URL_ENV)
+    if url:
+        _wait_ready(url)
+        yield url
+        return
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"{URL_ENV} is not set: CI must provide a Valkey server (.ci/run starts one)")
+    binary = shutil.which("valkey-server") or shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("no valkey-server/redis-server binary and no $STRATA_TEST_VALKEY_URL")
+    port = _free_port()
+    workdir: Path = tmp_path_factory.mktemp("valkey")
+    proc = subprocess.Popen(
+        [
+            binary,
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        _wait_ready(url)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture
+def valkey_config(valkey_url: str) -> Iterator[ValkeyOnlineConfig]:
+    """A config with a fresh key prefix, so tests never see each other's keys; cleaned after."""
+    cfg = ValkeyOnlineConfig(
+        url=valkey_url, key_prefix=f"t{uuid.uuid4().hex[:10]}", timeout_ms=5000
+    )
+    yield cfg
+    store = ValkeyOnlineStore(cfg)
+    keys = list(store.bulk.scan_iter(match=f"{cfg.key_prefix}:*", count=1000))
+    if keys:
+        store.bulk.unlink(*keys)
+    store.close()
