@@ -13,6 +13,7 @@ from rich.progress import (
     MofNCompleteColumn,
     Progress,
     SpinnerColumn,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -45,7 +46,7 @@ def track(items: Iterable[T], description: str, total: int | None = None) -> Ite
 
 
 @contextmanager
-def task(description: str, total: int | None = None) -> Iterator[tuple[Progress, int]]:
+def task(description: str, total: int | None = None) -> Iterator[tuple[Progress, TaskID]]:
     """A progress task to advance by hand: `with task("build", total=n) as (p, t): p.advance(t)`."""
     with _progress() as progress:
         yield progress, progress.add_task(description, total=total)
