@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from strata.errors import ConfigError
@@ -52,6 +52,9 @@ class ValkeyOnlineConfig(_Strict):
     key_prefix: str = "strata"
     timeout_ms: int = Field(default=50, ge=1)
     ttl_s: int | None = Field(default=None, ge=1)
+    # Standalone servers read many rows with one multi-key Lua call; a cluster needs per-key
+    # pipelined HMGETs instead (each entity's keys share a slot through their hash tag).
+    cluster: bool = False
 
 
 OnlineStoreConfig = Annotated[MemoryOnlineConfig | ValkeyOnlineConfig, Field(discriminator="type")]
@@ -75,6 +78,179 @@ class BloomConfig(_Strict):
     capacity: int = Field(default=1000, ge=1)
     fp_rate: float = Field(default=0.01, gt=0.0, lt=1.0)
     window_s: int = Field(default=7 * 86400, ge=1)
+    # Rotating generations: an item stays "recent" for between window_s and
+    # window_s * generations / (generations - 1) (see strata.serving.bloom).
+    generations: int = Field(default=2, ge=2, le=16)
+
+
+class EventsConfig(_Strict):
+    """Event ingestion: live activity window, recent-items cap, batch size, Valkey stream names."""
+
+    window_s: int = Field(default=7 * 86400, ge=1)
+    recent_cap: int = Field(default=100, ge=1)
+    batch_size: int = Field(default=1000, ge=1)
+    stream: str = "events"
+    group: str = "strata-ingest"
+
+
+# --- ctr -----------------------------------------------------------------------------------
+
+
+class CtrPreprocessConfig(_Strict):
+    """Criteo preprocessing: log+clip+normalise integers; vocab with OOV (or hashing) for categoricals."""
+
+    min_count: int = Field(default=10, ge=1)  # rarer categories share the OOV bucket
+    max_vocab: int = Field(default=100_000, ge=1)  # per column, most frequent kept
+    hash_threshold: int = Field(default=1_000_000, ge=1)  # distinct values above this -> hashing
+    hash_buckets: int = Field(default=1_000_003, ge=2)
+    clip_quantile: float = Field(default=0.999, gt=0.5, le=1.0)
+
+
+class CtrModelConfig(_Strict):
+    """DCN (cross v1) or DCN-v2 ranker; defaults are the classic DCN configuration."""
+
+    type: Literal["dcn", "dcnv2"] = "dcn"
+    emb_dim: int = Field(default=16, ge=1)
+    cross_layers: int = Field(default=6, ge=0)
+    deep: tuple[int, ...] = (1024, 1024)
+    dropout: float = Field(default=0.5, ge=0.0, lt=1.0)
+    low_rank: int | None = Field(default=None, ge=1)  # DCN-v2 only: low-rank cross matrices
+    structure: Literal["parallel", "stacked"] = "parallel"
+
+
+class CtrTrainConfig(_Strict):
+    """Streaming training: Adam + BCE, early stopping on a held-out validation split."""
+
+    batch_size: int = Field(default=512, ge=1)
+    epochs: int = Field(default=10, ge=1)
+    lr: float = Field(default=1e-3, gt=0.0)
+    weight_decay: float = Field(default=0.0, ge=0.0)
+    emb_l2: float = Field(default=1e-5, ge=0.0)  # L2 on the embedding rows used in a batch
+    patience: int = Field(default=2, ge=0)
+    valid_fraction: float = Field(default=0.1, gt=0.0, lt=0.5)
+    test_fraction: float = Field(default=0.1, gt=0.0, lt=0.5)
+    read_rows: int = Field(default=65_536, ge=1)  # Parquet rows read at a time (bounded memory)
+    shuffle_buffer: int = Field(default=262_144, ge=1)
+    replay_rows: int = Field(default=20_000, ge=0)  # training sample kept for incremental replay
+    max_threads: int = Field(default=2, ge=1)
+
+
+class DriftConfig(_Strict):
+    """Rolling-AUC drift monitor: absolute threshold, relative drop, cooldown."""
+
+    window: int = Field(default=500, ge=2)
+    auc_threshold: float | None = Field(default=0.70, ge=0.0, le=1.0)
+    relative_drop: float | None = Field(default=0.05, gt=0.0, lt=1.0)
+    cooldown_s: float = Field(default=60.0, ge=0.0)
+    cooldown_labels: int = Field(default=500, ge=0)
+    psi_alert: float = Field(default=0.2, gt=0.0)
+
+
+class IncrementalConfig(_Strict):
+    """Warm-start fine-tuning on recent labelled traffic plus a replay sample, then a gate."""
+
+    recent_rows: int = Field(default=5_000, ge=1)
+    replay_ratio: float = Field(default=0.5, ge=0.0)  # replay rows per recent row
+    holdout_fraction: float = Field(default=0.2, gt=0.0, lt=0.9)
+    epochs: int = Field(default=2, ge=1)
+    lr: float = Field(default=5e-4, gt=0.0)
+    min_gain: float = Field(default=0.0)  # new AUC must be >= old AUC + min_gain on the holdout
+
+
+class CtrConfig(_Strict):
+    """The ranking-only CTR system."""
+
+    preprocess: CtrPreprocessConfig = CtrPreprocessConfig()
+    model: CtrModelConfig = CtrModelConfig()
+    train: CtrTrainConfig = CtrTrainConfig()
+    drift: DriftConfig = DriftConfig()
+    incremental: IncrementalConfig = IncrementalConfig()
+    buffer_size: int = Field(default=100_000, ge=1)  # prediction-id ring buffer for feedback
+    registry_name: str = "ctr"
+
+
+# --- training (recommender) -----------------------------------------------------------------
+
+
+class TrainingConfig(_Strict):
+    """Two-tower + ranker training: optimiser, cold-start masking, negatives, fine-tune, device."""
+
+    device: str = "cpu"  # "cuda" works too; the code is device-agnostic
+    num_threads: int = Field(default=2, ge=1)
+    epochs: int = Field(default=5, ge=1)
+    batch_size: int = Field(default=512, ge=2)
+    lr: float = Field(default=2e-3, gt=0.0)
+    weight_decay: float = Field(default=1e-6, ge=0.0)
+    p_user: float = Field(default=0.15, ge=0.0, le=1.0)  # user id + behaviour -> unknown
+    p_item: float = Field(default=0.1, ge=0.0, le=1.0)  # item id -> unknown
+    random_negatives: int = Field(default=256, ge=0)  # extra uniform negatives per batch
+    logq_weight: float = Field(default=1.0, ge=0.0, le=1.0)  # 1 = full logQ correction
+    ranker_epochs: int = Field(default=2, ge=1)
+    ranker_batch_size: int = Field(default=1024, ge=2)
+    ranker_lr: float = Field(default=2e-3, gt=0.0)
+    ranker_hard_negatives: int = Field(default=2, ge=0)  # per positive, from retrieval top-N
+    ranker_random_negatives: int = Field(default=2, ge=0)  # per positive, uniform
+    ranker_max_positives: int = Field(default=20_000, ge=1)  # subsample for 2-core CPUs
+    candidates: int = Field(default=200, ge=1)  # retrieval depth N before ranking
+    finetune_epochs: int = Field(default=2, ge=1)
+    finetune_lr: float = Field(default=5e-4, gt=0.0)
+    replay_ratio: float = Field(default=1.0, ge=0.0)  # replayed old events per new event
+    gate_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)  # newest events held out for the gate
+    gate_tolerance: float = Field(default=0.0, ge=0.0)  # allowed metric drop
+
+
+# --- index (ANN) ---------------------------------------------------------------------------
+
+
+class IndexConfig(_Strict):
+    """ANN index build: kind (auto picks by catalogue size) and the recall target it is tuned to."""
+
+    kind: Literal["auto", "flat", "ivf", "hnsw"] = "auto"
+    target_recall: float = Field(default=0.95, gt=0.0, le=1.0)  # recall@recall_k vs exact
+    recall_k: int = Field(default=100, ge=1)
+    tune_queries: int = Field(default=200, ge=10)  # sampled queries for tuning nprobe/efSearch
+
+
+# --- inference backends ---------------------------------------------------------------------
+
+
+class OnnxRuntimeConfig(_Strict):
+    """Query tower and ranker in process with ONNX Runtime (the default)."""
+
+    type: Literal["onnxruntime"] = "onnxruntime"
+    # One thread per session by default: on 2 cores the HTTP server, the ANN search and the
+    # models share the CPU, and a request's model calls are small (N<=~300 rows).
+    intra_op_threads: int = Field(default=1, ge=1)
+    inter_op_threads: int = Field(default=1, ge=1)
+
+
+class TritonBackendConfig(_Strict):
+    """Query tower and ranker on an NVIDIA Triton server over HTTP (`http://host:8000`)."""
+
+    type: Literal["triton"] = "triton"
+    url: str = "http://127.0.0.1:8000"
+    timeout_s: float = Field(default=2.0, gt=0.0)
+    model_version: str = ""  # Triton model version to request; "" = the server's latest
+
+
+InferenceConfig = Annotated[OnnxRuntimeConfig | TritonBackendConfig, Field(discriminator="type")]
+
+
+class TritonExportConfig(_Strict):
+    """`strata export triton`: dynamic batching and CPU instance groups written to config.pbtxt."""
+
+    max_batch_size: int = Field(default=1024, ge=1)
+    preferred_batch_sizes: tuple[int, ...] = (64, 256)
+    max_queue_delay_us: int = Field(default=500, ge=0)
+    instances: int = Field(default=1, ge=1)  # instance_group count (KIND_CPU)
+    intra_op_threads: int = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _sizes_fit(self) -> TritonExportConfig:
+        bad = [s for s in self.preferred_batch_sizes if not 1 <= s <= self.max_batch_size]
+        if bad:
+            raise ValueError(f"preferred_batch_sizes {bad} must be in 1..max_batch_size")
+        return self
 
 
 # --- root ----------------------------------------------------------------------------------
@@ -91,6 +267,12 @@ class Settings(BaseSettings):
     offline: OfflineStoreConfig = OfflineStoreConfig()
     online: OnlineStoreConfig = MemoryOnlineConfig()
     bloom: BloomConfig = BloomConfig()
+    training: TrainingConfig = TrainingConfig()
+    events: EventsConfig = EventsConfig()
+    ctr: CtrConfig = CtrConfig()
+    index: IndexConfig = IndexConfig()
+    inference: InferenceConfig = OnnxRuntimeConfig()
+    triton_export: TritonExportConfig = TritonExportConfig()
     seed: int = 42
 
     @property

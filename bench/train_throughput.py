@@ -1,0 +1,80 @@
+"""Two-tower and DCN-v2 ranker training throughput (samples/s) on this CPU, synthetic batches.
+
+Usage: .venv/bin/python bench/train_throughput.py [--steps 30] [--threads 2] [--device cpu]
+Prints a table and writes bench/results/train_throughput.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def main() -> None:
+    """Measure steady-state training samples/s for both models at a few batch sizes."""
+    import torch
+
+    from strata.models.dcn import DCNConfig, DCNRanker
+    from strata.models.inputs import FeatureDims
+    from strata.models.two_tower import TwoTower, TwoTowerConfig
+    from strata.training.batch import synthetic_batches, synthetic_items, synthetic_rank_batches
+    from strata.training.loops import seed_everything, train_ranker, train_two_tower
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--content", action="store_true", help="384-d text + 1280-d image inputs")
+    args = ap.parse_args()
+    seed_everything(0, args.threads)
+    # ML-100K-sized vocabularies; content widths as produced by the encoders when --content.
+    dims = FeatureDims(
+        n_users=944, n_items=1683, hist_len=10, item_num_dim=3,
+        text_dim=384 if args.content else 1, image_dim=1280 if args.content else 1,
+    )  # fmt: skip
+
+    def negatives(rng: np.random.Generator) -> object:
+        return synthetic_items(dims, rng.integers(1, dims.n_items, 256))
+
+    rows = []
+    for bs in (256, 512, 1024):
+        tt = TwoTower(dims, TwoTowerConfig())
+        batches = list(synthetic_batches(dims, bs, args.steps + 3, seed=1))
+        kw = {"negatives": negatives, "n_items": dims.n_items, "device": args.device}
+        train_two_tower(tt, lambda e, r, b=batches: b[:3], 1, **kw)  # warm-up
+        t0 = time.perf_counter()
+        train_two_tower(tt, lambda e, r, b=batches: b[3:], 1, p_user=0.15, p_item=0.1, **kw)
+        dt = time.perf_counter() - t0
+        rows.append({"model": "two-tower", "batch": bs, "samples_per_s": bs * args.steps / dt})
+
+        rk = DCNRanker(dims, DCNConfig())
+        rb = list(synthetic_rank_batches(dims, bs, args.steps + 3, seed=2))
+        train_ranker(rk, lambda e, r, b=rb: b[:3], 1, device=args.device)
+        t0 = time.perf_counter()
+        train_ranker(rk, lambda e, r, b=rb: b[3:], 1, device=args.device)
+        dt = time.perf_counter() - t0
+        rows.append({"model": "dcn-v2 ranker", "batch": bs, "samples_per_s": bs * args.steps / dt})
+
+    print(f"{'model':16s} {'batch':>6s} {'samples/s':>12s}")
+    for r in rows:
+        print(f"{r['model']:16s} {r['batch']:6d} {r['samples_per_s']:12,.0f}")
+    out = Path(__file__).parent / "results" / "train_throughput.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "machine": platform.processor() or platform.machine(),
+        "threads": args.threads,
+        "device": args.device,
+        "content_inputs": args.content,
+        "steps": args.steps,
+        "torch": torch.__version__,
+    }
+    out.write_text(json.dumps({"meta": meta, "results": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

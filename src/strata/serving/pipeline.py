@@ -1,0 +1,149 @@
+"""The request-path stages on NumPy arrays: retrieve -> filter -> rank -> order.
+
+Each stage is a small function over (U, N) arrays; the pieces behind them are tiny protocols so the
+serving and online-layer work can plug an ANN index, a Bloom filter and online-store features in
+without touching the stages. Invalid slots carry id -1 and score -inf.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Per-user candidate lists: item ids (U, N) int64 (-1 = empty) and scores (U, N) float32."""
+
+    ids: np.ndarray
+    scores: np.ndarray
+
+    @property
+    def valid(self) -> np.ndarray:
+        """(U, N) bool: slots holding a real candidate."""
+        return self.ids >= 0
+
+
+class Retriever(Protocol):
+    """Nearest-neighbour search over item embeddings: `ExactIndex` here, or any
+    `strata.serving.index.AnnIndex` (FAISS flat / IVF / HNSW), which pads short results with
+    id -1 and score -inf like the other stages."""
+
+    def search(self, queries: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-`n` item ids (U, n) int64 and inner-product scores (U, n) float32."""
+        ...
+
+
+class SeenFilter(Protocol):
+    """Answers 'has user u interacted with item i' for a whole candidate matrix at once."""
+
+    def seen(self, user_ids: np.ndarray, item_ids: np.ndarray) -> np.ndarray:
+        """(U, N) bool for `user_ids` (U,) and candidate `item_ids` (U, N)."""
+        ...
+
+
+class Scorer(Protocol):
+    """Scores candidates for users (the ranker); higher is better."""
+
+    def score(self, user_ids: np.ndarray, cands: Candidates) -> np.ndarray:
+        """(U, N) float32 scores for the candidates."""
+        ...
+
+
+class ExactIndex:
+    """Brute-force inner-product search over an (I, D) embedding matrix (ids given per row)."""
+
+    def __init__(self, item_ids: np.ndarray, embeddings: np.ndarray) -> None:
+        self.item_ids = np.asarray(item_ids, dtype=np.int64)
+        self.emb = np.ascontiguousarray(embeddings, dtype=np.float32)
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+    def search(self, queries: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-`n` by inner product, sorted by descending score."""
+        scores = queries.astype(np.float32) @ self.emb.T  # (U, I)
+        n = min(n, scores.shape[1])
+        top = np.argpartition(-scores, n - 1, axis=1)[:, :n]  # (U, n) unordered
+        s = np.take_along_axis(scores, top, axis=1)
+        order = np.argsort(-s, axis=1, kind="stable")
+        top = np.take_along_axis(top, order, axis=1)
+        return self.item_ids[top], np.take_along_axis(s, order, axis=1)
+
+
+class PairSetFilter:
+    """Exact seen-items filter from (user_id, item_id) pairs, vectorised with a sorted key array."""
+
+    def __init__(self, user_ids: np.ndarray, item_ids: np.ndarray) -> None:
+        self.keys = np.unique(self._key(np.asarray(user_ids), np.asarray(item_ids)))
+
+    @staticmethod
+    def _key(u: np.ndarray, i: np.ndarray) -> np.ndarray:
+        # Ids are non-negative int64 below 2**31 in every dataset we load; pack them in one int64.
+        return (u.astype(np.int64) << 32) | (i.astype(np.int64) & 0xFFFFFFFF)
+
+    def seen(self, user_ids: np.ndarray, item_ids: np.ndarray) -> np.ndarray:
+        """(U, N) bool membership of (user, candidate) pairs."""
+        k = self._key(np.broadcast_to(user_ids[:, None], item_ids.shape), item_ids)
+        if len(self.keys) == 0:
+            return np.zeros(item_ids.shape, dtype=bool)
+        pos = np.clip(np.searchsorted(self.keys, k), 0, len(self.keys) - 1)
+        return self.keys[pos] == k
+
+    def count(self, user_ids: np.ndarray) -> np.ndarray:
+        """Number of seen items per user (sizes the retrieval depth for exact filtering)."""
+        u = self.keys >> 32
+        lo = np.searchsorted(u, user_ids, side="left")
+        hi = np.searchsorted(u, user_ids, side="right")
+        return (hi - lo).astype(np.int64)
+
+
+def retrieve(index: Retriever, queries: np.ndarray, n: int) -> Candidates:
+    """Stage 1: top-`n` candidates per query vector (U, D)."""
+    ids, scores = index.search(queries, n)
+    return Candidates(ids.astype(np.int64), scores.astype(np.float32))
+
+
+def filter_seen(cands: Candidates, user_ids: np.ndarray, seen: SeenFilter | None) -> Candidates:
+    """Stage 2: drop candidates the user has already interacted with (slot -> id -1, -inf)."""
+    if seen is None:
+        return cands
+    drop = seen.seen(user_ids, np.where(cands.valid, cands.ids, 0)) & cands.valid
+    return Candidates(np.where(drop, -1, cands.ids), np.where(drop, -np.inf, cands.scores))
+
+
+def rank(cands: Candidates, user_ids: np.ndarray, scorer: Scorer | None) -> Candidates:
+    """Stage 3: replace retrieval scores by ranker scores on valid slots (identity without one)."""
+    if scorer is None:
+        return cands
+    s = scorer.score(user_ids, cands).astype(np.float32)
+    return Candidates(cands.ids, np.where(cands.valid, s, -np.inf).astype(np.float32))
+
+
+def order(cands: Candidates, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stage 4: top-`k` ids (U, k) int64 and scores (U, k) float32, best first (-1 pads)."""
+    u, n = cands.ids.shape
+    scores = np.where(cands.valid, cands.scores, -np.inf)
+    idx = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    ids = np.take_along_axis(cands.ids, idx, axis=1)
+    sc = np.take_along_axis(scores, idx, axis=1).astype(np.float32)
+    if n < k:
+        ids = np.concatenate([ids, np.full((u, k - n), -1, np.int64)], axis=1)
+        sc = np.concatenate([sc, np.full((u, k - n), -np.inf, np.float32)], axis=1)
+    return ids, sc
+
+
+def run(
+    user_ids: np.ndarray,
+    queries: np.ndarray,
+    index: Retriever,
+    k: int,
+    n: int,
+    seen: SeenFilter | None = None,
+    scorer: Scorer | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """All four stages for a batch of users."""
+    c = filter_seen(retrieve(index, queries, n), user_ids, seen)
+    return order(rank(c, user_ids, scorer), k)

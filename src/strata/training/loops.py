@@ -1,0 +1,244 @@
+"""Seeded, deterministic training loops for the two-tower model and the DCN-v2 ranker.
+
+Loops consume iterables of typed batches (real or synthetic alike) and own the optimiser, device
+and progress bar; models stay pure modules.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from strata import progress
+from strata.training.batch import ItemFeatures, QueryFeatures, RankBatch, RetrievalBatch
+from strata.training.masking import mask_item, mask_query
+
+if TYPE_CHECKING:
+    import torch
+
+    from strata.models.dcn import DCNRanker
+    from strata.models.two_tower import TwoTower
+
+
+def seed_everything(seed: int, num_threads: int = 2) -> None:
+    """Seed Python, NumPy and torch and pin the thread count so runs repeat bit for bit on CPU."""
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.set_num_threads(num_threads)
+
+
+@dataclass(frozen=True)
+class RetrievalData:
+    """All positive examples of a window: query features per event and the item-table row."""
+
+    query: QueryFeatures
+    item_rows: np.ndarray  # (N,) int64 rows of the item table
+    log_q: np.ndarray  # (N,) float32 log P(item is a positive)
+    weight: np.ndarray  # (N,) float32
+
+    def __len__(self) -> int:
+        return len(self.item_rows)
+
+    def batches(
+        self, items: ItemFeatures, batch_size: int, rng: np.random.Generator
+    ) -> Iterator[RetrievalBatch]:
+        """Shuffled mini-batches; item features are gathered from the table per batch."""
+        perm = rng.permutation(len(self))
+        for s in range(0, len(perm) - 1, batch_size):
+            idx = perm[s : s + batch_size]
+            if len(idx) < 2:  # a softmax over one candidate teaches nothing
+                continue
+            yield RetrievalBatch(
+                self.query.take(idx),
+                items.take(self.item_rows[idx]),
+                self.log_q[idx],
+                self.weight[idx],
+            )
+
+
+def _adam(params: Iterable[torch.nn.Parameter], lr: float, wd: float) -> torch.optim.Optimizer:
+    import torch
+
+    return torch.optim.Adam([p for p in params if p.requires_grad], lr=lr, weight_decay=wd)
+
+
+def train_two_tower(
+    model: TwoTower,
+    epochs: Callable[[int, np.random.Generator], Iterable[RetrievalBatch]],
+    n_epochs: int,
+    *,
+    lr: float = 2e-3,
+    weight_decay: float = 0.0,
+    p_user: float = 0.0,
+    p_item: float = 0.0,
+    negatives: Callable[[np.random.Generator], ItemFeatures] | None = None,
+    n_items: int | None = None,
+    freeze_items: bool = False,
+    seed: int = 0,
+    device: str = "cpu",
+    steps_per_epoch: int | None = None,
+    logq_weight: float = 1.0,
+) -> list[float]:
+    """Train with in-batch sampled softmax (+ optional random negatives); return mean loss/epoch.
+
+    `epochs(e, rng)` yields the batches of epoch `e`; `freeze_items` keeps the item tower fixed
+    (incremental fine-tuning must not move the item embeddings the ANN index was built from).
+    """
+    import torch
+
+    from strata.training.losses import sampled_softmax_loss
+
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    model.to(device).train()
+    for p in model.item_tower.parameters():
+        p.requires_grad_(not freeze_items)
+    opt = _adam(model.parameters(), lr, weight_decay)
+    history: list[float] = []
+    with progress.task("two-tower", total=n_epochs * (steps_per_epoch or 0) or None) as (bar, t):
+        for e in range(n_epochs):
+            total, n = 0.0, 0
+            for b in epochs(e, rng):
+                ids = torch.from_numpy(b.item.item).to(device)
+                q = model.query_tower(*mask_query(b.query, p_user, rng).tensors(device))  # (B, D)
+                it_feats = mask_item(b.item, p_item, rng)
+                if freeze_items:
+                    with torch.no_grad():
+                        i = model.item_tower(*it_feats.tensors(device))  # (B, D)
+                else:
+                    i = model.item_tower(*it_feats.tensors(device))  # (B, D)
+                neg = neg_ids = None
+                if negatives is not None:
+                    nf = negatives(rng)
+                    neg_ids = torch.from_numpy(nf.item).to(device)
+                    nf = mask_item(nf, p_item, rng)
+                    if freeze_items:
+                        with torch.no_grad():
+                            neg = model.item_tower(*nf.tensors(device))
+                    else:
+                        neg = model.item_tower(*nf.tensors(device))  # (M, D)
+                loss = sampled_softmax_loss(
+                    q,
+                    i,
+                    ids,
+                    torch.from_numpy(b.log_q).to(device),
+                    model.temperature,
+                    weight=torch.from_numpy(b.weight).to(device),
+                    neg=neg,
+                    neg_ids=neg_ids,
+                    n_items=n_items,
+                    logq_weight=logq_weight,
+                )
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                total += float(loss.detach()) * len(b)
+                n += len(b)
+                bar.advance(t)
+            history.append(total / max(n, 1))
+    for p in model.item_tower.parameters():
+        p.requires_grad_(True)
+    model.eval()
+    return history
+
+
+def train_ranker(
+    model: DCNRanker,
+    epochs: Callable[[int, np.random.Generator], Iterable[RankBatch]],
+    n_epochs: int,
+    *,
+    lr: float = 2e-3,
+    weight_decay: float = 0.0,
+    seed: int = 0,
+    device: str = "cpu",
+    steps_per_epoch: int | None = None,
+) -> list[float]:
+    """Train the ranker with BCE on labelled batches; return mean loss per epoch."""
+    import torch
+
+    from strata.training.losses import bce_loss
+
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    model.to(device).train()
+    opt = _adam(model.parameters(), lr, weight_decay)
+    history: list[float] = []
+    with progress.task("ranker", total=n_epochs * (steps_per_epoch or 0) or None) as (bar, t):
+        for e in range(n_epochs):
+            total, n = 0.0, 0
+            for b in epochs(e, rng):
+                logits = model(*rank_inputs(b, device))  # (B,)
+                loss = bce_loss(logits, torch.from_numpy(b.label).to(device))
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                total += float(loss.detach()) * len(b)
+                n += len(b)
+                bar.advance(t)
+            history.append(total / max(n, 1))
+    model.eval()
+    return history
+
+
+def rank_inputs(b: RankBatch, device: str = "cpu") -> tuple[torch.Tensor, ...]:
+    """Positional ranker inputs: query tensors, item tensors, retrieval score."""
+    import torch
+
+    score = torch.from_numpy(np.ascontiguousarray(b.retrieval_score, dtype=np.float32)).to(device)
+    return (*b.query.tensors(device), *b.item.tensors(device), score)
+
+
+def rank_batches(data: RankBatch, batch_size: int, rng: np.random.Generator) -> Iterator[RankBatch]:
+    """Shuffled mini-batches of a labelled ranker table."""
+    perm = rng.permutation(len(data))
+    for s in range(0, len(perm), batch_size):
+        yield data.take(perm[s : s + batch_size])
+
+
+# --- inference helpers ------------------------------------------------------------------------
+
+
+def embed_items(model: TwoTower, items: ItemFeatures, batch_size: int = 4096) -> np.ndarray:
+    """Item-tower embeddings (N, D) float32, in `items` order."""
+    import torch
+
+    dev = next(model.parameters()).device.type
+    out = []
+    with torch.no_grad():
+        for s in range(0, len(items), batch_size):
+            part = items.take(np.arange(s, min(s + batch_size, len(items))))
+            out.append(model.item_tower(*part.tensors(dev)).cpu().numpy())
+    return np.concatenate(out).astype(np.float32) if out else np.zeros((0, model.cfg.out_dim))
+
+
+def embed_queries(model: TwoTower, queries: QueryFeatures, batch_size: int = 4096) -> np.ndarray:
+    """Query-tower embeddings (N, D) float32, in `queries` order."""
+    import torch
+
+    dev = next(model.parameters()).device.type
+    out = []
+    with torch.no_grad():
+        for s in range(0, len(queries), batch_size):
+            part = queries.take(np.arange(s, min(s + batch_size, len(queries))))
+            out.append(model.query_tower(*part.tensors(dev)).cpu().numpy())
+    return np.concatenate(out).astype(np.float32) if out else np.zeros((0, model.cfg.out_dim))
+
+
+def score_ranker(model: DCNRanker, rows: RankBatch, batch_size: int = 8192) -> np.ndarray:
+    """Ranker probabilities (N,) float32 for labelled or unlabelled rows."""
+    import torch
+
+    dev = next(model.parameters()).device.type
+    out = []
+    with torch.no_grad():
+        for s in range(0, len(rows), batch_size):
+            part = rows.take(np.arange(s, min(s + batch_size, len(rows))))
+            out.append(torch.sigmoid(model(*rank_inputs(part, dev))).cpu().numpy())
+    return np.concatenate(out).astype(np.float32) if out else np.zeros(0, np.float32)

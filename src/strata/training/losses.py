@@ -1,0 +1,56 @@
+"""Losses: in-batch sampled softmax with logQ correction (Yi et al. 2019, "Sampling-bias-corrected
+neural modeling for large corpus item recommendations") and binary cross-entropy for the ranker."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def sampled_softmax_loss(
+    q: torch.Tensor,
+    i: torch.Tensor,
+    item_ids: torch.Tensor,
+    log_q: torch.Tensor,
+    temperature: torch.Tensor | float,
+    weight: torch.Tensor | None = None,
+    neg: torch.Tensor | None = None,
+    neg_ids: torch.Tensor | None = None,
+    n_items: int | None = None,
+    logq_weight: float = 1.0,
+) -> torch.Tensor:
+    """Softmax over the in-batch items (plus optional uniform random negatives) per query row.
+
+    Each logit is `q.i / T - log(expected count of i among the candidates)`: in-batch items appear
+    with rate B * p(i) (`log_q` = log p(i)), uniform negatives with rate M / n_items. Without this
+    correction popular items are over-penalised as negatives; `logq_weight` < 1 applies it
+    partially (popularity itself predicts well on temporal splits). Columns that hold the row's
+    own positive item elsewhere in the batch ("accidental hits") are removed from the softmax.
+    """
+    b = q.shape[0]
+    logits = q @ i.T / temperature  # (B, B)
+    logits = logits - logq_weight * (log_q + math.log(b)).unsqueeze(0)  # (B, B)
+    same = item_ids.unsqueeze(0) == item_ids.unsqueeze(1)  # (B, B)
+    eye = torch.eye(b, dtype=torch.bool, device=q.device)
+    logits = logits.masked_fill(same & ~eye, float("-inf"))
+    if neg is not None:
+        if neg_ids is None or n_items is None:
+            raise ValueError("random negatives need neg_ids and n_items")
+        m = neg.shape[0]
+        ln = q @ neg.T / temperature - logq_weight * math.log(m / n_items)  # (B, M)
+        ln = ln.masked_fill(neg_ids.unsqueeze(0) == item_ids.unsqueeze(1), float("-inf"))
+        logits = torch.cat([logits, ln], dim=1)  # (B, B + M)
+    target = torch.arange(b, device=q.device)
+    ce = F.cross_entropy(logits, target, reduction="none")  # (B,)
+    if weight is None:
+        return ce.mean()
+    return (ce * weight).sum() / weight.sum().clamp(min=1e-12)
+
+
+def bce_loss(
+    logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Binary cross-entropy on logits (numerically stable), optionally weighted per row."""
+    return F.binary_cross_entropy_with_logits(logits, labels, weight=weight)

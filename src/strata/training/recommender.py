@@ -1,0 +1,234 @@
+"""Contract 4: `load_recommender(settings, dataset, version)` -> `Recommender.recommend(...)`.
+
+Runs the in-process pipeline (exact retrieval -> seen filter -> DCN-v2 ranking -> top-k) from one
+registry version. Users are looked up in the version's user snapshot; users without history before
+the training cut-off get the unknown id + empty behaviour (the cold-start path the masking trained).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from strata.errors import DataError, ValidationError
+from strata.serving import pipeline
+from strata.serving.pipeline import Candidates, ExactIndex, PairSetFilter
+from strata.training.batch import QueryFeatures, RankBatch
+from strata.training.data import FeatureSpace, UserState
+
+if TYPE_CHECKING:
+    from strata.config import Settings
+    from strata.models.dcn import DCNRanker
+    from strata.models.two_tower import TwoTower
+
+Stage = Literal["retrieval", "full"]
+_CHUNK = 64  # users per ranking chunk: bounds (users x candidates) feature memory
+
+
+class _RankerScorer:
+    """`pipeline.Scorer` over the DCN-v2 ranker for one chunk of users' query features."""
+
+    def __init__(self, rec: Recommender, queries: QueryFeatures) -> None:
+        self.rec = rec
+        self.queries = queries
+
+    def score(self, user_ids: np.ndarray, cands: Candidates) -> np.ndarray:
+        from strata.training.loops import score_ranker
+
+        u, n = cands.ids.shape
+        ids = np.where(cands.valid, cands.ids, self.rec.space.item_ids[0]).ravel()
+        rows, _ = self.rec.space.item_rows(ids)
+        batch = RankBatch(
+            self.queries.take(np.repeat(np.arange(u), n)),
+            self.rec.space.items(rows),
+            np.where(cands.valid, cands.scores, 0.0).ravel().astype(np.float32),
+            np.zeros(u * n, np.float32),
+        )
+        return score_ranker(self.rec.ranker, batch).reshape(u, n)
+
+
+class Recommender:
+    """One loaded model version: recommend top-k items for users (retrieval-only or full)."""
+
+    def __init__(
+        self,
+        path: Path,
+        manifest: dict[str, Any],
+        space: FeatureSpace,
+        two_tower: TwoTower,
+        ranker: DCNRanker,
+        item_emb: np.ndarray,
+        state: UserState,
+        seen: PairSetFilter,
+        n_candidates: int,
+    ) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.version: str = manifest["version"]
+        self.space = space
+        self.two_tower = two_tower
+        self.ranker = ranker
+        self.index = ExactIndex(space.item_ids, item_emb)
+        self.state = state
+        self.seen = seen
+        self.n_candidates = n_candidates
+        self.as_of = int(manifest["data_range"]["until"])
+
+    def queries(self, user_ids: np.ndarray) -> QueryFeatures:
+        """Query features of users as of the version's cut-off (ValidationError naming unknowns)."""
+        rows, found = self.space.user_rows(user_ids)
+        if not found.all():
+            bad = np.asarray(user_ids)[~found][:5].tolist()
+            raise ValidationError("user_id", f"unknown user id(s) {bad} (not in the users table)")
+        r = rows - 1
+        st = UserState(
+            self.state.hist[r],
+            self.state.n_events[r],
+            self.state.mean_value[r],
+            self.state.top_genre[r],
+        )
+        n = len(user_ids)
+        return self.space.queries(
+            np.asarray(user_ids, np.int64), np.full(n, self.as_of), np.full(n, "unknown"), st
+        )
+
+    def query_embeddings(self, user_ids: np.ndarray) -> np.ndarray:
+        """Query-tower vectors (U, D)."""
+        from strata.training.loops import embed_queries
+
+        return embed_queries(self.two_tower, self.queries(user_ids))
+
+    def recommend(
+        self,
+        user_ids: np.ndarray,
+        k: int,
+        stage: Stage = "full",
+        exclude: dict[int, set[int]] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-`k` item ids (U, k) int64 and scores (U, k) float32; never items seen before the
+        cut-off nor those in `exclude`. Slots beyond the available items hold -1 / -inf."""
+        if k < 1:
+            raise ValidationError("k", f"must be >= 1, got {k}")
+        if stage not in ("retrieval", "full"):
+            raise ValidationError("stage", f"expected 'retrieval' or 'full', got {stage!r}")
+        user_ids = np.asarray(user_ids, dtype=np.int64).reshape(-1)
+        q = self.queries(user_ids)
+        seen = self._seen(exclude)
+        out_ids = np.full((len(user_ids), k), -1, np.int64)
+        out_sc = np.full((len(user_ids), k), -np.inf, np.float32)
+        for s in range(0, len(user_ids), _CHUNK):
+            sl = slice(s, s + _CHUNK)
+            u, qc = user_ids[sl], q.take(np.arange(s, min(s + _CHUNK, len(user_ids))))
+            from strata.training.loops import embed_queries
+
+            q_emb = embed_queries(self.two_tower, qc)
+            # Exact search: fetch enough that k (or N) unseen items survive the filter.
+            depth = max(self.n_candidates, k) + int(self._seen_counts(seen, u).max(initial=0))
+            cands = pipeline.filter_seen(pipeline.retrieve(self.index, q_emb, depth), u, seen)
+            if stage == "retrieval":
+                ids, sc = pipeline.order(cands, k)
+            else:
+                n = max(self.n_candidates, k)
+                top_ids, top_sc = pipeline.order(cands, n)
+                ranked = pipeline.rank(Candidates(top_ids, top_sc), u, _RankerScorer(self, qc))
+                ids, sc = pipeline.order(ranked, k)
+            out_ids[sl], out_sc[sl] = ids, sc
+        return out_ids, out_sc
+
+    def _seen(self, exclude: dict[int, set[int]] | None) -> PairSetFilter:
+        if not exclude:
+            return self.seen
+        eu = np.array([u for u, items in exclude.items() for _ in items], np.int64)
+        ei = np.array([i for items in exclude.values() for i in items], np.int64)
+        keys = self.seen.keys
+        both = PairSetFilter(eu, ei)
+        both.keys = np.union1d(keys, both.keys)
+        return both
+
+    @staticmethod
+    def _seen_counts(seen: PairSetFilter, users: np.ndarray) -> np.ndarray:
+        return seen.count(users)
+
+
+def load_recommender(settings: Settings, dataset: str, version: str | None = None) -> Recommender:
+    """Load `version` (default: serving) of `dataset` from the registry."""
+    from safetensors.numpy import load_file
+
+    from strata.models.dcn import DCNConfig, DCNRanker
+    from strata.models.two_tower import TwoTower, TwoTowerConfig
+    from strata.training.export import load_state
+    from strata.training.registry import Registry
+    from strata.training.train import USER_STATE_FILE
+
+    reg = Registry(settings.registry_dir, dataset)
+    path = reg.path(version)
+    manifest = reg.manifest(path.name)
+    space = FeatureSpace.load(path)
+    dims = space.dims()
+    tt = TwoTower(dims, TwoTowerConfig(**manifest["models"]["two_tower"]))
+    load_state(tt, path / "two_tower.safetensors")
+    rk = DCNRanker(dims, DCNConfig(**manifest["models"]["ranker"]))
+    load_state(rk, path / "ranker.safetensors")
+    tt.eval()
+    rk.eval()
+    st = load_file(str(path / USER_STATE_FILE))
+    state = UserState(st["hist"], st["n_events"], st["mean_value"], st["top_genre"])
+    emb = np.load(path / "item_embeddings.npy", allow_pickle=False)
+    return Recommender(
+        path, manifest, space, tt, rk, emb, state,
+        PairSetFilter(st["seen_user"], st["seen_item"]), settings.training.candidates,
+    )  # fmt: skip
+
+
+def read_user_ids(path: Path) -> np.ndarray:
+    """User ids from a text file, one per line (blank lines ignored); DataError on a bad line."""
+    if not Path(path).is_file():
+        raise DataError(path, "users file does not exist")
+    ids = []
+    for n, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        text = line.strip()
+        if not text:
+            continue
+        if not text.lstrip("-").isdigit():
+            raise DataError(path, f"line {n}: expected an integer user id, got {text!r}")
+        ids.append(int(text))
+    return np.asarray(ids, dtype=np.int64)
+
+
+def recommend_file(
+    settings: Settings,
+    dataset: str,
+    users_file: Path,
+    k: int,
+    out: Path,
+    stage: Stage = "full",
+    version: str | None = None,
+) -> int:
+    """Write one JSON line per user {"user_id", "items", "scores"} to `out` (atomically)."""
+    import json
+    import os
+    import tempfile
+
+    users = read_user_ids(users_file)
+    rec = load_recommender(settings, dataset, version)
+    ids, scores = rec.recommend(users, k, stage=stage)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            for u, row, sc in zip(users, ids, scores, strict=True):
+                keep = row >= 0
+                rec_line = {
+                    "user_id": int(u),
+                    "items": row[keep].tolist(),
+                    "scores": [round(float(x), 6) for x in sc[keep]],
+                }
+                f.write(json.dumps(rec_line) + "\n")
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return len(users)

@@ -1,0 +1,135 @@
+"""Model registry on disk: `<registry_dir>/<dataset>/<version>/` plus a `serving` pointer file.
+
+A version folder is built under a temporary name and renamed into place, so readers never see a
+half-written version; the pointer is switched with write-temp + `os.replace` (atomic on POSIX).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from strata.errors import DataError, NotFoundError, ValidationError
+
+MANIFEST = "manifest.json"
+POINTER = "serving"
+_VERSION = re.compile(r"^v(\d{4,})$")
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, streamed."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class Registry:
+    """Versions of one dataset's models and which one is serving."""
+
+    def __init__(self, root: Path, dataset: str) -> None:
+        if not dataset or "/" in dataset or dataset.startswith("."):
+            raise ValidationError("dataset", f"invalid dataset name {dataset!r}")
+        self.dir = Path(root) / dataset
+        self.dataset = dataset
+
+    def versions(self) -> list[str]:
+        """Committed versions, oldest first."""
+        if not self.dir.exists():
+            return []
+        names = [p.name for p in self.dir.iterdir() if p.is_dir() and _VERSION.match(p.name)]
+        return sorted(names, key=lambda n: int(n[1:]))
+
+    def next_version(self) -> str:
+        """The name the next committed version gets (v0001, v0002, ...)."""
+        vs = self.versions()
+        return f"v{(int(vs[-1][1:]) + 1 if vs else 1):04d}"
+
+    def path(self, version: str | None = None) -> Path:
+        """Folder of `version` (default: the serving one); NotFoundError when absent."""
+        v = version or self.serving()
+        if v is None:
+            raise NotFoundError(f"no serving model for dataset {self.dataset!r}: run strata train")
+        p = self.dir / v
+        if not _VERSION.match(v) or not (p / MANIFEST).exists():
+            raise NotFoundError(f"model version {v!r} of {self.dataset!r} does not exist")
+        return p
+
+    def manifest(self, version: str | None = None) -> dict[str, Any]:
+        """The parsed manifest of `version` (default: serving)."""
+        p = self.path(version) / MANIFEST
+        try:
+            return json.loads(p.read_text())
+        except json.JSONDecodeError as exc:
+            raise DataError(p, f"corrupt manifest: {exc}") from None
+
+    def serving(self) -> str | None:
+        """Name of the serving version, or None before the first promotion."""
+        p = self.dir / POINTER
+        return p.read_text().strip() or None if p.exists() else None
+
+    def promote(self, version: str) -> None:
+        """Point `serving` at `version` atomically."""
+        self.path(version)
+        _atomic_write_text(self.dir / POINTER, version + "\n")
+
+    @contextmanager
+    def stage(self) -> Iterator[Path]:
+        """A scratch folder inside the registry for building a version; removed if not committed."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=self.dir, prefix=".staging-"))
+        try:
+            yield tmp
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+
+    def commit(self, staged: Path, manifest: dict[str, Any]) -> str:
+        """Hash every staged file into the manifest, write it, and rename the folder into place."""
+        files = {
+            p.name: sha256_file(p)
+            for p in sorted(staged.iterdir())
+            if p.is_file() and p.name != MANIFEST
+        }
+        version = self.next_version()
+        full = {**manifest, "version": version, "dataset": self.dataset, "files": files}
+        (staged / MANIFEST).write_text(json.dumps(full, indent=2, default=str))
+        # rename() of a directory fails if the target exists, so two writers cannot clobber.
+        os.rename(staged, self.dir / version)
+        return version
+
+    def verify(self, version: str | None = None) -> None:
+        """Re-hash the files of a version against its manifest; DataError on any mismatch."""
+        p = self.path(version)
+        for name, digest in self.manifest(version)["files"].items():
+            f = p / name
+            if not f.exists() or sha256_file(f) != digest:
+                raise DataError(f, "missing or hash mismatch with manifest")
+
+    def append_log(self, record: dict[str, Any]) -> None:
+        """Append one JSON line to `<dataset>/decisions.jsonl` (fine-tune gate decisions)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with (self.dir / "decisions.jsonl").open("a") as f:
+            f.write(json.dumps(record, default=str) + "\n")

@@ -1,0 +1,38 @@
+"""DCN-v2 ranker: shapes for every structure/cross kind and learning a planted signal."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from strata.models.dcn import DCNConfig, DCNRanker
+from strata.models.inputs import FeatureDims
+from strata.models.layers import CrossNetConfig, MLPConfig
+from strata.training.batch import synthetic_rank_batches
+from strata.training.loops import rank_inputs, score_ranker, seed_everything, train_ranker
+from strata.training.train import auc_score
+
+DIMS = FeatureDims(n_users=30, n_items=40, text_dim=4, image_dim=4, hist_len=4)
+
+
+@pytest.mark.parametrize("structure", ["stacked", "parallel"])
+@pytest.mark.parametrize("kind", ["full", "low_rank", "mixture"])
+def test_shapes(structure: str, kind: str) -> None:
+    cfg = DCNConfig(structure=structure, cross=CrossNetConfig(kind=kind, rank=4))  # type: ignore[arg-type]
+    m = DCNRanker(DIMS, cfg)
+    b = next(synthetic_rank_batches(DIMS, 6, 1))
+    assert m(*rank_inputs(b)).shape == (6,)
+
+
+def test_ranker_learns_interaction_signal() -> None:
+    seed_everything(0)
+    small = DCNConfig(deep=MLPConfig(hidden=(32,)), cross=CrossNetConfig(kind="low_rank", rank=8))
+    m = DCNRanker(DIMS, small)
+    train = list(synthetic_rank_batches(DIMS, 256, 20, seed=1))
+    test = next(synthetic_rank_batches(DIMS, 2000, 1, seed=2))
+    before = auc_score(test.label, score_ranker(m, test))
+    train_ranker(m, lambda e, rng: train, 4, lr=1e-2)
+    after = auc_score(test.label, score_ranker(m, test))
+    # The label depends on the retrieval score and on (user, item) parity: both learnable.
+    assert after > 0.75 and after > before + 0.1
+    assert np.isfinite(score_ranker(m, test)).all()

@@ -1,0 +1,141 @@
+"""Training data, train -> registry -> recommend (library + CLI), gated incremental fine-tuning."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from strata.errors import ValidationError
+from strata.training.data import FeatureSpace, latest_state, point_in_time_state
+from strata.training.finetune import finetune
+from strata.training.recommender import load_recommender
+from strata.training.registry import Registry
+from strata.training.train import Tables, train
+
+from .tiny_world import fast_settings, tiny_dataset
+
+
+def test_point_in_time_state_excludes_same_and_later_events() -> None:
+    ds = tiny_dataset(n_users=3, n_items=8, n_events=0)
+    ev = pd.DataFrame(
+        {
+            "user_id": [1, 1, 1, 1, 2],
+            "item_id": [3, 4, 5, 6, 7],
+            "value": [1.0, 3.0, 5.0, 2.0, 4.0],
+            "ts": [10, 20, 20, 30, 10],
+            "device": "mobile",
+        }
+    )
+    space = FeatureSpace.fit(ds.users, ds.items, ev)
+    st = point_in_time_state(ev, space, hist_len=3)
+    assert st.hist.tolist() == [[-1, -1, -1], [-1, -1, 3], [-1, -1, 3], [3, 4, 5], [-1, -1, -1]]
+    assert st.n_events.tolist() == [0, 1, 1, 3, 0]
+    assert st.mean_value[3] == pytest.approx(3.0)
+    last = latest_state(ev, np.array([1, 2, 3]), space, hist_len=3)
+    assert last.hist.tolist() == [[4, 5, 6], [-1, -1, 7], [-1, -1, -1]]
+    assert last.n_events.tolist() == [4, 1, 0]
+    # Items 3..6 have genres (i-1) % 4 -> top genre of user 1 is defined; user 3 has none.
+    assert last.top_genre[0] > 0 and last.top_genre[2] == 0
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, Tables, int]:
+    home = tmp_path_factory.mktemp("home")
+    ds = tiny_dataset()
+    tables = Tables(ds.users, ds.items, ds.interactions, None)
+    ts = np.sort(ds.interactions["ts"].to_numpy())
+    until = int(ts[int(len(ts) * 0.6)])
+    s = fast_settings(home)
+    train(s, "tiny", until=until, tables=tables)
+    return s, tables, until
+
+
+def test_train_registers_serving_version_with_manifest(trained: tuple) -> None:
+    s, _, until = trained
+    reg = Registry(s.registry_dir, "tiny")
+    m = reg.manifest()
+    assert reg.serving() == "v0001" and m["data_range"]["until"] == until
+    assert m["onnx_max_abs_diff"]["query_tower"] <= 1e-4
+    assert m["onnx_max_abs_diff"]["ranker"] <= 1e-4
+    for name in ("query_tower.onnx", "ranker.onnx", "item_embeddings.npy", "feature_space.json"):
+        assert name in m["files"]
+    reg.verify()
+    assert 0.5 < m["metrics"]["ranker_auc_valid"] <= 1.0
+
+
+def test_recommend_excludes_seen_and_serves_cold_users(trained: tuple) -> None:
+    s, tables, until = trained
+    rec = load_recommender(s, "tiny")
+    ev = tables.events
+    before = ev[ev["ts"] < until]
+    users = tables.users["user_id"].to_numpy()
+    for stage in ("retrieval", "full"):
+        ids, scores = rec.recommend(users, 10, stage=stage)  # type: ignore[arg-type]
+        assert ids.shape == (len(users), 10) and ids.dtype == np.int64
+        assert scores.dtype == np.float32 and (np.diff(scores, axis=1) <= 1e-6).all()
+        seen = before.groupby("user_id")["item_id"].apply(set)
+        for u, row in zip(users, ids, strict=True):
+            assert not set(row.tolist()) & seen.get(u, set())
+    extra = {int(users[0]): {int(ids[0, 0])}}
+    ids2, _ = rec.recommend(users[:1], 10, exclude=extra)
+    assert int(ids[0, 0]) not in ids2[0]
+    with pytest.raises(ValidationError, match="999999"):
+        rec.recommend(np.array([999999]), 5)
+
+
+def _cli(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
+    env = {"STRATA_HOME": str(home), "PATH": "/usr/bin:/bin"}
+    return subprocess.run(
+        [sys.executable, "-m", "strata.cli", *args], capture_output=True, text=True, env=env
+    )
+
+
+def test_cli_recommend_jsonl_and_unknown_user(trained: tuple, tmp_path: Path) -> None:
+    s = trained[0]
+    users = tmp_path / "users.txt"
+    users.write_text("1\n2\n\n60\n")
+    out = tmp_path / "recs.jsonl"
+    r = _cli(
+        "recommend", "--dataset", "tiny", "--users-file", str(users), "--k", "5",
+        "--out", str(out), "--stage", "retrieval", home=s.home,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [x["user_id"] for x in lines] == [1, 2, 60]
+    assert all(len(x["items"]) == 5 == len(x["scores"]) for x in lines)
+    users.write_text("1\n424242\n")
+    r = _cli("recommend", "--dataset", "tiny", "--users-file", str(users), "--out", str(out),
+             home=s.home)  # fmt: skip
+    assert r.returncode == 2 and "424242" in r.stderr and len(r.stderr.splitlines()) == 1
+
+
+def test_finetune_gate_records_decision(trained: tuple) -> None:
+    s, tables, until = trained
+    reg = Registry(s.registry_dir, "tiny")
+    old = load_recommender(s, "tiny")
+    res = finetune(s, "tiny", since=until, tables=tables)
+    assert set(res.metrics_serving) == set(res.metrics_candidate) == {"hit_rate@50", "ranker_auc"}
+    log = [json.loads(x) for x in (reg.dir / "decisions.jsonl").read_text().splitlines()]
+    assert log[-1]["accepted"] == res.accepted
+    tol = s.training.gate_tolerance
+    better = all(
+        res.metrics_candidate[m] >= res.metrics_serving[m] - tol for m in res.metrics_serving
+    )
+    assert res.accepted == better
+    if res.accepted:
+        assert reg.serving() == res.new_version == "v0002"
+        m = reg.manifest()
+        assert m["parent"] == "v0001" and m["finetune"]["metrics_serving"] == res.metrics_serving
+        new = load_recommender(s, "tiny")
+        # The item tower was frozen: the index built from v0001 stays valid.
+        assert np.array_equal(new.index.emb, old.index.emb)
+    else:
+        assert reg.serving() == "v0001" and res.new_version is None
+    with pytest.raises(ValidationError):
+        finetune(s, "tiny", since=10**12, tables=tables)
