@@ -1,0 +1,218 @@
+"""`strata ctr demo`: drift, detection, retrain and recovery on synthetic Criteo-format traffic.
+
+A model is trained on pre-drift rows of the synthetic teacher; then traffic is served in small
+batches through `CtrService` with immediate feedback. Half-way the teacher changes (concept drift:
+same features, new response). The rolling AUC drops, the monitor triggers, the trigger runs
+warm-start retraining, the gate promotes and the service hot-reloads. A PNG shows it all, with
+the AUC the teacher itself reaches on the same window as the ceiling.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from strata.config import (
+    CtrConfig,
+    CtrModelConfig,
+    CtrPreprocessConfig,
+    CtrTrainConfig,
+    DriftConfig,
+    IncrementalConfig,
+    Settings,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DemoReport:
+    """Numbers of one demo run and where its plot and decision log are."""
+
+    auc_before_drift: float
+    auc_min_after_drift: float
+    auc_final: float
+    oracle_auc_final: float
+    triggers: int
+    promotions: int
+    versions: list[str]
+    plot: str
+    decision_log: str
+    timeline: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self, with_timeline: bool = False) -> dict[str, Any]:
+        """A JSON-friendly dict (the per-batch timeline only on request)."""
+        d = asdict(self)
+        if not with_timeline:
+            d.pop("timeline")
+        return d
+
+
+def demo_config() -> CtrConfig:
+    """A small, fast configuration for the demo (the classic big DCN is the `train` default)."""
+    return CtrConfig(
+        preprocess=CtrPreprocessConfig(min_count=3),
+        model=CtrModelConfig(
+            type="dcnv2", cross_layers=2, deep=(128, 64), dropout=0.1, low_rank=32
+        ),
+        train=CtrTrainConfig(epochs=4, batch_size=256, patience=1, replay_rows=10_000),
+        drift=DriftConfig(
+            window=500, auc_threshold=0.6, relative_drop=0.1, cooldown_s=0.0, cooldown_labels=1500
+        ),
+        incremental=IncrementalConfig(recent_rows=3000, replay_ratio=0.25, epochs=3, lr=1e-3),
+        registry_name="ctr-demo",
+    )
+
+
+def run_ctr_demo(
+    settings: Settings,
+    out_dir: Path,
+    n_train: int = 30_000,
+    n_before: int = 5_000,
+    n_after: int = 15_000,
+    batch: int = 100,
+    cfg: CtrConfig | None = None,
+    seed: int = 0,
+) -> DemoReport:
+    """Run the whole story and write `rolling_auc.png`, `decisions.jsonl` and `report.json`."""
+    import pandas as pd
+
+    from strata.ctr.service import CtrService, ServedModel, make_retrain
+    from strata.ctr.train import CtrSource, publish, train_ctr
+    from strata.datasets.synthetic import criteo_like
+    from strata.monitoring.trigger import RetrainTrigger
+    from strata.training.metrics import auc
+    from strata.training.registry import Registry
+
+    cfg = cfg or demo_config()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    registry = Registry(settings.registry_dir, cfg.registry_name)
+    train_df = criteo_like(n_train, seed=seed * 10 + 1).drop(columns=["p_true"])
+    with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+        path = Path(tmp) / "train.parquet"
+        train_df.to_parquet(path, index=False)
+        result = train_ctr(CtrSource(path), cfg, seed=seed)
+    v1 = publish(result, registry, promote=True)
+    served = ServedModel.load(registry.path(v1), v1)
+    log_path = out_dir / "decisions.jsonl"
+    log_path.unlink(missing_ok=True)
+    service = CtrService(served, cfg)
+    trigger = RetrainTrigger(make_retrain(service, registry, cfg, seed), log_path=log_path)
+
+    stream = pd.concat(
+        [
+            criteo_like(n_before, seed=seed * 10 + 2, drift=False),
+            criteo_like(n_after, seed=seed * 10 + 3, drift=True),
+        ],
+        ignore_index=True,
+    )
+    p_true = stream.pop("p_true").to_numpy()
+    labels = stream["label"].to_numpy(dtype=np.float32)
+    prep = served.preprocessor  # incremental versions keep the preprocessing
+    encoded = prep.transform(stream.drop(columns=["label"]))
+    timeline: list[dict[str, Any]] = []
+    w = cfg.drift.window
+    for s in range(0, len(stream), batch):
+        e = min(s + batch, len(stream))
+        pred = service.predict_batch(encoded.take(slice(s, e)))
+        fb = service.feedback(pred.ids, labels[s:e])
+        event = trigger.handle(fb.decision)
+        lo = max(0, e - w)
+        oracle = float(auc(labels[lo:e], p_true[lo:e])) if e - lo >= w // 2 else None
+        timeline.append(
+            {
+                "rows": e,
+                "auc": fb.decision.auc,
+                "oracle_auc": oracle,
+                "floor": fb.decision.floor,
+                "kind": fb.decision.kind,
+                "action": event.action,
+                "version": service.served.version,
+            }
+        )
+    report = _summarise(timeline, n_before, registry.versions(), out_dir, log_path)
+    _plot(timeline, n_before, batch, out_dir / "rolling_auc.png")
+    _atomic_text(out_dir / "report.json", json.dumps(report.to_dict(with_timeline=True), indent=2))
+    return report
+
+
+def _summarise(
+    timeline: list[dict[str, Any]],
+    n_before: int,
+    versions: list[str],
+    out_dir: Path,
+    log_path: Path,
+) -> DemoReport:
+    before = [t["auc"] for t in timeline if t["rows"] <= n_before and t["auc"] is not None]
+    after = [t for t in timeline if t["rows"] > n_before]
+    after_aucs = [t["auc"] for t in after if t["auc"] is not None]
+    last = next((t for t in reversed(timeline) if t["auc"] is not None), timeline[-1])
+    promotions = sum(1 for a, b in itertools.pairwise(timeline) if a["version"] != b["version"])
+    return DemoReport(
+        auc_before_drift=float(np.mean(before)) if before else float("nan"),
+        auc_min_after_drift=float(min(after_aucs)) if after_aucs else float("nan"),
+        auc_final=float(last["auc"]) if last["auc"] is not None else float("nan"),
+        oracle_auc_final=float(last["oracle_auc"]) if last["oracle_auc"] else float("nan"),
+        triggers=sum(1 for t in timeline if t["action"] == "started"),
+        promotions=promotions,
+        versions=versions,
+        plot=str(out_dir / "rolling_auc.png"),
+        decision_log=str(log_path),
+        timeline=timeline,
+    )
+
+
+def _plot(timeline: list[dict[str, Any]], n_before: int, batch_rows: int, path: Path) -> None:
+    """Rolling AUC over served rows with the floor, the drift point, triggers and reloads."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = np.array([t["rows"] for t in timeline])
+    y = np.array([np.nan if t["auc"] is None else t["auc"] for t in timeline])
+    o = np.array([np.nan if t["oracle_auc"] is None else t["oracle_auc"] for t in timeline])
+    floor = np.array([np.nan if t["floor"] is None else t["floor"] for t in timeline])
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    ax.plot(x, y, label="rolling AUC (served model)", color="tab:blue")
+    ax.plot(x, o, label="teacher AUC (ceiling)", color="tab:gray", linestyle=":")
+    ax.step(x, floor, where="post", label="trigger threshold", color="tab:orange", linestyle="--")
+    ax.axvline(n_before, color="black", linewidth=1, label="teacher shift")
+    trig = [t["rows"] for t in timeline if t["action"] == "started"]
+    for i, r in enumerate(trig):
+        ax.axvline(
+            r, color="tab:red", linestyle="-.", linewidth=1, label="trigger" if i == 0 else None
+        )
+    reloads = [b["rows"] for a, b in itertools.pairwise(timeline) if a["version"] != b["version"]]
+    for i, r in enumerate(reloads):
+        ax.axvline(
+            r, color="tab:green", linewidth=1, label="new version served" if i == 0 else None
+        )
+    ax.set_xlabel("labelled predictions")
+    ax.set_ylabel("AUC over last window")
+    ax.set_title("CTR drift monitor: rolling AUC, trigger and recovery")
+    ax.legend(loc="lower left", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png.tmp")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110, format="png")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    from strata.ctr.preprocess import atomic_write_text
+
+    atomic_write_text(path, text)

@@ -1,0 +1,666 @@
+"""Streaming CTR training from Parquet in bounded memory, held-out evaluation, warm-start retrain.
+
+Rows keep their file order (Criteo logs are in time order), so the split is temporal: the first
+rows train, the next `valid_fraction` drive early stopping, the last `test_fraction` are the
+held-out test. Training reads `read_rows` at a time through a block-shuffle buffer; only the
+validation sample (capped), a replay reservoir and the test scores are held in memory.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from strata.config import CtrConfig, CtrModelConfig, Settings
+from strata.ctr.preprocess import (
+    LABEL,
+    CtrBatch,
+    CtrPreprocessor,
+    atomic_write_text,
+    fit_preprocessor,
+)
+from strata.errors import DataError
+from strata.monitoring.drift import FeatureDriftReference
+
+if TYPE_CHECKING:
+    from strata.ctr.model import CtrModel
+    from strata.training.registry import Registry
+
+log = logging.getLogger(__name__)
+MAX_EVAL_ROWS = 200_000  # validation rows kept in memory for early stopping
+_TSV_SUFFIXES = (".tsv", ".txt", ".gz")
+
+
+# --- data ----------------------------------------------------------------------------------
+
+
+class CtrSource:
+    """Criteo rows in Parquet, read as row ranges in file order.
+
+    A folder written by `strata.datasets.criteo.criteo_to_parquet` is read through its manifest
+    and `iter_criteo_batches`; any other Parquet file or folder through a pyarrow dataset.
+    """
+
+    def __init__(self, path: Path) -> None:
+        from strata.datasets.criteo import MANIFEST, read_manifest
+
+        self.path = Path(path)
+        if not self.path.exists():
+            raise DataError(self.path, "no such file or folder")
+        self._criteo = (self.path / MANIFEST).is_file()
+        if self._criteo:
+            self.rows = read_manifest(self.path).rows
+            return
+        import pyarrow.dataset as pads
+
+        try:
+            self._ds = pads.dataset(str(self.path), format="parquet")
+            self.rows = int(self._ds.count_rows())
+        except Exception as exc:  # pyarrow raises several types for unreadable input
+            raise DataError(self.path, f"not readable as Parquet ({exc})") from None
+        if LABEL not in self._ds.schema.names:
+            raise DataError(self.path, "no 'label' column")
+        if self.rows == 0:
+            raise DataError(self.path, "no rows")
+
+    def _frames(self, chunk_rows: int) -> Iterator[pd.DataFrame]:
+        if self._criteo:
+            from strata.datasets.criteo import iter_criteo_batches
+
+            yield from iter_criteo_batches(self.path, chunk_rows)
+        else:
+            for rb in self._ds.to_batches(batch_size=chunk_rows):
+                yield rb.to_pandas()
+
+    def iter_range(self, start: int, stop: int, chunk_rows: int) -> Iterator[pd.DataFrame]:
+        """Raw frames covering rows [start, stop) in file order, at most `chunk_rows` each."""
+        offset = 0
+        for df in self._frames(chunk_rows):
+            n = len(df)
+            lo, hi = max(start - offset, 0), min(stop - offset, n)
+            offset += n
+            if hi > lo:
+                yield df.iloc[lo:hi]
+            if offset >= stop:
+                return
+
+
+def resolve_source(data: Path, settings: Settings) -> CtrSource:
+    """A Parquet path as is; a Criteo TSV is converted once (streaming) into the cache."""
+    from strata.datasets.criteo import MANIFEST, criteo_to_parquet
+
+    data = Path(data)
+    if data.is_file() and data.name.endswith(_TSV_SUFFIXES):
+        st = data.stat()
+        key = hashlib.sha1(f"{data.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()
+        out = settings.home / "ctr" / "parquet" / f"{data.name}-{key[:12]}"
+        if not (out / MANIFEST).is_file():
+            criteo_to_parquet(data, out, overwrite=True)
+        return CtrSource(out)
+    return CtrSource(data)
+
+
+@dataclass(frozen=True)
+class Split:
+    """Row ranges of the temporal train / valid / test split."""
+
+    train: tuple[int, int]
+    valid: tuple[int, int]
+    test: tuple[int, int]
+
+
+def temporal_split(n: int, valid_fraction: float, test_fraction: float) -> Split:
+    """First rows train, then validation, then test (all non-empty)."""
+    n_test = max(1, round(n * test_fraction))
+    n_valid = max(1, round(n * valid_fraction))
+    n_train = n - n_test - n_valid
+    if n_train < 1:
+        raise DataError("<data>", f"{n} rows are too few to split")
+    return Split((0, n_train), (n_train, n_train + n_valid), (n_train + n_valid, n))
+
+
+class Reservoir:
+    """A uniform sample of at most `k` rows of a stream (bottom-k random keys), vectorised."""
+
+    def __init__(self, k: int, seed: int) -> None:
+        self.k = k
+        self._rng = np.random.default_rng(seed)
+        self._keys = np.empty(0)
+        self._batch: CtrBatch | None = None
+
+    def add(self, batch: CtrBatch) -> None:
+        """Offer the rows of `batch`."""
+        if self.k == 0 or len(batch) == 0:
+            return
+        keys = self._rng.random(len(batch))
+        if self._batch is None:
+            merged, all_keys = batch, keys
+        else:
+            merged = CtrBatch.concat([self._batch, batch])
+            all_keys = np.concatenate([self._keys, keys])
+        if len(all_keys) > self.k:
+            keep = np.argpartition(all_keys, self.k)[: self.k]
+            merged, all_keys = merged.take(keep), all_keys[keep]
+        self._batch, self._keys = merged, all_keys
+
+    def sample(self) -> CtrBatch | None:
+        """The rows kept so far."""
+        return self._batch
+
+
+def _block_shuffled(
+    batches: Iterable[CtrBatch], buffer_rows: int, batch_size: int, rng: np.random.Generator
+) -> Iterator[CtrBatch]:
+    """Minibatches from a stream through a shuffle buffer of `buffer_rows` rows."""
+    pending: list[CtrBatch] = []
+    held = 0
+
+    def drain(final: bool) -> Iterator[CtrBatch]:
+        nonlocal pending, held
+        if not pending:
+            return
+        big = CtrBatch.concat(pending).take(rng.permutation(held))
+        full = held if final else held - held % batch_size
+        for s in range(0, full, batch_size):
+            yield big.take(slice(s, min(s + batch_size, full)))
+        pending = [big.take(slice(full, held))] if full < held else []
+        held -= full
+
+    for b in batches:
+        pending.append(b)
+        held += len(b)
+        if held >= buffer_rows:
+            yield from drain(final=False)
+    yield from drain(final=True)
+
+
+# --- model steps ---------------------------------------------------------------------------
+
+
+def build_model(prep: CtrPreprocessor, cfg: CtrModelConfig) -> CtrModel:
+    """A fresh `CtrModel` sized for `prep`'s dense width and vocabularies."""
+    from strata.ctr.model import CtrModel
+
+    return CtrModel(prep.n_dense, prep.cardinalities, cfg)
+
+
+def predict_proba(model: CtrModel, batch: CtrBatch, batch_size: int = 8192) -> np.ndarray:
+    """Click probabilities from the torch model in eval mode."""
+    import torch
+
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for s in range(0, len(batch), batch_size):
+            part = batch.take(slice(s, s + batch_size))
+            logits = model(torch.from_numpy(part.dense), torch.from_numpy(part.cats))
+            out.append(torch.sigmoid(logits).numpy())
+    return np.concatenate(out) if out else np.empty(0, dtype=np.float32)
+
+
+def evaluate_probs(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+    """AUC and logloss (metrics from strata.training.metrics) plus the row count."""
+    from strata.training.metrics import auc, logloss
+
+    return {"auc": float(auc(y, p)), "logloss": float(logloss(y, p)), "rows": len(y)}
+
+
+def _fit_epochs(
+    model: CtrModel,
+    make_batches: Callable[[int], Iterable[CtrBatch]],
+    valid: CtrBatch,
+    epochs: int,
+    lr: float,
+    weight_decay: float,
+    emb_l2: float,
+    patience: int,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+) -> dict[str, Any]:
+    """Adam + BCE epochs with early stopping on validation AUC; restores the best weights."""
+    import torch
+    from torch import nn
+
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    assert valid.labels is not None
+    best_auc, best_epoch, bad = -1.0, -1, 0
+    best_state = copy.deepcopy(model.state_dict())
+    history: list[dict[str, float]] = []
+    seen = 0
+    t0 = time.perf_counter()
+    for epoch in range(epochs):
+        model.train()
+        for mb in make_batches(epoch):
+            assert mb.labels is not None
+            dense, cats = torch.from_numpy(mb.dense), torch.from_numpy(mb.cats)
+            logits, emb = model.forward_with_emb(dense, cats)
+            loss = nn.functional.binary_cross_entropy_with_logits(
+                logits, torch.from_numpy(mb.labels)
+            )
+            if emb_l2 > 0:
+                # L2 only on the rows this batch used: rare ids are not shrunk every step.
+                loss = loss + emb_l2 * (emb**2).sum(dim=(1, 2)).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            seen += len(mb)
+        m = evaluate_probs(valid.labels, predict_proba(model, valid))
+        m["epoch"] = epoch
+        history.append(m)
+        log.info("ctr epoch %d: valid auc=%.4f logloss=%.4f", epoch, m["auc"], m["logloss"])
+        if on_epoch is not None:
+            on_epoch(epoch, m)
+        if m["auc"] > best_auc:
+            best_auc, best_epoch, bad = m["auc"], epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            bad += 1
+            if bad > patience:
+                break
+    model.load_state_dict(best_state)
+    model.eval()
+    elapsed = time.perf_counter() - t0
+    return {
+        "best_valid_auc": best_auc,
+        "best_epoch": best_epoch,
+        "history": history,
+        "samples_per_s": seen / elapsed if elapsed > 0 else 0.0,
+        "train_seconds": elapsed,
+    }
+
+
+# --- full training -------------------------------------------------------------------------
+
+
+@dataclass
+class CtrTrainResult:
+    """Everything a trained version consists of, before it is written to the registry."""
+
+    model: CtrModel
+    preprocessor: CtrPreprocessor
+    config: CtrConfig
+    metrics: dict[str, Any]
+    replay: CtrBatch | None
+    drift_reference: FeatureDriftReference | None
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+def train_ctr(
+    source: CtrSource,
+    cfg: CtrConfig,
+    seed: int = 42,
+    baseline: bool = False,
+) -> CtrTrainResult:
+    """Fit preprocessing, train DCN/DCN-v2 with early stopping, evaluate on the held-out test."""
+    import torch
+    from rich.progress import TaskID
+
+    from strata.progress import task
+
+    torch.set_num_threads(cfg.train.max_threads)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    tc = cfg.train
+    split = temporal_split(source.rows, tc.valid_fraction, tc.test_fraction)
+    prep = fit_preprocessor(source.iter_range(*split.train, tc.read_rows), cfg.preprocess)
+    v0, v1 = split.valid
+    valid_df = pd.concat(list(source.iter_range(v0, min(v1, v0 + MAX_EVAL_ROWS), tc.read_rows)))
+    valid = prep.transform(valid_df, require_label=True)
+    model = build_model(prep, cfg.model)
+    reservoir = Reservoir(tc.replay_rows, seed)
+
+    def make_batches(epoch: int) -> Iterator[CtrBatch]:
+        def chunks() -> Iterator[CtrBatch]:
+            for df in source.iter_range(*split.train, tc.read_rows):
+                b = prep.transform(df, require_label=True)
+                if epoch == 0:
+                    reservoir.add(b)
+                yield b
+
+        yield from _block_shuffled(chunks(), tc.shuffle_buffer, tc.batch_size, rng)
+
+    with task(f"train {cfg.model.type}", total=tc.epochs) as (progress, tid):
+        fit = _fit_epochs(
+            model,
+            make_batches,
+            valid,
+            tc.epochs,
+            tc.lr,
+            tc.weight_decay,
+            tc.emb_l2,
+            tc.patience,
+            on_epoch=lambda _e, _m: progress.advance(TaskID(tid)),
+        )
+    test = evaluate_source(model, prep, source, *split.test, tc.read_rows)
+    metrics: dict[str, Any] = {
+        "test": test,
+        "valid_auc": fit["best_valid_auc"],
+        "best_epoch": fit["best_epoch"],
+        "history": fit["history"],
+        "samples_per_s": fit["samples_per_s"],
+        "train_seconds": fit["train_seconds"],
+        "split": {"train": split.train, "valid": split.valid, "test": split.test},
+    }
+    if baseline:
+        metrics["baseline_hashed_lr"] = evaluate_hashed_lr_baseline(source, split, tc.read_rows)
+    replay = reservoir.sample()
+    drift_ref = FeatureDriftReference.fit(replay, psi_alert=cfg.drift.psi_alert) if replay else None
+    return CtrTrainResult(
+        model=model,
+        preprocessor=prep,
+        config=cfg,
+        metrics=metrics,
+        replay=replay,
+        drift_reference=drift_ref,
+        data={"path": str(source.path), "rows": source.rows},
+    )
+
+
+def evaluate_source(
+    model: CtrModel,
+    prep: CtrPreprocessor,
+    source: CtrSource,
+    start: int,
+    stop: int,
+    chunk_rows: int = 65_536,
+) -> dict[str, float]:
+    """AUC/logloss/rows of the torch model over rows [start, stop), streamed."""
+    ys, ps = [], []
+    for df in source.iter_range(start, stop, chunk_rows):
+        b = prep.transform(df, require_label=True)
+        assert b.labels is not None
+        ys.append(b.labels)
+        ps.append(predict_proba(model, b))
+    return evaluate_probs(np.concatenate(ys), np.concatenate(ps))
+
+
+def evaluate_hashed_lr_baseline(source: CtrSource, split: Split, chunk_rows: int) -> dict[str, Any]:
+    """Train the hashed-LR baseline on the same train/valid rows; metrics on the same test rows.
+
+    The learning rate is picked from a small grid by validation AUC, so the yardstick is tuned
+    as fairly as the model it is compared with.
+    """
+    from strata.ctr.baseline import HashedLRConfig, fit_hashed_lr
+
+    v0, v1 = split.valid
+    valid_df = pd.concat(list(source.iter_range(v0, min(v1, v0 + MAX_EVAL_ROWS), chunk_rows)))
+    fits = [
+        (fit_hashed_lr(lambda: source.iter_range(*split.train, chunk_rows), valid_df, cfg), cfg)
+        for cfg in (HashedLRConfig(lr=0.01), HashedLRConfig(lr=0.003))
+    ]
+    (lr, valid_auc), best_cfg = max(fits, key=lambda f: f[0][1])
+    ys, ps = [], []
+    for df in source.iter_range(*split.test, chunk_rows):
+        ys.append(df[LABEL].to_numpy(dtype=np.float32))
+        ps.append(lr.predict(df))
+    out: dict[str, Any] = evaluate_probs(np.concatenate(ys), np.concatenate(ps))
+    out["valid_auc"] = valid_auc
+    out["lr"] = best_cfg.lr
+    return out
+
+
+# --- artifacts -----------------------------------------------------------------------------
+
+MODEL_ONNX = "model.onnx"
+MODEL_WEIGHTS = "model.safetensors"
+PREPROCESS = "preprocess.json"
+REPLAY = "replay.npz"
+DRIFT_REF = "drift_reference.json"
+CTR_META = "ctr.json"
+
+
+def write_artifacts(result: CtrTrainResult, out_dir: Path) -> dict[str, Any]:
+    """Write weights, ONNX (checked against torch), preprocessing, replay and metadata."""
+    import torch
+
+    from strata.ctr.model import ProbModel
+    from strata.training.export import export_onnx, save_state
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = result.model.eval()
+    save_state(model, out_dir / MODEL_WEIGHTS)
+    prep = result.preprocessor
+    rng = np.random.default_rng(0)
+    dense = torch.from_numpy(rng.standard_normal((8, prep.n_dense)).astype(np.float32))
+    cats = torch.from_numpy(
+        np.stack([rng.integers(0, c, 8) for c in prep.cardinalities], axis=1).astype(np.int64)
+    )
+    diff = export_onnx(
+        ProbModel(model), (dense, cats), ("dense", "cats"), out_dir / MODEL_ONNX, "prob"
+    )
+    model.eval()  # the exporter restores the wrapper's (training) mode on the way out
+    prep.save(out_dir / PREPROCESS)
+    if result.replay is not None:
+        result.replay.to_npz(out_dir / REPLAY)
+    if result.drift_reference is not None:
+        atomic_write_text(out_dir / DRIFT_REF, json.dumps(result.drift_reference.to_dict()))
+    meta = {
+        "kind": "ctr",
+        "model": result.config.model.model_dump(mode="json"),
+        "cardinalities": result.model.cardinalities,
+        "n_dense": result.model.n_dense,
+        "metrics": result.metrics,
+        "data": result.data,
+        "reference_auc": reference_auc(result.metrics),
+        "onnx_max_abs_diff": diff,
+        "torch": torch.__version__,
+    }
+    atomic_write_text(out_dir / CTR_META, json.dumps(meta, indent=2, default=_json_default))
+    return meta
+
+
+def ctr_registry(settings: Settings) -> Registry:
+    """The registry of CTR versions: `<registry_dir>/<ctr.registry_name>/`."""
+    from strata.training.registry import Registry
+
+    return Registry(settings.registry_dir, settings.ctr.registry_name)
+
+
+def publish(result: CtrTrainResult, registry: Registry, promote: bool = True) -> str:
+    """Write a version into the registry (staged, hashed, renamed) and optionally serve it."""
+    with registry.stage() as tmp:
+        meta = write_artifacts(result, tmp)
+        manifest = {
+            "kind": "ctr",
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "model": meta["model"],
+            "metrics": json.loads(json.dumps(result.metrics, default=_json_default)),
+            "data": result.data,
+        }
+        version = registry.commit(tmp, manifest)
+    if promote:
+        registry.promote(version)
+    log.info("ctr: wrote version %s (serving: %s)", version, promote)
+    return version
+
+
+def _json_default(o: object) -> object:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, tuple):
+        return list(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def reference_auc(metrics: dict[str, Any]) -> float | None:
+    """The AUC the drift monitor compares against: held-out test, else the gate holdout."""
+    if "test" in metrics:
+        return float(metrics["test"]["auc"])
+    if "gate" in metrics:
+        return float(metrics["gate"]["new_auc"])
+    return None
+
+
+def load_version_model(version_dir: Path) -> tuple[CtrModel, CtrPreprocessor, dict[str, Any]]:
+    """Torch model (for warm start), preprocessing and metadata of a written version."""
+    from strata.ctr.model import CtrModel
+    from strata.training.export import load_state
+
+    meta_path = version_dir / CTR_META
+    if not meta_path.exists():
+        raise DataError(version_dir, "not a CTR model version (no ctr.json)")
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    prep = CtrPreprocessor.load(version_dir / PREPROCESS)
+    model = CtrModel(
+        int(meta["n_dense"]), list(meta["cardinalities"]), CtrModelConfig(**meta["model"])
+    )
+    load_state(model, version_dir / MODEL_WEIGHTS)
+    model.eval()
+    return model, prep, meta
+
+
+# --- incremental ---------------------------------------------------------------------------
+
+
+@dataclass
+class IncrementalResult:
+    """Outcome of a warm-start retrain: the gate's numbers and, if promoted, the new version."""
+
+    promoted: bool
+    old_auc: float
+    new_auc: float
+    rows_recent: int
+    rows_replay: int
+    rows_holdout: int
+    seconds: float
+    result: CtrTrainResult | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The numbers (without the model)."""
+        return {
+            "promoted": self.promoted,
+            "old_auc": self.old_auc,
+            "new_auc": self.new_auc,
+            "rows_recent": self.rows_recent,
+            "rows_replay": self.rows_replay,
+            "rows_holdout": self.rows_holdout,
+            "seconds": self.seconds,
+        }
+
+
+def incremental_train(
+    version_dir: Path,
+    recent: CtrBatch,
+    cfg: CtrConfig,
+    seed: int = 42,
+) -> IncrementalResult:
+    """Warm-start from `version_dir`, fine-tune on recent rows + replay, gate on a recent holdout.
+
+    The newest `holdout_fraction` of `recent` is the holdout; the rest plus a replay sample from
+    the serving version's training data (to resist forgetting) are the fine-tuning rows. The new
+    model is promoted only if its holdout AUC >= the serving model's + `min_gain`.
+    """
+    import torch
+
+    from strata.training.metrics import auc
+
+    ic = cfg.incremental
+    if recent.labels is None or len(recent) < 20:
+        raise DataError("<recent>", f"need at least 20 labelled rows, got {len(recent)}")
+    t0 = time.perf_counter()
+    torch.set_num_threads(cfg.train.max_threads)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    old, prep, meta = load_version_model(version_dir)
+    n_hold = max(10, int(len(recent) * ic.holdout_fraction))
+    fit_rows, holdout = (
+        recent.take(slice(0, len(recent) - n_hold)),
+        recent.take(slice(-n_hold, None)),
+    )
+    assert holdout.labels is not None
+    replay_path = version_dir / REPLAY
+    replay_all = CtrBatch.from_npz(replay_path) if replay_path.exists() else None
+    n_replay = 0
+    train_rows = fit_rows
+    if replay_all is not None and ic.replay_ratio > 0:
+        n_replay = min(len(replay_all), int(len(fit_rows) * ic.replay_ratio))
+        replay = replay_all.take(rng.choice(len(replay_all), n_replay, replace=False))
+        train_rows = CtrBatch.concat([fit_rows, replay])
+    old_auc = float(auc(holdout.labels, predict_proba(old, holdout)))
+    new = copy.deepcopy(old)
+
+    def make_batches(_epoch: int) -> Iterator[CtrBatch]:
+        perm = rng.permutation(len(train_rows))
+        for s in range(0, len(perm), cfg.train.batch_size):
+            yield train_rows.take(perm[s : s + cfg.train.batch_size])
+
+    # Early stopping on the holdout would leak it into the gate: use a slice of the fit rows.
+    n_val = max(10, len(fit_rows) // 5)
+    fit_valid = fit_rows.take(slice(-n_val, None))
+    _fit_epochs(
+        new,
+        make_batches,
+        fit_valid,
+        ic.epochs,
+        ic.lr,
+        cfg.train.weight_decay,
+        cfg.train.emb_l2,
+        patience=ic.epochs,
+    )
+    new_auc = float(auc(holdout.labels, predict_proba(new, holdout)))
+    promoted = new_auc >= old_auc + ic.min_gain
+    seconds = time.perf_counter() - t0
+    log.info(
+        "ctr incremental: old_auc=%.4f new_auc=%.4f promoted=%s (recent=%d replay=%d holdout=%d)",
+        old_auc, new_auc, promoted, len(fit_rows), n_replay, n_hold,
+    )  # fmt: skip
+    out = IncrementalResult(
+        promoted, old_auc, new_auc, len(fit_rows), n_replay, n_hold, seconds, result=None
+    )
+    if promoted:
+        # The next replay mixes the old sample with the recent rows, so it follows the traffic.
+        res = Reservoir(cfg.train.replay_rows, seed + 1)
+        if replay_all is not None:
+            res.add(replay_all)
+        res.add(recent)
+        model_cfg = CtrModelConfig(**meta["model"])
+        out.result = CtrTrainResult(
+            model=new,
+            preprocessor=prep,
+            config=cfg.model_copy(update={"model": model_cfg}),
+            metrics={"gate": out.to_dict(), "parent": version_dir.name},
+            replay=res.sample(),
+            drift_reference=FeatureDriftReference.fit(recent, psi_alert=cfg.drift.psi_alert),
+            data={"rows": len(recent), "incremental": True},
+        )
+    return out
+
+
+def run_ctr_train(
+    settings: Settings,
+    data: Path,
+    model_type: str | None = None,
+    epochs: int | None = None,
+    baseline: bool = False,
+) -> dict[str, Any]:
+    """`strata ctr train`: train on a Criteo TSV or Parquet, publish and serve the new version."""
+    cfg = settings.ctr
+    if model_type is not None:
+        cfg = cfg.model_copy(
+            update={"model": CtrModelConfig(**{**cfg.model.model_dump(), "type": model_type})}
+        )
+    if epochs is not None:
+        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": epochs})})
+    result = train_ctr(resolve_source(data, settings), cfg, seed=settings.seed, baseline=baseline)
+    version = publish(result, ctr_registry(settings), promote=True)
+    m = result.metrics
+    out: dict[str, Any] = {
+        "version": version,
+        "model": cfg.model.type,
+        "test": m["test"],
+        "valid_auc": m["valid_auc"],
+        "best_epoch": m["best_epoch"],
+        "samples_per_s": m["samples_per_s"],
+    }
+    if baseline:
+        out["baseline_hashed_lr"] = m["baseline_hashed_lr"]
+    return out
