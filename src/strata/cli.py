@@ -413,6 +413,19 @@ def ctr_demo(
     print_json(report.to_dict())
 
 
+@ctr_app.command("serve")
+def ctr_serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (default: config).")] = None,
+    port: Annotated[
+        int | None, typer.Option(min=1, max=65535, help="Port (default: config, 8001).")
+    ] = None,
+) -> None:
+    """Serve only the CTR API (/ctr/predict, /ctr/feedback, /ctr/status, /metrics)."""
+    from strata.serving.ctr_api import serve_ctr
+
+    serve_ctr(settings(), host, port)
+
+
 # --- index ---------------------------------------------------------------------------------
 
 index_app = typer.Typer(help="ANN index over item embeddings.", no_args_is_help=True)
@@ -468,6 +481,120 @@ def export_triton_cmd(
     s = s.model_copy(update={"triton_export": export_cfg})
     res = export_triton(s, dataset, out, version)
     print_json({"out": str(res.out), "models": list(res.models), "version": res.version})
+
+
+# --- serve ---------------------------------------------------------------------------------
+
+
+@app.command("serve")
+def serve_cmd(
+    dataset: Annotated[str | None, typer.Option(help="Dataset to serve (default: config).")] = None,
+    host: Annotated[str | None, typer.Option(help="Bind address (default: 127.0.0.1).")] = None,
+    port: Annotated[
+        int | None, typer.Option(min=0, max=65535, help="Port (default: 8000).")
+    ] = None,
+    online: OnlineOpt = None,
+) -> None:
+    """Serve recommendations over HTTP (/recommend, /events, /items, /metrics, /admin/reload)."""
+    from strata.serving.app import serve
+
+    s = _with_online(online)
+    if dataset is not None:
+        s = s.model_copy(update={"serve": s.serve.model_copy(update={"dataset": dataset})})
+    serve(s, host, port)
+
+
+# --- pipeline ------------------------------------------------------------------------------
+
+pipeline_app = typer.Typer(help="Kubeflow pipelines: compile, run, schedule.", no_args_is_help=True)
+app.add_typer(pipeline_app, name="pipeline")
+
+
+@pipeline_app.command("compile")
+def pipeline_compile(
+    out: Annotated[Path, typer.Option("--out", help="Folder for one YAML per pipeline.")],
+    image: Annotated[str | None, typer.Option(help="Component image (default: config).")] = None,
+) -> None:
+    """Compile initial, incremental and ctr-retrain to KFP v2 YAML."""
+    from strata.pipelines.pipelines import compile_all
+
+    paths = compile_all(out, image or settings().pipelines.image)
+    print_json({"compiled": [str(p) for p in paths]})
+
+
+@pipeline_app.command("run")
+def pipeline_run(
+    name: Annotated[str, typer.Argument(help="initial | incremental | ctr-retrain")],
+    local: Annotated[bool, typer.Option("--local", help="Run on this machine.")] = False,
+    host: Annotated[str | None, typer.Option(help="KFP API server URL to submit to.")] = None,
+    storage: Annotated[
+        str | None, typer.Option(help="Storage URI: folder or s3://... (default: config/home).")
+    ] = None,
+    dataset: Annotated[str | None, typer.Option(help="Dataset (initial, incremental).")] = None,
+    data_path: Annotated[
+        str | None, typer.Option("--data-path", help="Explicit dataset folder (initial).")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(help="initial: history cut (unix seconds or ISO date).")
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help="initial: two-tower epochs.")] = None,
+    no_encode: Annotated[
+        bool, typer.Option("--no-encode", help="initial: skip the content encoders.")
+    ] = False,
+    data: Annotated[
+        str | None, typer.Option(help="ctr-retrain: recent labelled rows (.npz, TSV, Parquet).")
+    ] = None,
+    serving_url: Annotated[
+        str | None, typer.Option(help="Serving app to reload after a promotion.")
+    ] = None,
+    wait: Annotated[bool, typer.Option(help="--host: wait for the run to finish.")] = False,
+) -> None:
+    """Run a pipeline locally (--local) or submit it to a KFP host (--host)."""
+    from strata.errors import ValidationError
+    from strata.features.offline import parse_ts
+    from strata.pipelines.runner import pipeline_params, run_local, submit
+    from strata.pipelines.storage import resolve_uri
+
+    s = settings()
+    kfp_host = host or (None if local else s.pipelines.kfp_host)
+    if local == (kfp_host is not None):
+        raise ValidationError("--local/--host", "give exactly one of --local or --host URL")
+    params = pipeline_params(
+        name, resolve_uri(s, storage), dataset=dataset, data_path=data_path,
+        until=parse_ts(until, "--until"), epochs=epochs, encode=False if no_encode else None,
+        recent_uri=data, serving_url=serving_url,
+    )  # fmt: skip
+    if kfp_host is None:
+        print_json(run_local(name, params, s))
+    else:
+        print_json(submit(name, params, kfp_host, s, wait=wait))
+
+
+@pipeline_app.command("schedule")
+def pipeline_schedule(
+    name: Annotated[str, typer.Argument(help="Pipeline to schedule (incremental).")],
+    cron: Annotated[str, typer.Option(help="Cron expression, 5 or 6 fields.")],
+    host: Annotated[str | None, typer.Option(help="KFP API server URL (default: config).")] = None,
+    storage: Annotated[str | None, typer.Option(help="Storage URI (default: config).")] = None,
+    dataset: Annotated[str | None, typer.Option(help="Dataset.")] = None,
+    serving_url: Annotated[
+        str | None, typer.Option(help="Serving app to reload after a promotion.")
+    ] = None,
+) -> None:
+    """Create a recurring run of a pipeline on a KFP host."""
+    from strata.errors import ValidationError
+    from strata.pipelines.runner import kfp_cron, pipeline_params, schedule
+    from strata.pipelines.storage import resolve_uri
+
+    s = settings()
+    kfp_host = host or s.pipelines.kfp_host
+    if kfp_host is None:
+        raise ValidationError("--host", "needs a KFP host (--host or pipelines.kfp_host)")
+    kfp_cron(cron)  # reject a bad expression before compiling anything
+    params = pipeline_params(
+        name, resolve_uri(s, storage), dataset=dataset, serving_url=serving_url
+    )
+    print_json(schedule(name, cron, params, kfp_host, s))
 
 
 def main() -> None:

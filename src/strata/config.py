@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from strata.errors import ConfigError
@@ -157,6 +157,21 @@ class IncrementalConfig(_Strict):
     min_gain: float = Field(default=0.0)  # new AUC must be >= old AUC + min_gain on the holdout
 
 
+class CtrServeConfig(_Strict):
+    """`/ctr/*` HTTP serving: bind address, request size limit, retrain and shutdown behaviour."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8001, ge=1, le=65535)
+    max_batch_rows: int = Field(default=4096, ge=1)  # rows per /ctr/predict request
+    max_feedback_ids: int = Field(default=100_000, ge=1)  # ids per /ctr/feedback request
+    onnx_threads: int = Field(default=1, ge=1)  # intra-op threads of the served ONNX session
+    # Retraining on a background thread keeps requests flowing while the new version trains.
+    retrain_background: bool = True
+    shutdown_wait_s: float = Field(default=30.0, ge=0.0)  # wait for a running retrain on exit
+    # PSI over top-k/quantile bins is biased upward on small samples: report it from 1000 rows.
+    min_drift_rows: int = Field(default=1000, ge=1)  # recent labelled rows for feature PSI
+
+
 class CtrConfig(_Strict):
     """The ranking-only CTR system."""
 
@@ -167,6 +182,7 @@ class CtrConfig(_Strict):
     incremental: IncrementalConfig = IncrementalConfig()
     buffer_size: int = Field(default=100_000, ge=1)  # prediction-id ring buffer for feedback
     registry_name: str = "ctr"
+    serve: CtrServeConfig = CtrServeConfig()
 
 
 # --- training (recommender) -----------------------------------------------------------------
@@ -253,6 +269,62 @@ class TritonExportConfig(_Strict):
         return self
 
 
+# --- serving -------------------------------------------------------------------------------
+
+
+class DiversityConfig(_Strict):
+    """Order-stage diversity (off by default): a per-genre cap, or softmax sampling of the top-k."""
+
+    type: Literal["none", "genre_cap", "sample"] = "none"
+    genre_cap: int = Field(default=3, ge=1)  # at most this many items per primary genre
+    temperature: float = Field(default=0.1, gt=0.0)  # sampling: softmax(logit / temperature)
+
+
+class ServeConfig(_Strict):
+    """`strata serve`: HTTP bind, request limits, admin token, store timeouts and backoff."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    dataset: str = "movielens-100k"
+    candidates: int = Field(default=300, ge=1)  # retrieval depth N before filtering/ranking
+    k_default: int = Field(default=10, ge=1)
+    k_max: int = Field(default=100, ge=1)
+    max_events: int = Field(default=1000, ge=1)  # events per POST /events
+    # None disables /admin/*; set with STRATA_SERVE__ADMIN_TOKEN.
+    admin_token: SecretStr | None = None
+    # The online store is skipped (fail open) after a failure, retried after a backoff that
+    # doubles from min to max, so a returning store is used again within max + one timeout.
+    store_backoff_min_s: float = Field(default=0.05, gt=0.0)
+    store_backoff_max_s: float = Field(default=0.5, gt=0.0)
+    catalog_refresh_s: float = Field(default=2.0, gt=0.0)  # item feature-version poll period
+    diversity: DiversityConfig = DiversityConfig()
+
+    @model_validator(mode="after")
+    def _limits(self) -> ServeConfig:
+        if self.k_default > self.k_max:
+            raise ValueError(f"k_default {self.k_default} > k_max {self.k_max}")
+        if self.store_backoff_min_s > self.store_backoff_max_s:
+            raise ValueError("store_backoff_min_s must be <= store_backoff_max_s")
+        return self
+
+
+# --- pipelines (Kubeflow) ------------------------------------------------------------------
+
+
+class PipelinesConfig(_Strict):
+    """Kubeflow pipelines: project image, storage for data and artifacts, KFP host, serving URL."""
+
+    image: str = "ghcr.io/strata-recsys/strata:0.1.0"  # what the components run in on a cluster
+    storage_uri: str | None = None  # local folder or s3://bucket/prefix; default: <home>
+    kfp_host: str | None = None  # KFP API server; None = run pipelines locally
+    experiment: str = "strata"
+    # Base URL whose POST /admin/reload the deploy step calls (bearer: serve.admin_token).
+    serving_url: str | None = None
+    min_new_events: int = Field(default=10, ge=1)  # incremental: fewer new events -> skip
+    min_ranker_auc: float = Field(default=0.5, ge=0.0, le=1.0)  # initial gate floor
+    run_timeout_s: int = Field(default=3600, ge=1)  # waiting for a submitted KFP run
+
+
 # --- root ----------------------------------------------------------------------------------
 
 
@@ -273,6 +345,8 @@ class Settings(BaseSettings):
     index: IndexConfig = IndexConfig()
     inference: InferenceConfig = OnnxRuntimeConfig()
     triton_export: TritonExportConfig = TritonExportConfig()
+    pipelines: PipelinesConfig = PipelinesConfig()
+    serve: ServeConfig = ServeConfig()
     seed: int = 42
 
     @property

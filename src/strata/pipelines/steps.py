@@ -1,0 +1,342 @@
+"""Pipeline steps as plain library functions: storage URI + JSON-able parameters -> JSON-able dict.
+
+Each step opens the workspace at the storage URI and calls the same library function the CLI
+calls (ingest, feature build, content encoders, train, ANN index, fine-tune, materialize, CTR
+incremental training). The Kubeflow components in `components.py` only forward their arguments
+here, so a pipeline run on a cluster, the local runner and a plain Python call do the same work.
+Decisions (gate passed or not, and why) are appended to the registry's `decisions.jsonl`.
+Integer parameters use 0 and strings use "" for "not set": KFP parameters are not optional.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ParamSpec
+
+from strata.errors import StrataError
+from strata.pipelines.storage import workspace
+
+if TYPE_CHECKING:
+    from strata.training.registry import Registry
+
+log = logging.getLogger(__name__)
+P = ParamSpec("P")
+
+
+class DeployError(StrataError):
+    """The serving app did not accept the reload request."""
+
+
+def _drop_none(value: Any) -> Any:
+    """KFP passes step outputs as protobuf Structs, whose SDK rejects None: leave such keys out."""
+    if isinstance(value, dict):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list | tuple):
+        return [_drop_none(v) for v in value if v is not None]
+    return value
+
+
+def step(fn: Callable[P, dict[str, Any]]) -> Callable[P, dict[str, Any]]:
+    """Mark a pipeline step: its output dict becomes KFP-safe JSON (no None values)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> dict[str, Any]:
+        return _drop_none(fn(*args, **kwargs))
+
+    return wrapper
+
+
+def _opt_path(value: str) -> Path | None:
+    return Path(value).expanduser() if value else None
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _finite(metrics: dict[str, Any]) -> dict[str, float]:
+    """Metrics as plain floats, NaN/inf dropped (they are not valid JSON for KFP outputs)."""
+    out: dict[str, float] = {}
+    for k, v in metrics.items():
+        if isinstance(v, int | float) and math.isfinite(float(v)):
+            out[k] = float(v)
+    return out
+
+
+# --- initial --------------------------------------------------------------------------------
+
+
+@step
+def ingest(storage_uri: str, dataset: str, data_path: str = "", until: int = 0) -> dict[str, Any]:
+    """Load `dataset` and ingest users, items and events (those before `until`, when set)."""
+    from strata.datasets import load
+    from strata.features.offline import OfflineStore
+
+    with workspace(storage_uri) as s:
+        ds = load(dataset, path=_opt_path(data_path), settings=s)
+        events = ds.interactions
+        if until:
+            # The history up to the cut; later events arrive through the event log.
+            events = events[events["ts"] < until]
+        counts = OfflineStore(s).ingest(dataset, ds.users, ds.items, [events])
+    return {"dataset": dataset, "until": until or None, **counts}
+
+
+@step
+def build_features(storage_uri: str, dataset: str, until: int = 0) -> dict[str, Any]:
+    """Build the offline feature tables of `dataset` (point in time up to `until`, when set)."""
+    from strata.features.offline import OfflineStore
+
+    with workspace(storage_uri) as s:
+        return OfflineStore(s).build(dataset, until=until or None)
+
+
+@step
+def encode_content(
+    storage_uri: str, dataset: str, data_path: str = "", images: str = "", enabled: bool = True
+) -> dict[str, Any]:
+    """Embed item text and posters into the store's `item_content` (skipped when disabled)."""
+    if not enabled:
+        return {"dataset": dataset, "skipped": True}
+    from strata.features.content import encode_and_store
+
+    with workspace(storage_uri) as s:
+        return encode_and_store(s, dataset, images=_opt_path(images), path=_opt_path(data_path))
+
+
+@step
+def train_models(
+    storage_uri: str, dataset: str, until: int = 0, epochs: int = 0, images: str = ""
+) -> dict[str, Any]:
+    """Train the two-tower and the ranker and register a candidate version (not yet serving)."""
+    from strata.training.train import train
+
+    with workspace(storage_uri) as s:
+        res = train(
+            s, dataset, until=until or None, images=_opt_path(images), epochs=epochs or None,
+            promote=False,
+        )  # fmt: skip
+    return {"dataset": dataset, "version": res.version, "metrics": _finite(res.metrics)}
+
+
+@step
+def build_index(storage_uri: str, dataset: str, candidate: dict[str, Any], kind: str = "") -> dict:
+    """Build the ANN index of the candidate version (nothing to do when there is none)."""
+    version = candidate.get("version")
+    if not version:
+        return {"dataset": dataset, "version": None, "skipped": True}
+    from strata.serving.index import build_version_index
+
+    with workspace(storage_uri) as s:
+        info = build_version_index(s, dataset, version, kind or None)
+    return {"dataset": dataset, "version": version, "index": info}
+
+
+@step
+def gate(storage_uri: str, dataset: str, candidate: dict[str, Any]) -> dict[str, Any]:
+    """Accept the candidate if its ranker beats the AUC floor and, when the serving version was
+    trained on the same cut, its holdout NDCG@10 is not worse than serving's (within tolerance)."""
+    from strata.training.registry import Registry
+
+    version = candidate["version"]
+    with workspace(storage_uri) as s:
+        reg = Registry(s.registry_dir, dataset)
+        cand = reg.manifest(version)
+        m = cand.get("metrics", {})
+        reasons: list[str] = []
+        floor = s.pipelines.min_ranker_auc
+        auc = m.get("ranker_auc_valid")
+        if auc is None or not math.isfinite(float(auc)) or float(auc) < floor:
+            reasons.append(f"ranker_auc_valid {auc} < floor {floor}")
+        serving = reg.serving()
+        key = "holdout_ndcg@10_full"
+        if serving is not None:
+            old = reg.manifest(serving)
+            same_cut = old.get("data_range", {}).get("until") == cand.get("data_range", {}).get(
+                "until"
+            )
+            a, b = m.get(key), old.get("metrics", {}).get(key)
+            if same_cut and a is not None and b is not None:
+                tol = s.training.gate_tolerance
+                if float(a) < float(b) - tol:
+                    reasons.append(f"{key} {a:.4f} < serving {serving} {b:.4f} - {tol}")
+        decision = {
+            "kind": "initial_gate",
+            "dataset": dataset,
+            "version": version,
+            "serving_version": serving,
+            "accepted": not reasons,
+            "reasons": reasons,
+            "metrics": _finite(m),
+            "created": _now(),
+        }
+        reg.append_log(decision)
+    return decision
+
+
+@step
+def materialize_online(storage_uri: str, dataset: str) -> dict[str, Any]:
+    """Copy the latest user and item features to the configured online store."""
+    from strata.features.materialize import materialize
+
+    with workspace(storage_uri) as s:
+        return materialize(s, dataset)
+
+
+@step
+def publish(storage_uri: str, dataset: str, decision: dict[str, Any]) -> dict[str, Any]:
+    """Point the registry's `serving` at the accepted version; a rejected one stays unpublished."""
+    from strata.training.registry import Registry
+
+    version = decision.get("version")
+    if not decision.get("accepted") or not version:
+        return {**decision, "published": False}
+    with workspace(storage_uri) as s:
+        Registry(s.registry_dir, dataset).promote(version)
+    return {**decision, "published": True}
+
+
+@step
+def deploy(published: dict[str, Any], serving_url: str = "") -> dict[str, Any]:
+    """Ask the serving app to load the serving version (POST /admin/reload, bearer token).
+
+    Without a serving URL (argument or `pipelines.serving_url`) the new version is picked up at
+    the app's next start; that outcome is reported, not hidden.
+    """
+    import httpx
+
+    from strata.config import Settings
+
+    s = Settings()
+    url = serving_url or s.pipelines.serving_url
+    if not published.get("published"):
+        return {"decision": published, "deployed": False, "reason": "nothing new was published"}
+    if not url:
+        return {"decision": published, "deployed": False, "reason": "no serving url configured"}
+    token = s.serve.admin_token
+    headers = {"Authorization": f"Bearer {token.get_secret_value()}"} if token else {}
+    try:
+        r = httpx.post(url.rstrip("/") + "/admin/reload", headers=headers, timeout=120.0)
+    except httpx.HTTPError as exc:
+        raise DeployError(f"{url}: reload failed: {exc}") from None
+    if r.status_code != 200:
+        raise DeployError(f"{url}: reload answered {r.status_code}: {r.text[:200]}")
+    return {"decision": published, "deployed": True, "response": r.json()}
+
+
+# --- incremental -----------------------------------------------------------------------------
+
+
+@step
+def land(storage_uri: str, dataset: str) -> dict[str, Any]:
+    """Append logged events that are not yet in the offline store (idempotent)."""
+    from strata.features.events import land_events
+
+    with workspace(storage_uri) as s:
+        return {"dataset": dataset, "landed": land_events(s, dataset)}
+
+
+def watermark(registry: Registry) -> int:
+    """First timestamp the serving version has not trained on (its data range's `until`)."""
+    return int(registry.manifest()["data_range"]["until"])
+
+
+@step
+def finetune_serving(storage_uri: str, dataset: str) -> dict[str, Any]:
+    """Fine-tune the serving version on events since its watermark; the library's gate decides
+    and promotes. Too few new events is a recorded skip, not a failure (schedules run often)."""
+    from strata.features.offline import OfflineStore
+    from strata.training.finetune import finetune
+    from strata.training.registry import Registry
+
+    with workspace(storage_uri) as s:
+        reg = Registry(s.registry_dir, dataset)
+        serving = reg.serving()
+        since = watermark(reg)
+        n_new = len(OfflineStore(s).events(dataset, since=since))
+        if n_new < s.pipelines.min_new_events:
+            decision = {
+                "kind": "incremental",
+                "accepted": False,
+                "version": None,
+                "serving_version": serving,
+                "since": since,
+                "new_events": n_new,
+                "reasons": [f"{n_new} new events since {since} < {s.pipelines.min_new_events}"],
+                "created": _now(),
+            }
+            reg.append_log(decision)
+            return decision
+        r = finetune(s, dataset, since)
+    tol = s.training.gate_tolerance
+    reasons = [
+        f"{k} {r.metrics_candidate[k]:.4f} < serving {v:.4f} - {tol}"
+        for k, v in r.metrics_serving.items()
+        if not r.metrics_candidate.get(k, -math.inf) >= v - tol
+    ]
+    return {
+        "kind": "incremental",
+        "accepted": r.accepted,
+        # finetune promotes an accepted version itself; the deploy step only reloads.
+        "published": r.accepted,
+        "version": r.new_version,
+        "serving_version": r.serving_version,
+        "since": since,
+        "new_events": n_new,
+        "reasons": reasons,
+        "metrics_serving": _finite(r.metrics_serving),
+        "metrics_candidate": _finite(r.metrics_candidate),
+    }
+
+
+# --- ctr-retrain -----------------------------------------------------------------------------
+
+
+@step
+def ctr_retrain(storage_uri: str, recent_uri: str) -> dict[str, Any]:
+    """Warm-start the serving CTR model on recent labelled rows, gate, publish if better.
+
+    `recent_uri` is a `.npz` batch already in the serving preprocessor's encoding (what the
+    drift monitor writes) or raw labelled Criteo rows (TSV or Parquet).
+    """
+    from strata.ctr.preprocess import CtrBatch
+    from strata.ctr.service import ServedModel
+    from strata.ctr.train import ctr_registry, incremental_train, resolve_source
+    from strata.pipelines.storage import fetched
+
+    with workspace(storage_uri) as s, fetched(recent_uri) as recent_path:
+        reg = ctr_registry(s)
+        path = reg.path()
+        if recent_path.suffix == ".npz":
+            recent = CtrBatch.from_npz(recent_path)
+        else:
+            served = ServedModel.load(path, path.name)
+            src = resolve_source(recent_path, s)
+            batches = [
+                served.preprocessor.transform(df, require_label=True)
+                for df in src.iter_range(0, src.rows, s.ctr.train.read_rows)
+            ]
+            recent = CtrBatch.concat(batches)
+        res = incremental_train(path, recent, s.ctr, s.seed)
+        out: dict[str, Any] = {
+            "kind": "ctr_incremental",
+            "parent": path.name,
+            "accepted": res.promoted,
+            "published": False,
+            "version": None,
+            **res.to_dict(),
+        }
+        if res.promoted and res.result is not None:
+            from strata.ctr.train import publish as publish_ctr
+
+            out["version"] = publish_ctr(res.result, reg, promote=True)
+            out["published"] = True
+        else:
+            out["reasons"] = [f"new auc {res.new_auc:.4f} < old auc {res.old_auc:.4f} + min gain"]
+        reg.append_log({**out, "source": recent_uri, "rows": len(recent), "created": _now()})
+    return out

