@@ -98,11 +98,41 @@ def run_demo(
     )
     _print_report(report)
     if serve:
-        _console.print(
-            "[yellow]HTTP serving is not part of this release yet; "
-            "`strata demo --no-serve` is the same run.[/]"
-        )
+        _serve(settings, dataset, report)
     return report
+
+
+def _serve(settings: Settings, dataset: str, report: DemoReport) -> None:
+    """Serve the trained version on 127.0.0.1:8000 (blocks) after printing example requests."""
+    from strata.serving.app import serve
+
+    cfg = settings.serve.model_copy(update={"dataset": dataset})
+    settings = settings.model_copy(update={"serve": cfg})
+    store = None
+    if settings.online.type == "memory":
+        # The embedded store lives in this process: load the online features into the one the
+        # server will use (the materialize step above proved the path; its store is gone).
+        from strata.features.materialize import materialize
+        from strata.features.online.memory import MemoryOnlineStore
+
+        store = MemoryOnlineStore()
+        materialize(settings, dataset, store=store)
+    user = report.samples[0]["user_id"] if report.samples else 1
+    base = f"http://{cfg.host}:{cfg.port}"
+    json_h = "-H 'content-type: application/json'"
+    examples = [
+        f"curl '{base}/recommend?user_id={user}&k=5&device=mobile'",
+        f'curl -X POST {base}/recommend {json_h} -d \'{{"k": 5, "device": "tv"}}\'',
+        f'curl -X POST {base}/events {json_h} -d \'{{"event_id": "demo-1", '
+        f'"user_id": {user}, "item_id": 50, "type": "click", "ts": 893286638}}\'',
+        f"curl {base}/items/50",
+        f"curl {base}/readyz",
+        f"curl {base}/metrics",
+    ]
+    _console.print(f"[bold green]serving {dataset} on {base}[/] (Ctrl-C to stop). Try:")
+    for line in examples:
+        _console.print(f"  {line}", markup=False, highlight=False)
+    serve(settings, cfg.host, cfg.port, store=store)
 
 
 def _samples(settings: Settings, dataset: str, ds: Any, cut: int) -> list[dict[str, Any]]:

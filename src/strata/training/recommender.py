@@ -1,8 +1,10 @@
 """Contract 4: `load_recommender(settings, dataset, version)` -> `Recommender.recommend(...)`.
 
 Runs the in-process pipeline (exact retrieval -> seen filter -> DCN-v2 ranking -> top-k) from one
-registry version. Users are looked up in the version's user snapshot; users without history before
-the training cut-off get the unknown id + empty behaviour (the cold-start path the masking trained).
+registry version. Query features come from the version's user snapshot (the offline store's
+`latest_user_features` as of the cut-off) through `query_features_from_rows`, the function serving
+applies to online-store rows; users without history before the cut-off have an unknown id and empty
+behaviour there (the cold-start path the masking trained).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from strata.errors import DataError, ValidationError
 from strata.serving import pipeline
 from strata.serving.pipeline import Candidates, ExactIndex, PairSetFilter
 from strata.training.batch import QueryFeatures, RankBatch
-from strata.training.data import FeatureSpace, UserState
+from strata.training.data import FeatureSpace
 
 if TYPE_CHECKING:
     from strata.config import Settings
@@ -60,7 +62,7 @@ class Recommender:
         two_tower: TwoTower,
         ranker: DCNRanker,
         item_emb: np.ndarray,
-        state: UserState,
+        user_queries: QueryFeatures,
         seen: PairSetFilter,
         n_candidates: int,
     ) -> None:
@@ -71,28 +73,20 @@ class Recommender:
         self.two_tower = two_tower
         self.ranker = ranker
         self.index = ExactIndex(space.item_ids, item_emb)
-        self.state = state
+        self.user_queries = user_queries  # (len(space.user_ids),) as of the cut-off
         self.seen = seen
         self.n_candidates = n_candidates
         self.as_of = int(manifest["data_range"]["until"])
 
     def queries(self, user_ids: np.ndarray) -> QueryFeatures:
         """Query features of users as of the version's cut-off (ValidationError naming unknowns)."""
-        rows, found = self.space.user_rows(user_ids)
+        pos = np.searchsorted(self.space.user_ids, np.asarray(user_ids, np.int64))
+        pos = np.clip(pos, 0, max(len(self.space.user_ids) - 1, 0))
+        found = self.space.user_ids[pos] == np.asarray(user_ids, np.int64)
         if not found.all():
             bad = np.asarray(user_ids)[~found][:5].tolist()
             raise ValidationError("user_id", f"unknown user id(s) {bad} (not in the users table)")
-        r = rows - 1
-        st = UserState(
-            self.state.hist[r],
-            self.state.n_events[r],
-            self.state.mean_value[r],
-            self.state.top_genre[r],
-        )
-        n = len(user_ids)
-        return self.space.queries(
-            np.asarray(user_ids, np.int64), np.full(n, self.as_of), np.full(n, "unknown"), st
-        )
+        return self.user_queries.take(pos)
 
     def query_embeddings(self, user_ids: np.ndarray) -> np.ndarray:
         """Query-tower vectors (U, D)."""
@@ -154,13 +148,15 @@ class Recommender:
 
 def load_recommender(settings: Settings, dataset: str, version: str | None = None) -> Recommender:
     """Load `version` (default: serving) of `dataset` from the registry."""
+    import pandas as pd
     from safetensors.numpy import load_file
 
     from strata.models.dcn import DCNConfig, DCNRanker
     from strata.models.two_tower import TwoTower, TwoTowerConfig
+    from strata.training.data import query_features_from_frame
     from strata.training.export import load_state
     from strata.training.registry import Registry
-    from strata.training.train import USER_STATE_FILE
+    from strata.training.train import SEEN_FILE, USER_FEATURES_FILE
 
     reg = Registry(settings.registry_dir, dataset)
     path = reg.path(version)
@@ -173,12 +169,18 @@ def load_recommender(settings: Settings, dataset: str, version: str | None = Non
     load_state(rk, path / "ranker.safetensors")
     tt.eval()
     rk.eval()
-    st = load_file(str(path / USER_STATE_FILE))
-    state = UserState(st["hist"], st["n_events"], st["mean_value"], st["top_genre"])
+    seen = load_file(str(path / SEEN_FILE))
+    snap = pd.read_parquet(path / USER_FEATURES_FILE)
+    # Every catalog user as of the cut-off (request context = the cut-off, device unknown).
+    by_user = pd.DataFrame({"user_id": space.user_ids}).merge(snap, on="user_id", how="left")
+    if by_user.drop(columns="user_id").isna().any(axis=None):
+        raise DataError(path / USER_FEATURES_FILE, "snapshot lacks users of the feature space")
+    as_of = int(manifest["data_range"]["until"])
+    queries = query_features_from_frame(space, by_user, np.full(len(by_user), as_of), "unknown")
     emb = np.load(path / "item_embeddings.npy", allow_pickle=False)
     return Recommender(
-        path, manifest, space, tt, rk, emb, state,
-        PairSetFilter(st["seen_user"], st["seen_item"]), settings.training.candidates,
+        path, manifest, space, tt, rk, emb, queries,
+        PairSetFilter(seen["user"], seen["item"]), settings.training.candidates,
     )  # fmt: skip
 
 
@@ -211,20 +213,22 @@ def recommend_file(
     import os
     import tempfile
 
+    from strata.serving.service import open_batch_pipeline
+
     users = read_user_ids(users_file)
-    rec = load_recommender(settings, dataset, version)
-    ids, scores = rec.recommend(users, k, stage=stage)
+    # The same pipeline object that serves HTTP (online features when configured, else the
+    # version's snapshot; context = the version's cut-off).
+    results = open_batch_pipeline(settings, dataset, version, k).recommend_many(users, k, stage)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
     try:
         with os.fdopen(fd, "w") as f:
-            for u, row, sc in zip(users, ids, scores, strict=True):
-                keep = row >= 0
+            for u, res in zip(users, results, strict=True):
                 rec_line = {
                     "user_id": int(u),
-                    "items": row[keep].tolist(),
-                    "scores": [round(float(x), 6) for x in sc[keep]],
+                    "items": res.item_ids.tolist(),
+                    "scores": [round(float(x), 6) for x in res.scores],
                 }
                 f.write(json.dumps(rec_line) + "\n")
         os.replace(tmp, out)

@@ -1,0 +1,474 @@
+"""Load test of `strata serve` with Valkey on loopback: open loop at fixed rates, closed loop for
+maximum throughput, per-stage breakdown and overhead ratio (end-to-end / pure model compute).
+
+Two catalogues:
+- `ml100k`: MovieLens-100K (../shared/data/ml-100k), two-tower + ranker trained quickly (2 + 1
+  epochs, temporal cut at the 80% quantile), flat index (1,682 items);
+- `1m`: the synthetic world's users and 1,000,000 items with *randomly initialised* two-tower and
+  ranker of the production shapes (training at 1M items does not fit the time box; latency does
+  not depend on the weights), IVF index tuned to recall@100 >= 0.95.
+
+The server is a subprocess (`strata serve --online valkey://...`, one uvicorn worker) against a
+private valkey-server with the version's user features materialized; the load generator is this
+process (asyncio, raw HTTP/1.1 keep-alive, so the client costs little of the 2 shared cores).
+Open-loop latency is measured from each request's *scheduled* send time, so queueing delay counts
+(no coordinated omission). Usage:
+
+    .venv/bin/python bench/serve_load.py --size both --duration 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from strata.config import Settings, TrainingConfig  # noqa: E402
+
+N_CANDIDATES = 300
+P99_BUDGET_MS = 50.0
+
+
+# --- preparing a registry version ----------------------------------------------------------------
+
+
+def prepare_ml100k(home: Path) -> tuple[Settings, str]:
+    """Train a quick ML-100K version (reused when the home already has one)."""
+    from strata.training.registry import Registry
+
+    ds_name = "movielens-100k"
+    s = Settings(home=home, training=TrainingConfig(epochs=2, ranker_epochs=1))
+    if Registry(s.registry_dir, ds_name).serving() is None:
+        from strata.datasets import load
+        from strata.training.evaluate import quantile_ts
+        from strata.training.train import Tables, train
+
+        ds = load(ds_name, path=ROOT.parent / "shared" / "data" / "ml-100k", settings=s)
+        t0 = time.perf_counter()
+        train(s, ds_name, until=quantile_ts(ds, 0.8),
+              tables=Tables(ds.users, ds.items, ds.interactions, None))  # fmt: skip
+        print(f"[ml100k] trained in {time.perf_counter() - t0:.0f}s", flush=True)
+    return s, ds_name
+
+
+def prepare_1m(home: Path, n_items: int = 1_000_000, n_users: int = 20_000) -> tuple[Settings, str]:
+    """A random-weight version over the synthetic world's 1M-item catalogue."""
+    from strata.training.registry import Registry
+
+    ds_name = "synthetic-1m"
+    s = Settings(home=home)
+    if Registry(s.registry_dir, ds_name).serving() is not None:
+        return s, ds_name
+    import pandas as pd
+    import torch
+
+    from strata.datasets.synthetic import recsys_world
+    from strata.models.dcn import DCNConfig, DCNRanker
+    from strata.models.two_tower import TwoTower, TwoTowerConfig
+    from strata.training.data import FeatureSpace
+    from strata.training.loops import embed_items
+    from strata.training.train import write_version
+
+    t0 = time.perf_counter()
+    torch.manual_seed(0)
+    world = recsys_world(n_users, n_items, 200_000, seed=0)
+    events = pd.concat(list(world.iter_events()), ignore_index=True)
+    space = FeatureSpace.fit(world.users, world.items, events)
+    dims = space.dims()
+    tt, rk = TwoTower(dims, TwoTowerConfig()).eval(), DCNRanker(dims, DCNConfig()).eval()
+    item_emb = embed_items(tt, space.all_items())
+    # User snapshot in the offline store's columns: last 10 items, counts, mean value.
+    ev = events.sort_values(["user_id", "ts"])
+    g = ev.groupby("user_id")
+    feats = pd.DataFrame({"user_id": world.users["user_id"].to_numpy(np.int64)})
+    feats = feats.merge(world.users[["user_id", "age", "gender", "occupation"]], on="user_id")
+    feats = feats.rename(
+        columns={"age": "user_age", "gender": "user_gender", "occupation": "user_occupation"}
+    )
+    agg = pd.DataFrame({
+        "user_n_events": g.size(),
+        "user_mean_value": g["value"].mean(),
+        "user_recent_items": g["item_id"].apply(lambda x: x.to_numpy(np.int64)[-10:]),
+    }).reset_index()  # fmt: skip
+    feats = feats.merge(agg, on="user_id", how="left")
+    feats["user_n_events"] = feats["user_n_events"].fillna(0).astype(np.int64)
+    feats["user_mean_value"] = feats["user_mean_value"].fillna(0.0)
+    feats["user_recent_items"] = [
+        v if isinstance(v, np.ndarray) else np.zeros(0, np.int64)
+        for v in feats["user_recent_items"]
+    ]
+    feats["user_top_genre"] = ""
+    feats["user_age"] = feats["user_age"].fillna(0).astype(np.int64)
+    feats["user_gender"] = feats["user_gender"].astype(str)
+    feats["user_occupation"] = feats["user_occupation"].astype(str)
+    until = int(events["ts"].max()) + 1
+    manifest = {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "kind": "random-init-benchmark",
+        "parent": None,
+        "data_range": {
+            "min_ts": int(events["ts"].min()),
+            "max_ts": until - 1,
+            "until": until,
+            "events": len(events),
+        },
+        "metrics": {},
+        "seed": 0,
+    }
+    with torch.no_grad():
+        version, _ = write_version(
+            s, ds_name, space, tt, rk, item_emb, feats,
+            events["user_id"].to_numpy(np.int64), events["item_id"].to_numpy(np.int64), manifest,
+        )  # fmt: skip
+    Registry(s.registry_dir, ds_name).promote(version)
+    print(f"[1m] random-init version {version} in {time.perf_counter() - t0:.0f}s", flush=True)
+    return s, ds_name
+
+
+def ensure_index(s: Settings, ds_name: str) -> dict[str, Any]:
+    """Build the version's ANN index once (flat or IVF by catalogue size)."""
+    from strata.errors import DataError, NotFoundError
+    from strata.serving.index import build_version_index, load_version_index
+
+    try:
+        return dict(load_version_index(s, ds_name).info)
+    except (NotFoundError, DataError):  # missing or stale: rebuild
+        t0 = time.perf_counter()
+        info = build_version_index(s, ds_name)
+        print(f"[{ds_name}] index {info['kind']} in {time.perf_counter() - t0:.0f}s", flush=True)
+        return info
+
+
+def model_compute_ms(s: Settings, ds_name: str, reps: int = 300) -> dict[str, float]:
+    """Pure model compute: query tower (1 row) + ranker (N rows) through ONNX Runtime, p50."""
+    from strata.models.inputs import ITEM_INPUTS, QUERY_INPUTS
+    from strata.serving.backends import create_backend
+    from strata.serving.service import UserSnapshot, serving_space
+    from strata.training.data import FeatureSpace, query_features_from_rows
+    from strata.training.registry import Registry
+
+    path = Registry(s.registry_dir, ds_name).path()
+    space = serving_space(FeatureSpace.load(path))
+    backend = create_backend(s, ds_name)
+    snap = UserSnapshot.load(path)
+    uid = int(snap.ids[0])
+    row = snap.row(uid)
+    assert row is not None
+    q = query_features_from_rows(space, row, np.ones(1, bool), np.array([10**9]),
+                                 np.array(["mobile"], dtype=object), np.array([uid]))  # fmt: skip
+    qin = {n: np.ascontiguousarray(getattr(q, n)) for n in QUERY_INPUTS}
+    rows = np.random.default_rng(0).integers(1, len(space.item_ids) + 1, N_CANDIDATES)
+    items = space.items(rows)
+    rin = {n: np.ascontiguousarray(getattr(q, n)[np.zeros(N_CANDIDATES, np.int64)])
+           for n in QUERY_INPUTS}  # fmt: skip
+    rin |= {n: np.ascontiguousarray(getattr(items, n)) for n in ITEM_INPUTS}
+    rin["retrieval_score"] = np.zeros(N_CANDIDATES, np.float32)
+    tq, tr = [], []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        backend.infer("query_tower", qin)
+        t1 = time.perf_counter()
+        backend.infer("ranker", rin)
+        tr.append(time.perf_counter() - t1)
+        tq.append(t1 - t0)
+    q50, r50 = float(np.median(tq) * 1e3), float(np.median(tr) * 1e3)
+    return {"query_tower_p50_ms": q50, "ranker_p50_ms": r50, "total_p50_ms": q50 + r50}
+
+
+# --- valkey + server ---------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_valkey(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    binary = shutil.which("valkey-server") or shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("valkey-server not found")
+    port = free_port()
+    proc = subprocess.Popen(
+        [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
+         "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    time.sleep(0.5)
+    return proc, f"redis://127.0.0.1:{port}/0"
+
+
+def materialize_users(s: Settings, ds_name: str, url: str) -> int:
+    """The version's user snapshot into Valkey (what `features materialize` would write)."""
+    import pandas as pd
+
+    from strata.config import ValkeyOnlineConfig
+    from strata.features.materialize import materialize_frame
+    from strata.features.online.valkey import ValkeyOnlineStore
+    from strata.training.registry import Registry
+    from strata.training.train import USER_FEATURES_FILE
+
+    path = Registry(s.registry_dir, ds_name).path()
+    snap = pd.read_parquet(path / USER_FEATURES_FILE)
+    store = ValkeyOnlineStore(ValkeyOnlineConfig(url=url, timeout_ms=10_000))
+    materialize_frame(store, "user", snap, "user_id")
+    store.close()
+    return len(snap)
+
+
+def start_server(s: Settings, ds_name: str, url: str, port: int) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "STRATA_HOME": str(s.home), "STRATA_SERVE__CANDIDATES": str(N_CANDIDATES)}
+    if s.training.epochs != TrainingConfig().epochs:
+        env["STRATA_TRAINING__EPOCHS"] = str(s.training.epochs)
+    proc = subprocess.Popen(
+        [str(ROOT / ".venv" / "bin" / "strata"), "serve", "--dataset", ds_name, "--port",
+         str(port), "--online", url.replace("redis://", "valkey://")],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited: {proc.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+                if r.status == 200:
+                    return proc
+        except OSError:
+            time.sleep(0.5)
+    raise SystemExit("server did not become ready")
+
+
+# --- load generation -----------------------------------------------------------------------------
+
+
+class Conn:
+    """One keep-alive HTTP/1.1 connection."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.r, self.w = reader, writer
+
+    async def get(self, path: str) -> tuple[int, bytes]:
+        self.w.write(f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
+        status = int((await self.r.readline()).split()[1])
+        length = 0
+        while True:
+            line = await self.r.readline()
+            if line in (b"\r\n", b""):
+                break
+            name, _, value = line.partition(b":")
+            if name.lower() == b"content-length":
+                length = int(value)
+        return status, await self.r.readexactly(length)
+
+
+async def _pool(port: int, n: int) -> asyncio.Queue[Conn]:
+    q: asyncio.Queue[Conn] = asyncio.Queue()
+    for _ in range(n):
+        q.put_nowait(Conn(*await asyncio.open_connection("127.0.0.1", port)))
+    return q
+
+
+def _paths(users: np.ndarray, n: int, seed: int) -> list[str]:
+    rng = np.random.default_rng(seed)
+    picks = rng.choice(users, n)
+    return [f"/recommend?user_id={int(u)}&k=10&device=mobile" for u in picks]
+
+
+async def _one(pool: asyncio.Queue[Conn], path: str, t_sched: float, out: list[Any]) -> None:
+    conn = await pool.get()
+    try:
+        status, body = await conn.get(path)
+    finally:
+        pool.put_nowait(conn)
+    t = time.perf_counter()
+    out.append((t - t_sched, status, body))
+
+
+async def open_loop(port: int, users: np.ndarray, rate: float, duration: float) -> list[Any]:
+    pool = await _pool(port, 64)
+    n = int(rate * duration)
+    paths = _paths(users, n, seed=int(rate))
+    out: list[Any] = []
+    tasks = []
+    start = time.perf_counter() + 0.05
+    for i, path in enumerate(paths):
+        t_sched = start + i / rate
+        delay = t_sched - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(_one(pool, path, t_sched, out)))
+    await asyncio.gather(*tasks)
+    return out
+
+
+async def closed_loop(
+    port: int, users: np.ndarray, conc: int, duration: float
+) -> tuple[list, float]:
+    pool = await _pool(port, conc)
+    out: list[Any] = []
+    paths = _paths(users, 200_000, seed=conc)
+    stop = time.perf_counter() + duration
+    counter = iter(range(len(paths)))
+
+    async def worker() -> None:
+        while time.perf_counter() < stop:
+            await _one(pool, paths[next(counter)], time.perf_counter(), out)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*[worker() for _ in range(conc)])
+    return out, time.perf_counter() - t0
+
+
+def summarize(out: list[Any], elapsed: float | None = None) -> dict[str, Any]:
+    lat = np.array([o[0] for o in out]) * 1e3
+    ok = sum(1 for o in out if o[1] == 200)
+    res = {
+        "requests": len(out),
+        "ok": ok,
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p95_ms": float(np.percentile(lat, 95)),
+        "p99_ms": float(np.percentile(lat, 99)),
+        "max_ms": float(lat.max()),
+    }
+    if elapsed:
+        res["rps"] = len(out) / elapsed
+    return res
+
+
+def stage_breakdown(out: list[Any]) -> dict[str, dict[str, float]]:
+    per: dict[str, list[float]] = {}
+    degraded = 0
+    for _, status, body in out:
+        if status != 200:
+            continue
+        b = json.loads(body)
+        degraded += bool(b["degraded"])
+        for k, v in b["timings_ms"].items():
+            per.setdefault(k, []).append(v)
+    res = {k: {"p50_ms": float(np.percentile(v, 50)), "p99_ms": float(np.percentile(v, 99))}
+           for k, v in per.items()}  # fmt: skip
+    res["_degraded"] = {"count": float(degraded)}
+    return res
+
+
+def run_size(size: str, base: Path, duration: float) -> dict[str, Any]:
+    home = base / size
+    home.mkdir(parents=True, exist_ok=True)
+    s, ds_name = prepare_ml100k(home) if size == "ml100k" else prepare_1m(home)
+    index = ensure_index(s, ds_name)
+    compute = model_compute_ms(s, ds_name)
+    print(f"[{size}] pure model compute: {compute}", flush=True)
+    vk, url = start_valkey(home)
+    server = None
+    try:
+        n_users = materialize_users(s, ds_name, url)
+        port = free_port()
+        server = start_server(s, ds_name, url, port)
+        import pandas as pd
+
+        from strata.training.registry import Registry
+        from strata.training.train import USER_FEATURES_FILE
+
+        users = pd.read_parquet(
+            Registry(s.registry_dir, ds_name).path() / USER_FEATURES_FILE, columns=["user_id"]
+        )["user_id"].to_numpy(np.int64)
+        asyncio.run(open_loop(port, users, 50, 2.0))  # warm-up
+        opens = []
+        best = 0.0
+        for rate in (50, 100, 200, 300, 400, 600):
+            out = asyncio.run(open_loop(port, users, rate, duration))
+            summ = {"rate": rate, **summarize(out)}
+            if rate == 100:
+                stages = stage_breakdown(out)
+            opens.append(summ)
+            print(
+                f"[{size}] open {rate:4d} rps: p50 {summ['p50_ms']:.2f} p95 {summ['p95_ms']:.2f}"
+                f" p99 {summ['p99_ms']:.2f} ms ok {summ['ok']}/{summ['requests']}",
+                flush=True,
+            )
+            if summ["p99_ms"] <= P99_BUDGET_MS and summ["ok"] == summ["requests"]:
+                best = rate
+            elif rate >= 100:  # 100 rps is always measured: it is the reference point
+                break
+        closed = []
+        for conc in (1, 4, 8, 16):
+            out, el = asyncio.run(closed_loop(port, users, conc, duration))
+            summ = {"concurrency": conc, **summarize(out, el)}
+            closed.append(summ)
+            print(
+                f"[{size}] closed c={conc:2d}: {summ['rps']:.0f} rps p50 {summ['p50_ms']:.2f} "
+                f"p99 {summ['p99_ms']:.2f} ms",
+                flush=True,
+            )
+    finally:
+        if server is not None:
+            server.send_signal(signal.SIGINT)
+            server.wait(timeout=30)
+        vk.terminate()
+        vk.wait(timeout=10)
+    p50_100 = next(o["p50_ms"] for o in opens if o["rate"] == 100)
+    return {
+        "size": size,
+        "dataset": ds_name,
+        "items": int(index.get("n", 0)),
+        "users_materialized": n_users,
+        "index": {k: index.get(k) for k in ("kind", "params", "recall_at_k")},
+        "candidates": N_CANDIDATES,
+        "model_compute": compute,
+        "open_loop": opens,
+        "max_rps_p99_le_50ms_tested": best,
+        "closed_loop": closed,
+        "stages_at_100rps": stages,
+        "overhead_ratio_p50_at_100rps": p50_100 / compute["total_p50_ms"],
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", choices=["ml100k", "1m", "both"], default="both")
+    ap.add_argument("--duration", type=float, default=8.0, help="seconds per load step")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/strata-bench-serve"))
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serve_load.json")
+    a = ap.parse_args()
+    sizes = ["ml100k", "1m"] if a.size == "both" else [a.size]
+    results = [run_size(sz, a.work, a.duration) for sz in sizes]
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(results, indent=2))
+    print(
+        "\n| catalogue | index | p50/p95/p99 @100 rps (ms) | max rps p99<=50ms | closed-loop max"
+        " rps | model compute p50 (ms) | overhead |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for r in results:
+        o = next(x for x in r["open_loop"] if x["rate"] == 100)
+        cmax = max(c["rps"] for c in r["closed_loop"])
+        print(
+            f"| {r['dataset']} ({r['items']:,}) | {r['index']['kind']} | {o['p50_ms']:.1f} / "
+            f"{o['p95_ms']:.1f} / {o['p99_ms']:.1f} | {r['max_rps_p99_le_50ms_tested']} | "
+            f"{cmax:.0f} | {r['model_compute']['total_p50_ms']:.2f} | "
+            f"{r['overhead_ratio_p50_at_100rps']:.1f}x |"
+        )
+        print("  stages p50/p99 ms @100 rps: " + ", ".join(
+            f"{k} {v['p50_ms']:.2f}/{v['p99_ms']:.2f}" for k, v in r["stages_at_100rps"].items()
+            if not k.startswith("_")))  # fmt: skip
+    print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()

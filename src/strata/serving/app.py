@@ -1,0 +1,574 @@
+"""The HTTP service: `create_app(settings)` builds a FastAPI app around `RecommendationPipeline`.
+
+Artifacts load in the lifespan into `app.state.serving` (a `ServingState`); handlers reach them
+through dependencies, so nothing lives at module level and two apps in one process (tests) never
+share a client, a model or a metric. Endpoints:
+
+    GET  /recommend?user_id=&k=&device=&ts=&stage=   POST /recommend (JSON; user_id optional)
+    POST /events            one event object or a JSON array of them (online-layer semantics)
+    GET  /items/{item_id}   GET /healthz (process up)   GET /readyz (models + store reachable)
+    GET  /metrics           Prometheus, one CollectorRegistry per app
+    POST /admin/reload      bearer token; swaps to the registry's serving version atomically
+
+Bad input is a 422 naming the field (`detail[0].field`), never a 500. Reload builds the new
+pipeline completely off the event loop and then replaces one reference: a request reads the
+reference once at its start and finishes on that pipeline, so nothing fails during a swap.
+The `/ctr/*` routes of `strata.serving.ctr_api` are mounted when that module is present.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+import numpy as np
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+
+from strata.errors import NotFoundError, StoreUnavailableError, StrataError, ValidationError
+from strata.serving.service import STAGES, OnlineLink, Recommendation, RecommendationPipeline
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+    from strata.config import Settings
+    from strata.features.events import EventIngestor
+    from strata.features.online import OnlineStore
+
+log = logging.getLogger(__name__)
+
+# Seconds: dense between 0.5 ms and 50 ms where the request path lives, sparse in the tail.
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1,
+    0.25, 0.5, 1.0, 2.5,
+)  # fmt: skip
+STAGE_BUCKETS = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1,
+)  # fmt: skip
+GET_RECOMMEND_PARAMS = frozenset({"user_id", "k", "device", "ts", "stage"})
+
+
+# --- metrics -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServingMetrics:
+    """Prometheus metrics of one app, all on its own `CollectorRegistry`."""
+
+    registry: CollectorRegistry
+    latency: Histogram
+    requests: Counter
+    stages: Histogram
+    degraded: Counter
+    model: Gauge
+    reloads: Counter
+
+    @classmethod
+    def create(cls) -> ServingMetrics:
+        """A fresh registry with every serving metric registered on it."""
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        reg = CollectorRegistry()
+        return cls(
+            registry=reg,
+            latency=Histogram(
+                "strata_http_request_duration_seconds",
+                "Request latency per endpoint (route template) and method.",
+                ("endpoint", "method"),
+                buckets=LATENCY_BUCKETS,
+                registry=reg,
+            ),
+            requests=Counter(
+                "strata_http_requests",
+                "Requests per endpoint, method and status code.",
+                ("endpoint", "method", "status"),
+                registry=reg,
+            ),
+            stages=Histogram(
+                "strata_recommend_stage_duration_seconds",
+                "Time spent in each request-path stage of /recommend.",
+                ("stage",),
+                buckets=STAGE_BUCKETS,
+                registry=reg,
+            ),
+            degraded=Counter(
+                "strata_recommend_degraded",
+                "Recommendations served with a fallback, by reason.",
+                ("reason",),
+                registry=reg,
+            ),
+            model=Gauge(
+                "strata_model_info",
+                "The model version being served (value 1 on the current labels).",
+                ("dataset", "version", "index"),
+                registry=reg,
+            ),
+            reloads=Counter(
+                "strata_model_reloads", "Hot reloads by outcome.", ("outcome",), registry=reg
+            ),
+        )
+
+    def set_model(self, pipe: RecommendationPipeline) -> None:
+        """Point the info gauge at `pipe`'s version (old labels removed)."""
+        self.model.clear()
+        self.model.labels(pipe.dataset, pipe.version, str(pipe.index_info.get("kind"))).set(1)
+
+    def observe(self, rec: Recommendation) -> None:
+        """Per-stage timings and degraded reasons of one recommendation."""
+        for stage in STAGES:
+            ms = rec.timings_ms.get(stage)
+            if ms is not None:
+                self.stages.labels(stage).observe(ms / 1000.0)
+        for reason in rec.degraded_reasons:
+            self.degraded.labels(reason.split(":")[0]).inc()
+
+
+class _RequestMetrics:
+    """Pure ASGI middleware: latency and status per route template (no per-request task)."""
+
+    def __init__(self, app: Any, metrics: ServingMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(
+        self,
+        scope: MutableMapping[str, Any],
+        receive: Callable[[], Awaitable[Any]],
+        send: Callable[[Any], Awaitable[None]],
+    ) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = scope.get("route")
+            endpoint = getattr(route, "path", None) or "unmatched"
+            method = scope.get("method", "")
+            self.metrics.latency.labels(endpoint, method).observe(time.perf_counter() - t0)
+            self.metrics.requests.labels(endpoint, method, str(status)).inc()
+
+
+# --- state -------------------------------------------------------------------------------------
+
+
+@dataclass
+class ServingState:
+    """Everything a running app holds: settings, online link, event ingestor, the current
+    pipeline (replaced as a whole on reload) and metrics."""
+
+    settings: Settings
+    link: OnlineLink
+    ingestor: EventIngestor
+    pipeline: RecommendationPipeline
+    metrics: ServingMetrics
+    reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    started: float = field(default_factory=time.time)
+
+
+def _state(request: Request) -> ServingState:
+    state: ServingState | None = getattr(request.app.state, "serving", None)
+    if state is None:
+        raise StoreUnavailableError("the service is starting or stopping")
+    return state
+
+
+def _pipeline(request: Request) -> RecommendationPipeline:
+    # Read once per request: a reload replaces the reference, this request keeps its pipeline.
+    return _state(request).pipeline
+
+
+StateDep = Annotated[ServingState, Depends(_state)]
+PipelineDep = Annotated[RecommendationPipeline, Depends(_pipeline)]
+
+
+# --- request bodies ------------------------------------------------------------------------------
+
+
+class RecommendBody(BaseModel):
+    """POST /recommend: `user_id` may be omitted for an anonymous user (context only)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: StrictInt | None = Field(default=None, ge=0)
+    k: StrictInt | None = None
+    device: StrictStr = "unknown"
+    ts: StrictInt | None = Field(default=None, ge=0)
+    stage: Literal["retrieval", "full"] = "full"
+
+
+# --- errors --------------------------------------------------------------------------------------
+
+
+def _error(status: int, field: str | None, msg: str, loc: list[Any] | None = None) -> JSONResponse:
+    detail: dict[str, Any] = {"msg": msg, "type": "value_error"}
+    if field is not None:
+        detail |= {"field": field, "loc": loc or [field]}
+    return JSONResponse({"detail": [detail]}, status_code=status)
+
+
+def _field_of(loc: tuple[Any, ...] | list[Any]) -> str:
+    """FastAPI location -> field name: ('query', 'k') -> 'k', ('body', 0, 'ts') -> '[0].ts'."""
+    parts = list(loc[1:] if loc and loc[0] in ("query", "body", "path", "header") else loc)
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "body"
+
+
+def _install_errors(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _request_invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errs = []
+        for e in exc.errors():
+            loc = list(e.get("loc", ()))
+            errs.append({"field": _field_of(loc), "loc": loc, "msg": e.get("msg", "invalid"),
+                         "type": e.get("type", "value_error")})  # fmt: skip
+        return JSONResponse({"detail": errs}, status_code=422)
+
+    @app.exception_handler(ValidationError)
+    async def _invalid(_: Request, exc: ValidationError) -> JSONResponse:
+        return _error(422, exc.field, exc.problem)
+
+    @app.exception_handler(NotFoundError)
+    async def _missing(_: Request, exc: NotFoundError) -> JSONResponse:
+        return _error(404, None, str(exc))
+
+    @app.exception_handler(StoreUnavailableError)
+    async def _unavailable(_: Request, exc: StoreUnavailableError) -> JSONResponse:
+        return _error(503, None, str(exc))
+
+    @app.exception_handler(StrataError)
+    async def _strata(_: Request, exc: StrataError) -> JSONResponse:
+        from strata.serving.backends import InferenceUnavailableError
+
+        return _error(503 if isinstance(exc, InferenceUnavailableError) else 400, None, str(exc))
+
+
+# --- responses -----------------------------------------------------------------------------------
+
+
+def recommendation_json(rec: Recommendation, k: int) -> dict[str, Any]:
+    """The /recommend response body."""
+    ranker = rec.ranker_scores
+    items = [
+        {
+            "item_id": int(i),
+            "score": float(s),
+            "scores": {
+                "retrieval": float(r),
+                **({"ranker": float(ranker[j])} if ranker is not None else {}),
+            },
+        }
+        for j, (i, s, r) in enumerate(
+            zip(rec.item_ids.tolist(), rec.scores.tolist(), rec.retrieval_scores.tolist(),
+                strict=True)
+        )
+    ]  # fmt: skip
+    return {
+        "user_id": rec.user_id,
+        "k": k,
+        "items": items,
+        "timings_ms": {name: round(ms, 4) for name, ms in rec.timings_ms.items()},
+        "model_version": rec.model_version,
+        "feature_versions": rec.feature_versions,
+        "user_features": rec.user_source,
+        "candidates": rec.candidates,
+        "degraded": rec.degraded,
+        "degraded_reason": "; ".join(rec.degraded_reasons) or None,
+    }
+
+
+def _serve_recommend(
+    state: ServingState,
+    pipe: RecommendationPipeline,
+    user_id: int | None,
+    k: int | None,
+    device: str,
+    ts: int | None,
+    stage: Literal["retrieval", "full"],
+) -> JSONResponse:
+    kk = pipe.config.k_default if k is None else k
+    rec = pipe.recommend(user_id, kk, ts=ts, device=device, stage=stage)
+    state.metrics.observe(rec)
+    return JSONResponse(recommendation_json(rec, kk))
+
+
+# --- events ------------------------------------------------------------------------------------
+
+
+def parse_events(body: Any, pipe: RecommendationPipeline, max_events: int) -> list[Any]:
+    """Validate one event object or a JSON array of them; ValidationError names the field
+    (`item_id`, or `[3].item_id` in a batch) including items the catalog does not hold."""
+    from strata.features.events import parse_event
+
+    single = isinstance(body, dict)
+    if not single and not isinstance(body, list):
+        raise ValidationError("body", "expected an event object or an array of events")
+    raw = [body] if single else body
+    if not raw:
+        raise ValidationError("body", "empty batch")
+    if len(raw) > max_events:
+        raise ValidationError("body", f"{len(raw)} events; at most {max_events} per request")
+    events = []
+    for i, obj in enumerate(raw):
+        where = "" if single else f"[{i}]"
+        try:
+            events.append(parse_event(obj))
+        except ValidationError as exc:
+            name = f"{where}.{exc.field}" if where else exc.field
+            raise ValidationError(name, exc.problem) from None
+    items = np.fromiter((e.item_id for e in events), np.int64, len(events))
+    _, known = pipe.catalog.positions(items)
+    if not known.all():
+        i = int(np.argmin(known))
+        name = "item_id" if single else f"[{i}].item_id"
+        raise ValidationError(name, f"unknown item {int(items[i])} (not in the catalog)")
+    return events
+
+
+# --- app ---------------------------------------------------------------------------------------
+
+
+def create_app(
+    settings: Settings,
+    store: OnlineStore | None = None,
+    ctr: bool = True,
+) -> FastAPI:
+    """The serving app for `settings.serve.dataset`; `store` overrides the configured online
+    store (tests, embedded runs); `ctr` mounts the CTR routes when their module exists."""
+    from strata.features.events import EventIngestor
+
+    metrics = ServingMetrics.create()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        link = OnlineLink.open(settings, store)
+        pipe = await asyncio.to_thread(RecommendationPipeline.load, settings, None, None, link)
+        ingestor = EventIngestor(
+            settings, store=link.store, bloom=link.bloom,
+            item_categories=pipe.catalog.categories(),
+        )  # fmt: skip
+        if settings.online.type == "memory" and store is None:
+            # The embedded store starts empty: replay the durable event log (idempotent).
+            n = await asyncio.to_thread(ingestor.recover)
+            log.info("replayed %d logged events into the embedded store", n)
+        state = ServingState(settings, link, ingestor, pipe, metrics)
+        metrics.set_model(pipe)
+        app.state.serving = state
+        refresher = asyncio.create_task(_refresh_catalog(state))
+        try:
+            yield
+        finally:
+            refresher.cancel()
+            with suppress(asyncio.CancelledError):
+                await refresher
+            app.state.serving = None
+            if store is None:
+                link.close()
+
+    app = FastAPI(title="strata", version="0.1.0", lifespan=lifespan)
+    _install_errors(app)
+    _install_routes(app)
+    if ctr:
+        _install_ctr(app, settings, metrics)
+    app.add_middleware(_RequestMetrics, metrics=metrics)
+    return app
+
+
+def _install_ctr(app: FastAPI, settings: Settings, metrics: ServingMetrics) -> None:
+    """Mount `/ctr/*` (another team's module) when it is importable."""
+    try:
+        from strata.serving.ctr_api import install_ctr
+    except ImportError as exc:
+        log.info("CTR routes not mounted: %s", exc)
+        return
+    install_ctr(app, settings, metrics.registry)
+
+
+async def _refresh_catalog(state: ServingState) -> None:
+    """Poll the item feature version (reload the catalog cache when it changed); this also
+    probes a store that went down, so the breaker closes even without traffic."""
+    period = state.settings.serve.catalog_refresh_s
+    while True:
+        await asyncio.sleep(period)
+        pipe = state.pipeline
+        try:
+            await asyncio.to_thread(pipe.catalog.refresh)
+        except StoreUnavailableError:
+            continue  # the breaker has logged it; keep serving the cached catalog
+        except StrataError as exc:
+            log.warning("catalog refresh failed: %s", exc)
+
+
+def _install_routes(app: FastAPI) -> None:
+    @app.get("/recommend")
+    def recommend_get(
+        request: Request,
+        state: StateDep,
+        pipe: PipelineDep,
+        user_id: Annotated[int | None, Query(ge=0)] = None,
+        k: Annotated[int | None, Query()] = None,
+        device: Annotated[str, Query()] = "unknown",
+        ts: Annotated[int | None, Query(ge=0)] = None,
+        stage: Annotated[Literal["retrieval", "full"], Query()] = "full",
+    ) -> JSONResponse:
+        """Top-k for a user (omit user_id for an anonymous request with context only)."""
+        unknown = sorted(set(request.query_params) - GET_RECOMMEND_PARAMS)
+        if unknown:
+            raise ValidationError(unknown[0], "unknown query parameter")
+        return _serve_recommend(state, pipe, user_id, k, device, ts, stage)
+
+    @app.post("/recommend")
+    def recommend_post(body: RecommendBody, state: StateDep, pipe: PipelineDep) -> JSONResponse:
+        """Top-k from a JSON body (unknown fields and wrong types are rejected)."""
+        return _serve_recommend(state, pipe, body.user_id, body.k, body.device, body.ts,
+                                body.stage)  # fmt: skip
+
+    @app.post("/events")
+    async def events(request: Request, state: StateDep) -> JSONResponse:
+        """Ingest one event or a batch: durable log, live activity, Bloom filter."""
+        try:
+            body = json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValidationError("body", f"invalid JSON: {exc}") from None
+        pipe = state.pipeline
+        parsed = parse_events(body, pipe, state.settings.serve.max_events)
+        report = await asyncio.to_thread(state.link.breaker.call, state.ingestor.ingest, parsed)
+        return JSONResponse(
+            {"accepted": report.accepted, "new": report.new, "duplicates": report.duplicates}
+        )
+
+    @app.get("/items/{item_id}")
+    def item(item_id: int, pipe: PipelineDep) -> JSONResponse:
+        """What the catalog knows about one item (404 when it is not in it)."""
+        info = pipe.catalog.item(item_id)
+        if info is None:
+            raise NotFoundError(f"item {item_id} is not in the catalog of {pipe.version}")
+        return JSONResponse(info)
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        """The process is up (liveness)."""
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    def readyz(request: Request) -> JSONResponse:
+        """Models loaded and the online store reachable (readiness); 503 with reasons if not."""
+        state: ServingState | None = getattr(request.app.state, "serving", None)
+        if state is None:
+            return JSONResponse({"ready": False, "reasons": ["not started"]}, status_code=503)
+        pipe = state.pipeline
+        reasons = []
+        health = pipe.backend.health()
+        if not health.ok:
+            reasons.append(health.detail)
+        try:
+            state.link.health()
+        except StoreUnavailableError as exc:
+            reasons.append(f"online store: {exc}")
+        body = {
+            "ready": not reasons,
+            "model_version": pipe.version,
+            "dataset": pipe.dataset,
+            "index": pipe.index_info,
+            "items": len(pipe.catalog),
+            "item_feature_version": pipe.catalog.feature_version,
+            "reasons": reasons,
+        }
+        return JSONResponse(body, status_code=200 if not reasons else 503)
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics(state: StateDep) -> Response:
+        """Prometheus exposition of this app's registry."""
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/admin/reload")
+    async def reload(request: Request, state: StateDep) -> JSONResponse:
+        """Swap to the registry's serving version: build fully, then replace the reference."""
+        _check_admin(request, state)
+        async with state.reload_lock:
+            old = state.pipeline
+            t0 = time.perf_counter()
+            try:
+                new = await asyncio.to_thread(
+                    RecommendationPipeline.load, state.settings, old.dataset, None, state.link
+                )
+            except StrataError as exc:
+                state.metrics.reloads.labels("failed").inc()
+                log.warning("reload failed, still serving %s: %s", old.version, exc)
+                return _error(409, None, f"reload failed, still serving {old.version}: {exc}")
+            state.pipeline = new  # the atomic swap; in-flight requests keep `old`
+            state.ingestor.categories = new.catalog.categories()
+            state.metrics.set_model(new)
+            state.metrics.reloads.labels("ok").inc()
+        log.info("reloaded %s -> %s", old.version, new.version)
+        return JSONResponse(
+            {"previous": old.version, "version": new.version,
+             "seconds": round(time.perf_counter() - t0, 3)}
+        )  # fmt: skip
+
+
+def _check_admin(request: Request, state: ServingState) -> None:
+    """401 unless the request carries `Authorization: Bearer <serve.admin_token>`."""
+    from fastapi import HTTPException
+
+    token = state.settings.serve.admin_token
+    if token is None:
+        raise HTTPException(403, "admin endpoints are disabled: set STRATA_SERVE__ADMIN_TOKEN")
+    header = request.headers.get("authorization", "")
+    scheme, _, given = header.partition(" ")
+    ok = scheme.lower() == "bearer" and hmac.compare_digest(
+        given.strip().encode(), token.get_secret_value().encode()
+    )
+    if not ok:
+        raise HTTPException(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
+
+
+# --- running -----------------------------------------------------------------------------------
+
+
+def serve(
+    settings: Settings,
+    host: str | None = None,
+    port: int | None = None,
+    log_level: str = "info",
+    store: OnlineStore | None = None,
+) -> None:
+    """Run the app with uvicorn (blocks); fails before binding when no model version exists.
+    `store` hands over an already-filled online store (the embedded demo)."""
+    import uvicorn
+
+    from strata.training.registry import Registry
+
+    Registry(settings.registry_dir, settings.serve.dataset).path(None)  # NotFoundError -> exit 2
+    cfg = settings.serve
+    # No access log: the latency histogram is the per-request record, and formatting a log
+    # line per request costs a visible share of the CPU budget on 2 cores.
+    uvicorn.run(
+        create_app(settings, store=store),
+        host=host or cfg.host,
+        port=cfg.port if port is None else port,
+        log_level=log_level,
+        access_log=False,
+    )
