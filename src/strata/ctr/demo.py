@@ -5,6 +5,10 @@ batches through `CtrService` with immediate feedback. Half-way the teacher chang
 same features, new response). The rolling AUC drops, the monitor triggers, the trigger runs
 warm-start retraining, the gate promotes and the service hot-reloads. A PNG shows it all, with
 the AUC the teacher itself reaches on the same window as the ceiling.
+
+Alongside, feature drift: the PSI of a few chosen features of each served segment against the
+training rows. Rolling AUC down with PSI flat means concept drift (the response changed, the
+inputs did not: what this teacher shift is); PSI alerts would point at covariate shift instead.
 """
 
 from __future__ import annotations
@@ -32,6 +36,9 @@ from strata.config import (
 
 log = logging.getLogger(__name__)
 
+# A mix of heavy-tailed integers and categoricals of small to large vocabulary.
+PSI_FEATURES: tuple[str, ...] = ("I1", "I5", "I11", "C1", "C6", "C14", "C17")
+
 
 @dataclass
 class DemoReport:
@@ -47,6 +54,10 @@ class DemoReport:
     plot: str
     decision_log: str
     timeline: list[dict[str, Any]] = field(default_factory=list)
+    feature_drift: list[dict[str, Any]] = field(default_factory=list)  # PSI per served segment
+    max_psi_before_drift: float = float("nan")
+    max_psi_after_drift: float = float("nan")
+    drift_kind: str = "none"  # none | concept | covariate
 
     def to_dict(self, with_timeline: bool = False) -> dict[str, Any]:
         """A JSON-friendly dict (the per-batch timeline only on request)."""
@@ -81,6 +92,8 @@ def run_ctr_demo(
     batch: int = 100,
     cfg: CtrConfig | None = None,
     seed: int = 0,
+    psi_rows: int = 2_500,
+    psi_features: tuple[str, ...] = PSI_FEATURES,
 ) -> DemoReport:
     """Run the whole story and write `rolling_auc.png`, `decisions.jsonl` and `report.json`."""
     import pandas as pd
@@ -88,6 +101,7 @@ def run_ctr_demo(
     from strata.ctr.service import CtrService, ServedModel, make_retrain
     from strata.ctr.train import CtrSource, publish, train_ctr
     from strata.datasets.synthetic import criteo_like
+    from strata.monitoring.drift import FeatureDriftReference
     from strata.monitoring.trigger import RetrainTrigger
     from strata.training.metrics import auc
     from strata.training.registry import Registry
@@ -118,6 +132,12 @@ def run_ctr_demo(
     labels = stream["label"].to_numpy(dtype=np.float32)
     prep = served.preprocessor  # incremental versions keep the preprocessing
     encoded = prep.transform(stream.drop(columns=["label"]))
+    reference = FeatureDriftReference.fit(
+        prep.transform(train_df.drop(columns=["label"])),
+        features=psi_features,
+        psi_alert=cfg.drift.psi_alert,
+    )
+    segments = _feature_drift(reference, encoded, n_before, psi_rows)
     timeline: list[dict[str, Any]] = []
     w = cfg.drift.window
     for s in range(0, len(stream), batch):
@@ -139,9 +159,43 @@ def run_ctr_demo(
             }
         )
     report = _summarise(timeline, n_before, registry.versions(), out_dir, log_path)
-    _plot(timeline, n_before, batch, out_dir / "rolling_auc.png")
+    _add_feature_drift(report, segments, n_before)
+    _plot(timeline, n_before, batch, out_dir / "rolling_auc.png", segments, cfg.drift.psi_alert)
     _atomic_text(out_dir / "report.json", json.dumps(report.to_dict(with_timeline=True), indent=2))
     return report
+
+
+def _feature_drift(
+    reference: Any, encoded: Any, n_before: int, psi_rows: int
+) -> list[dict[str, Any]]:
+    """PSI of each served segment (the pre-shift rows, then `psi_rows` at a time) vs training."""
+    bounds = [(0, n_before)] if n_before > 0 else []
+    bounds += [
+        (s, min(s + psi_rows, len(encoded))) for s in range(n_before, len(encoded), psi_rows)
+    ]
+    out = []
+    for lo, hi in bounds:
+        rep = reference.compare(encoded.take(slice(lo, hi)))
+        out.append({"rows_from": lo, "rows_to": hi, "psi": rep.psi, "alerts": rep.alerts})
+        log.info("ctr demo: PSI rows %d-%d %s alerts=%s", lo, hi, rep.psi, rep.alerts)
+    return out
+
+
+def _add_feature_drift(report: DemoReport, segments: list[dict[str, Any]], n_before: int) -> None:
+    """Attach the PSI segments and say which kind of drift the numbers show."""
+    report.feature_drift = segments
+
+    def worst(segs: list[dict[str, Any]]) -> float:
+        return max((max(s["psi"].values()) for s in segs), default=float("nan"))
+
+    before = [s for s in segments if s["rows_to"] <= n_before]
+    after = [s for s in segments if s["rows_from"] >= n_before]
+    report.max_psi_before_drift = worst(before)
+    report.max_psi_after_drift = worst(after)
+    if any(s["alerts"] for s in after):
+        report.drift_kind = "covariate"
+    elif report.triggers > 0:
+        report.drift_kind = "concept"
 
 
 def _summarise(
@@ -170,8 +224,16 @@ def _summarise(
     )
 
 
-def _plot(timeline: list[dict[str, Any]], n_before: int, batch_rows: int, path: Path) -> None:
-    """Rolling AUC over served rows with the floor, the drift point, triggers and reloads."""
+def _plot(
+    timeline: list[dict[str, Any]],
+    n_before: int,
+    batch_rows: int,
+    path: Path,
+    segments: list[dict[str, Any]] | None = None,
+    psi_alert: float = 0.2,
+) -> None:
+    """Rolling AUC over served rows with the floor, the drift point, triggers and reloads; below
+    it, the PSI of the chosen features per segment with the alert level."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -181,7 +243,16 @@ def _plot(timeline: list[dict[str, Any]], n_before: int, batch_rows: int, path: 
     y = np.array([np.nan if t["auc"] is None else t["auc"] for t in timeline])
     o = np.array([np.nan if t["oracle_auc"] is None else t["oracle_auc"] for t in timeline])
     floor = np.array([np.nan if t["floor"] is None else t["floor"] for t in timeline])
-    fig, ax = plt.subplots(figsize=(10, 4.5))
+    segments = segments or []
+    fig, axes = plt.subplots(
+        2 if segments else 1,
+        1,
+        figsize=(10, 6.5 if segments else 4.5),
+        sharex=True,
+        squeeze=False,
+        gridspec_kw={"height_ratios": [3, 1.4]} if segments else None,
+    )
+    ax = axes[0, 0]
     ax.plot(x, y, label="rolling AUC (served model)", color="tab:blue")
     ax.plot(x, o, label="teacher AUC (ceiling)", color="tab:gray", linestyle=":")
     ax.step(x, floor, where="post", label="trigger threshold", color="tab:orange", linestyle="--")
@@ -196,11 +267,24 @@ def _plot(timeline: list[dict[str, Any]], n_before: int, batch_rows: int, path: 
         ax.axvline(
             r, color="tab:green", linewidth=1, label="new version served" if i == 0 else None
         )
-    ax.set_xlabel("labelled predictions")
     ax.set_ylabel("AUC over last window")
     ax.set_title("CTR drift monitor: rolling AUC, trigger and recovery")
     ax.legend(loc="lower left", fontsize=8)
     ax.grid(alpha=0.3)
+    if segments:
+        bx = axes[1, 0]
+        names = list(segments[0]["psi"])
+        edges = [s["rows_from"] for s in segments] + [segments[-1]["rows_to"]]
+        for name in names:
+            vals = [s["psi"][name] for s in segments]
+            bx.stairs(vals, edges, label=name, linewidth=1.2)
+        bx.axhline(psi_alert, color="tab:red", linestyle="--", linewidth=1, label="PSI alert")
+        bx.axvline(n_before, color="black", linewidth=1)
+        bx.set_ylabel("feature PSI")
+        bx.set_ylim(0, max(psi_alert * 1.5, max(max(s["psi"].values()) for s in segments) * 1.1))
+        bx.legend(loc="upper left", fontsize=7, ncol=len(names) + 1)
+        bx.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel("labelled predictions")
     fig.tight_layout()
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png.tmp")
     os.close(fd)
