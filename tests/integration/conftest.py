@@ -100,3 +100,54 @@ def valkey_config(valkey_url: str) -> Iterator[ValkeyOnlineConfig]:
     if keys:
         store.bulk.unlink(*keys)
     store.close()
+
+
+class PrivateValkey:
+    """A valkey-server of one test on a fixed port: it can be frozen (SIGSTOP), killed and
+    restarted empty in place; the shared session server must never be disturbed."""
+
+    def __init__(self, workdir: Path) -> None:
+        binary = shutil.which("valkey-server") or shutil.which("redis-server")
+        if binary is None:
+            pytest.skip("no valkey-server/redis-server binary")
+        self.binary = binary
+        self.port = _free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.workdir = workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start (or restart, empty) on the same port and wait until it answers."""
+        self.proc = subprocess.Popen(
+            [self.binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
+             "--appendonly", "no", "--dir", str(self.workdir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        _wait_ready(self.url)
+
+    def signal(self, sig: int) -> None:
+        """Send `sig` (SIGSTOP freezes: connections are accepted, never answered)."""
+        assert self.proc is not None
+        os.kill(self.proc.pid, sig)
+
+    def stop(self) -> None:
+        """Kill the server (its data is gone: no persistence)."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+
+@pytest.fixture
+def private_valkey(tmp_path: Path) -> Iterator[PrivateValkey]:
+    """A started private server, resumed and killed after the test."""
+    import signal
+
+    v = PrivateValkey(tmp_path)
+    v.start()
+    try:
+        yield v
+    finally:
+        if v.proc is not None:
+            v.signal(signal.SIGCONT)
+        v.stop()

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from strata.config import Settings, ValkeyOnlineConfig
-from strata.features.events import Event, EventIngestor, _ValkeyStream
-from strata.features.online.valkey import ValkeyOnlineStore
+from strata.features.events import Event, EventIngestor
+from strata.features.online.valkey import ValkeyEventStream, ValkeyOnlineStore
 
 pytestmark = pytest.mark.integration
 
@@ -46,14 +46,16 @@ def test_stream_ingest_applies_logs_and_acks(strata_home: Path, valkey_config) -
 def test_unprocessed_stream_entries_are_recovered(strata_home: Path, valkey_config) -> None:
     settings = _settings(valkey_config)
     store = ValkeyOnlineStore(valkey_config)
-    stream = _ValkeyStream(store, "events", "strata-ingest")
+    stream = store.event_stream("events", "strata-ingest")
+    assert isinstance(stream, ValkeyEventStream)
+    stream.ensure_group()
     # A producer added events and a consumer read them, then died before the durable write.
-    stream.add([Event.model_validate(ev(i)) for i in range(5)])
+    stream.add([Event.model_validate(ev(i)).model_dump_json() for i in range(5)])
     assert len(stream.read("worker-a", ">", 10, None)) == 5
     ing = EventIngestor(settings, consumer="worker-a")
     assert ing.consume() == 5
     assert len(ing.log.read()[0]) == 5
-    assert store.bulk.xpending(stream.key, "strata-ingest")["pending"] == 0
+    assert stream.pending() == 0
     store.close()
 
 

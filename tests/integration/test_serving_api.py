@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -108,7 +110,8 @@ def test_event_effect_is_visible_to_the_next_request(http: httpx.Client) -> None
     top = before["items"][0]["item_id"]
     ev = {"event_id": "vis-1", "user_id": 11, "item_id": top, "type": "click", "ts": 10**9}
     r = http.post("/events", json=ev)
-    assert r.status_code == 200 and r.json() == {"accepted": 1, "new": 1, "duplicates": 0}
+    assert r.status_code == 200
+    assert r.json() == {"accepted": 1, "new": 1, "duplicates": 0, "deferred": 0}
     after = http.get("/recommend", params={"user_id": 11, "k": 10}).json()
     assert top not in [i["item_id"] for i in after["items"]]
     # Idempotent by event_id; a batch is accepted in one call.
@@ -118,6 +121,39 @@ def test_event_effect_is_visible_to_the_next_request(http: httpx.Client) -> None
     assert http.post("/events", json=batch).json()["new"] == 3
     final = http.get("/recommend", params={"user_id": 11, "k": 10}).json()
     assert not {b["item_id"] for b in batch} & {i["item_id"] for i in final["items"]}
+
+
+def test_events_that_cannot_be_logged_are_queued_or_refused_with_503(tmp_path: Path) -> None:
+    """Embedded mode with the event log unwritable (a directory in its place): events go to
+    the outbox (202) and are applied once the log is back; with the outbox unwritable too,
+    nothing is acknowledged: 503 with Retry-After."""
+    s = serving_settings(tmp_path)
+    log, outbox = s.events_dir / "events.jsonl", s.events_dir / "events.outbox.jsonl"
+    with LiveServer(create_app(s)) as live, httpx.Client(base_url=live.url, timeout=30) as c:
+        top = c.get("/recommend", params={"user_id": 12, "k": 10}).json()["items"][0]["item_id"]
+        ev = {"event_id": "d-1", "user_id": 12, "item_id": top, "type": "click", "ts": 10**9}
+        log.mkdir(parents=True)
+        outbox.mkdir()
+        refused = c.post("/events", json=ev)
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+        assert "outbox" in refused.json()["detail"][0]["msg"]
+        outbox.rmdir()
+        queued = c.post("/events", json=ev)
+        assert queued.status_code == 202, queued.text
+        assert queued.json() == {"accepted": 1, "new": 0, "duplicates": 0, "deferred": 1}
+        assert [json.loads(x)["event_id"] for x in outbox.open()] == ["d-1"]
+        log.rmdir()  # the log is writable again: the upkeep task drains the outbox
+
+        def applied() -> bool:
+            items = c.get("/recommend", params={"user_id": 12, "k": 10}).json()["items"]
+            return outbox.stat().st_size == 0 and top not in [i["item_id"] for i in items]
+
+        deadline = time.monotonic() + 10
+        while not applied():
+            assert time.monotonic() < deadline, "deferred event was never applied"
+            time.sleep(0.05)
+        assert [json.loads(x)["event_id"] for x in log.open()] == ["d-1"]
+        assert c.post("/events", json=ev).json()["duplicates"] == 1
 
 
 def test_items_health_ready_metrics(http: httpx.Client) -> None:

@@ -14,6 +14,28 @@ replays the log (idempotently) into a fresh embedded store. In Valkey mode event
 Valkey Stream; a consumer group reads them, performs the same three steps and `XACK`s only after
 the durable write, so an event that was added but not processed stays pending and is re-read by
 the next consumer with the same name. An event counts as acknowledged when `ingest` returns.
+One ingestor runs one ingest at a time (a lock): two concurrent calls sharing a consumer name
+could otherwise each return while the other still held its events un-logged.
+
+Store restarts. A Valkey restarted without persistence has lost the stream and its consumer
+group; the stream (`ValkeyEventStream`) recreates both on the NOGROUP answer and carries on, from
+the stream's start, so nothing added meanwhile is skipped. Whatever comes twice (re-delivery after
+a lost group, a retried request, a crash between log and XACK) is logged twice but applied once
+(event_id marks) and landed once (`land_events` and the offline store dedup by event_id). Live
+state of events from before the restart is not rebuilt in Valkey (it is in the log; `recover`).
+
+Store outage on the serving path (`ingest_or_defer`, used by POST /events). Every store call is
+bounded by the serving timeout (`online.timeout_ms`), and the caller's breaker skips a store known
+to be down, so the attempt fails within a few short timeouts at most. The decision: an event is
+still acknowledged when the store is down or hung, because it can still be made durable locally:
+accepted events are appended (fsync) to an outbox log (`<log_name>.outbox.jsonl`) and the answer
+says `deferred`; `drain_outbox` (a background task of the app) pushes them through the normal
+ingest once the store answers again and then removes them from the outbox (atomic rewrite), so
+their effects (live state, Bloom) appear after recovery, possibly after newer events. A crash
+between the two re-drains them, which the idempotent ingest absorbs. Only when the outbox cannot
+be written either (disk full, read-only) is the batch refused: `EventsNotDurableError`, which the
+app answers with 503 and Retry-After. Outbox events reach the main log, and so the offline store,
+when drained.
 
 Malformed events are rejected one by one with the offending field named and counted per field;
 they never reach the log or the stores.
@@ -25,12 +47,13 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
@@ -42,6 +65,7 @@ from strata.features.online import (
     ActivityEvents,
     ActivityStore,
     OnlineStore,
+    bulk_config,
     open_activity_store,
     open_online_store,
 )
@@ -54,6 +78,17 @@ if TYPE_CHECKING:
     from strata.serving.bloom import BloomFilter
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class EventsNotDurableError(StoreUnavailableError):
+    """Events could be written neither through the store nor to the local outbox: not accepted."""
+
+
+def _direct(fn: Callable[..., T], *args: Any) -> T:
+    """The trivial `call` wrapper: run `fn` now (serving passes its store breaker instead)."""
+    return fn(*args)
+
 
 EventType = Literal["rating", "view", "click", "purchase"]
 ContextValue = str | int | float | StrictBool
@@ -94,6 +129,7 @@ class IngestReport:
     accepted: int = 0
     new: int = 0
     duplicates: int = 0
+    deferred: int = 0  # durable in the outbox, applied once the store is back
     rejected: int = 0
     rejected_by_field: Counter[str] = field(default_factory=Counter)
     errors: list[str] = field(default_factory=list)
@@ -110,6 +146,7 @@ class IngestReport:
         self.accepted += other.accepted
         self.new += other.new
         self.duplicates += other.duplicates
+        self.deferred += other.deferred
         self.rejected += other.rejected
         self.rejected_by_field.update(other.rejected_by_field)
         self.errors.extend(other.errors[: max(0, 20 - len(self.errors))])
@@ -120,6 +157,7 @@ class IngestReport:
             "accepted": self.accepted,
             "new": self.new,
             "duplicates": self.duplicates,
+            "deferred": self.deferred,
             "rejected": self.rejected,
             "rejected_by_field": dict(self.rejected_by_field),
             "errors": self.errors,
@@ -166,6 +204,33 @@ class EventLog:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+    def size(self) -> int:
+        """Bytes in the log (0 when it does not exist yet)."""
+        try:
+            return self.path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def drop_prefix(self, offset: int) -> None:
+        """Remove the first `offset` bytes (records consumed elsewhere): the rest is written to
+        a temporary file, fsynced and renamed over the log, so a crash leaves old or new."""
+        if not self.path.exists():
+            return
+        with self.path.open("rb") as fh:
+            fh.seek(offset)
+            rest = fh.read()
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with tmp.open("wb") as fh:
+            fh.write(rest)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
+        dirfd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dirfd)
+        finally:
+            os.close(dirfd)
 
     def read(self, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
         """Complete records from byte `offset` on, and the offset after the last one."""
@@ -214,10 +279,14 @@ class EventIngestor:
         self.bloom = bloom if bloom is not None else open_bloom(settings.bloom, self.store)
         self.categories = item_categories
         self.log = EventLog(settings.events_dir / f"{log_name}.jsonl")
+        self.outbox = EventLog(settings.events_dir / f"{log_name}.outbox.jsonl")
         self.consumer = consumer or f"{socket.gethostname()}-{log_name}"
-        self._stream = None
-        if type(self.store).__name__ == "ValkeyOnlineStore":
-            self._stream = _ValkeyStream(self.store, self.config.stream, self.config.group)
+        # Valkey mode hands events over through a stream (no network until first use, so an
+        # ingestor can be built while the store is down); the embedded mode logs directly.
+        opener = getattr(self.store, "event_stream", None)
+        self._stream: Any = opener(self.config.stream, self.config.group) if opener else None
+        self._lock = threading.Lock()  # one ingest/consume/drain at a time
+        self._outbox_lock = threading.Lock()  # outbox appends vs. its prefix rewrite
 
     # --- core -----------------------------------------------------------------------------
 
@@ -251,88 +320,126 @@ class EventIngestor:
         return int(new.sum())
 
     def ingest(self, records: Iterable[Any], now: float | None = None) -> IngestReport:
-        """Validate and ingest a batch; when this returns, accepted events are durable."""
+        """Validate and ingest a batch; when this returns, accepted events are durable.
+        StoreUnavailableError when the store cannot take them (nothing is acknowledged)."""
+        report = IngestReport()
+        events = self._validate(records, report)
+        report.accepted = len(events)
+        report.new = self._ingest_valid(events, time.time() if now is None else now)
+        report.duplicates += report.accepted - report.new
+        return report
+
+    def ingest_or_defer(
+        self,
+        records: Iterable[Any],
+        call: Callable[..., int] = _direct,
+        now: float | None = None,
+    ) -> IngestReport:
+        """Serving ingest: like `ingest` through `call` (the store breaker), but when the store
+        is unavailable the accepted events go to the durable outbox (`deferred`) instead of
+        failing; EventsNotDurableError only when the outbox cannot be written either."""
         report = IngestReport()
         events = self._validate(records, report)
         report.accepted = len(events)
         t = time.time() if now is None else now
-        if self._stream is None:
-            report.new = self._process(events, t)
-        else:
-            self._stream.add(events)
-            report.new = self.consume(now=t)
+        try:
+            report.new = call(self._ingest_valid, events, t)
+        except StoreUnavailableError as exc:
+            self._defer(events, t, f"online store unavailable ({exc})")
+            report.deferred = len(events)
+            return report
+        except OSError as exc:  # the event log itself could not be written
+            self._defer(events, t, f"event log not writable ({exc})")
+            report.deferred = len(events)
+            return report
         report.duplicates += report.accepted - report.new
         return report
+
+    def _defer(self, events: list[Event], now: float, why: str) -> None:
+        if not events:
+            return
+        try:
+            with self._outbox_lock:
+                first = self.outbox.size() == 0
+                self.outbox.append([{**e.model_dump(), "_at": now} for e in events])
+        except OSError as exc:
+            raise EventsNotDurableError(f"{why}; outbox {self.outbox.path}: {exc}") from exc
+        # One warning per outage (the first deferral), not one per request while it lasts.
+        log.log(logging.WARNING if first else logging.DEBUG, "%s: %d event(s) queued in %s",
+                why, len(events), self.outbox.path.name)  # fmt: skip
+
+    def has_deferred(self) -> bool:
+        """True while the outbox holds events that were acknowledged but not yet ingested."""
+        return self.outbox.size() > 0
+
+    def drain_outbox(self, call: Callable[..., int] = _direct) -> int:
+        """Ingest the outbox's events through `call` and remove them from it; returns how many.
+        StoreUnavailableError (store still down) leaves the outbox as it was."""
+        with self._outbox_lock:
+            records, end = self.outbox.read()
+        if not records:
+            return 0
+        size = self.config.batch_size
+        for start in range(0, len(records), size):
+            chunk = records[start : start + size]
+            events = [parse_event({k: v for k, v in r.items() if k != "_at"}) for r in chunk]
+            call(self._ingest_valid, events, max(float(r.get("_at", 0.0)) for r in chunk))
+        with self._outbox_lock:
+            # Events appended while draining sit after `end` and stay for the next drain.
+            self.outbox.drop_prefix(end)
+        log.info("drained %d deferred event(s) from %s", len(records), self.outbox.path.name)
+        return len(records)
+
+    def _ingest_valid(self, events: list[Event], now: float) -> int:
+        """Validated, de-duplicated events through the stream (Valkey) or straight to the log;
+        returns how many were new."""
+        with self._lock:
+            if self._stream is None:
+                return self._process(events, now)
+            if events:
+                self._stream.add([e.model_dump_json() for e in events])
+            return self._consume(now, None)
 
     def consume(self, now: float | None = None, block_ms: int | None = None) -> int:
         """Valkey mode: process own pending entries, then new ones; XACK after the durable log."""
         if self._stream is None:
             return 0
-        t = time.time() if now is None else now
+        with self._lock:
+            return self._consume(time.time() if now is None else now, block_ms)
+
+    def _consume(self, now: float, block_ms: int | None) -> int:
         total = 0
         for start in ("0", ">"):
             while True:
                 batch = self._stream.read(self.consumer, start, self.config.batch_size, block_ms)
                 if not batch:
                     break
-                ids, events = zip(*batch, strict=True)
-                total += self._process(list(events), t)
-                self._stream.ack(list(ids))
+                ids = [entry_id for entry_id, _ in batch]
+                events = []
+                for entry_id, payload in batch:
+                    try:
+                        events.append(Event.model_validate_json(payload))
+                    except PydanticValidationError as exc:
+                        # Not written by a validating ingest: it can never be processed, and
+                        # left pending it would block every later consume. Acked below.
+                        log.error("stream entry %s is not a valid event, dropped: %s",
+                                  entry_id.decode(), exc.errors()[0]["msg"])  # fmt: skip
+                total += self._process(events, now)
+                self._stream.ack(ids)
         return total
 
     def recover(self) -> int:
         """Replay the durable log into the live state (idempotent); returns events replayed."""
         records, _ = self.log.read()
         n = 0
-        for start in range(0, len(records), self.config.batch_size):
-            chunk = records[start : start + self.config.batch_size]
-            events = [parse_event({k: v for k, v in r.items() if k != "_at"}) for r in chunk]
-            ats = [float(r.get("_at", time.time())) for r in chunk]
-            self._apply(events, max(ats))
-            n += len(events)
+        with self._lock:
+            for start in range(0, len(records), self.config.batch_size):
+                chunk = records[start : start + self.config.batch_size]
+                events = [parse_event({k: v for k, v in r.items() if k != "_at"}) for r in chunk]
+                ats = [float(r.get("_at", time.time())) for r in chunk]
+                self._apply(events, max(ats))
+                n += len(events)
         return n
-
-
-class _ValkeyStream:
-    """The Valkey Stream + consumer group that carries events to the durable log."""
-
-    def __init__(self, store: Any, stream: str, group: str) -> None:
-        self.store = store
-        self.key = f"{store.prefix}:{stream}"
-        self.group = group
-        with store.guard():
-            try:
-                store.bulk.xgroup_create(self.key, group, id="0", mkstream=True)
-            except Exception as exc:  # the client's ResponseError; the group may already exist
-                if "BUSYGROUP" not in str(exc):
-                    raise
-
-    def add(self, events: list[Event]) -> None:
-        with self.store.guard():
-            pipe = self.store.bulk.pipeline(transaction=False)
-            for e in events:
-                # Approximate trim keeps the stream bounded; acked entries are in the log.
-                pipe.xadd(self.key, {"e": e.model_dump_json()}, maxlen=1_000_000, approximate=True)
-            pipe.execute()
-
-    def read(
-        self, consumer: str, start: str, count: int, block_ms: int | None
-    ) -> list[tuple[bytes, Event]]:
-        with self.store.guard():
-            resp = self.store.bulk.xreadgroup(
-                self.group, consumer, {self.key: start}, count=count, block=block_ms
-            )
-        out = []
-        for _, entries in resp or []:
-            for entry_id, fields in entries:
-                if not fields:  # pending entry whose payload was trimmed
-                    continue
-                out.append((entry_id, Event.model_validate_json(fields[b"e"])))
-        return out
-
-    def ack(self, ids: list[bytes]) -> None:
-        with self.store.guard():
-            self.store.bulk.xack(self.key, self.group, *ids)
 
 
 # --- files and the offline store ----------------------------------------------------------------
@@ -354,7 +461,8 @@ def iter_jsonl(path: Path, report: IngestReport) -> Iterator[Any]:
 
 def ingest_file(settings: Settings, path: Path, ingestor: EventIngestor | None = None) -> dict:
     """Ingest a JSONL file of events in batches with a progress bar; returns the report dict."""
-    ing = ingestor or EventIngestor(settings)
+    # A batch job, off the request path: Valkey calls may take the bulk timeout.
+    ing = ingestor or EventIngestor(settings, store=open_online_store(bulk_config(settings.online)))
     if ingestor is None and ing._stream is None:
         # Embedded mode starts empty in every process: rebuild the idempotency marks first.
         ing.recover()
@@ -420,6 +528,7 @@ __all__ = [
     "Event",
     "EventIngestor",
     "EventLog",
+    "EventsNotDurableError",
     "IngestReport",
     "StoreUnavailableError",
     "events_frame",

@@ -10,7 +10,22 @@ share a client, a model or a metric. Endpoints:
     GET  /metrics           Prometheus, one CollectorRegistry per app
     POST /admin/reload      bearer token; swaps to the registry's serving version atomically
 
-Bad input is a 422 naming the field (`detail[0].field`), never a 500. Reload builds the new
+Bad input is a 422 naming the field (`detail[0].field`), never a 500. The online store never
+causes a 500 or a hung request either: every store call has the short serving timeout and goes
+through the `StoreBreaker`; /recommend then serves degraded (200), /readyz says 503 with the
+reason, and any other store failure is a 503 with `Retry-After`. The app starts with the store
+down and recovers by itself: a background task probes the store while the breaker is open, so it
+is used again within about `store_backoff_max_s` plus one timeout of its return, with or without
+traffic.
+
+POST /events with the store down or hung (decision; see `strata.features.events`): the events are
+validated, written durably to the local outbox (fsync) and acknowledged with 202 and `deferred`
+(200 when they were applied at once); the same background task drains the outbox into the store
+once it answers. The answer comes within a few serving timeouts, never the bulk timeout. Only if
+the outbox cannot be written either is the request refused: 503 with `Retry-After`, nothing
+acknowledged.
+
+Reload builds the new
 pipeline completely off the event loop and then replaces one reference: a request reads the
 reference once at its start and finishes on that pipeline, so nothing fails during a swap.
 The `/ctr/*` routes of `strata.serving.ctr_api` are mounted when that module is present.
@@ -46,6 +61,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+RETRY_AFTER_S = 1  # Retry-After of a 503: about when the breaker has probed the store again
 # Seconds: dense between 0.5 ms and 50 ms where the request path lives, sparse in the tail.
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1,
@@ -218,11 +234,17 @@ class RecommendBody(BaseModel):
 # --- errors --------------------------------------------------------------------------------------
 
 
-def _error(status: int, field: str | None, msg: str, loc: list[Any] | None = None) -> JSONResponse:
+def _error(
+    status: int,
+    field: str | None,
+    msg: str,
+    loc: list[Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
     detail: dict[str, Any] = {"msg": msg, "type": "value_error"}
     if field is not None:
         detail |= {"field": field, "loc": loc or [field]}
-    return JSONResponse({"detail": [detail]}, status_code=status)
+    return JSONResponse({"detail": [detail]}, status_code=status, headers=headers)
 
 
 def _field_of(loc: tuple[Any, ...] | list[Any]) -> str:
@@ -254,7 +276,7 @@ def _install_errors(app: FastAPI) -> None:
 
     @app.exception_handler(StoreUnavailableError)
     async def _unavailable(_: Request, exc: StoreUnavailableError) -> JSONResponse:
-        return _error(503, None, str(exc))
+        return _error(503, None, str(exc), headers={"Retry-After": str(RETRY_AFTER_S)})
 
     @app.exception_handler(StrataError)
     async def _strata(_: Request, exc: StrataError) -> JSONResponse:
@@ -374,7 +396,7 @@ def create_app(
         state = ServingState(settings, link, ingestor, pipe, metrics)
         metrics.set_model(pipe)
         app.state.serving = state
-        refresher = asyncio.create_task(_refresh_catalog(state))
+        refresher = asyncio.create_task(_online_upkeep(state))
         try:
             yield
         finally:
@@ -404,19 +426,32 @@ def _install_ctr(app: FastAPI, settings: Settings, metrics: ServingMetrics) -> N
     install_ctr(app, settings, metrics.registry)
 
 
-async def _refresh_catalog(state: ServingState) -> None:
-    """Poll the item feature version (reload the catalog cache when it changed); this also
-    probes a store that went down, so the breaker closes even without traffic."""
-    period = state.settings.serve.catalog_refresh_s
+async def _online_upkeep(state: ServingState) -> None:
+    """Background care of the online side, every tick (at most the breaker's longest backoff):
+    while the breaker is open, probe the store so it closes without traffic; drain events
+    deferred to the outbox once the store answers; reload the catalog cache when the item
+    feature version changed (every `catalog_refresh_s`, and right after the store came back)."""
+    cfg = state.settings.serve
+    link, ingestor = state.link, state.ingestor
+    tick = min(cfg.catalog_refresh_s, cfg.store_backoff_max_s)
+    last_refresh = time.monotonic()
     while True:
-        await asyncio.sleep(period)
-        pipe = state.pipeline
+        await asyncio.sleep(tick)
         try:
-            await asyncio.to_thread(pipe.catalog.refresh)
+            was_open = link.breaker.is_open
+            if was_open:
+                await asyncio.to_thread(link.health)  # StoreUnavailableError while still down
+            if ingestor.has_deferred():
+                await asyncio.to_thread(ingestor.drain_outbox, link.breaker.call)
+            if was_open or time.monotonic() - last_refresh >= cfg.catalog_refresh_s:
+                last_refresh = time.monotonic()
+                await asyncio.to_thread(state.pipeline.catalog.refresh)
         except StoreUnavailableError:
-            continue  # the breaker has logged it; keep serving the cached catalog
-        except StrataError as exc:
-            log.warning("catalog refresh failed: %s", exc)
+            continue  # the breaker has logged it; keep serving degraded and cached
+        except (StrataError, OSError) as exc:
+            log.warning("online store upkeep failed: %s", exc)
+        except Exception:  # a bug must not end the loop: without it nothing drains or probes
+            log.exception("online store upkeep failed unexpectedly")
 
 
 def _install_routes(app: FastAPI) -> None:
@@ -452,10 +487,15 @@ def _install_routes(app: FastAPI) -> None:
             raise ValidationError("body", f"invalid JSON: {exc}") from None
         pipe = state.pipeline
         parsed = parse_events(body, pipe, state.settings.serve.max_events)
-        report = await asyncio.to_thread(state.link.breaker.call, state.ingestor.ingest, parsed)
-        return JSONResponse(
-            {"accepted": report.accepted, "new": report.new, "duplicates": report.duplicates}
+        # Store down or hung: durably queued and acknowledged (202), see the module docstring.
+        report = await asyncio.to_thread(
+            state.ingestor.ingest_or_defer, parsed, state.link.breaker.call
         )
+        return JSONResponse(
+            {"accepted": report.accepted, "new": report.new, "duplicates": report.duplicates,
+             "deferred": report.deferred},
+            status_code=202 if report.deferred else 200,
+        )  # fmt: skip
 
     @app.get("/items/{item_id}")
     def item(item_id: int, pipe: PipelineDep) -> JSONResponse:

@@ -287,7 +287,8 @@ class ValkeyBloom:
     def __init__(self, params: BloomParams, store: ValkeyOnlineStore) -> None:
         self.params = params
         self.store = store
-        self._add = store.bulk.register_script(_ADD_LUA)
+        # Both on the serving client: adds run inside POST /events, checks inside /recommend.
+        self._add = store.client.register_script(_ADD_LUA)
         self._check = store.client.register_script(_CHECK_LUA)
 
     def _key(self, user: int) -> str:
@@ -307,7 +308,7 @@ class ValkeyBloom:
         h1, h2 = base_hashes(items, p.m)
         pairs = np.stack([h1, h2], axis=1)
         with self.store.guard():
-            pipe = self.store.bulk.pipeline(transaction=False)
+            pipe = self.store.client.pipeline(transaction=False)
             for user in np.unique(users).tolist():
                 args = [*self._head(gen), p.ttl_s * 1000, *pairs[users == user].ravel().tolist()]
                 self._add(keys=[self._key(user)], args=args, client=pipe)

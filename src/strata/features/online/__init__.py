@@ -243,6 +243,18 @@ def open_online_store(config: MemoryOnlineConfig | ValkeyOnlineConfig) -> Online
     return store
 
 
+def bulk_config(
+    config: MemoryOnlineConfig | ValkeyOnlineConfig,
+) -> MemoryOnlineConfig | ValkeyOnlineConfig:
+    """`config` for batch jobs off the request path (file ingest): every Valkey call may take the
+    patient `bulk_timeout_ms` instead of the serving `timeout_ms`."""
+    if config.type == "valkey":
+        return config.model_copy(
+            update={"timeout_ms": max(config.timeout_ms, config.bulk_timeout_ms)}
+        )
+    return config
+
+
 def open_activity_store(store: OnlineStore) -> ActivityStore:
     """The live-activity store that shares `store`'s backend (and connection)."""
     opener = getattr(store, "activity_store", None)
@@ -258,6 +270,7 @@ __all__ = [
     "FeatureRows",
     "FeatureSpec",
     "OnlineStore",
+    "bulk_config",
     "open_activity_store",
     "open_online_store",
 ]

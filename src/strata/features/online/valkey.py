@@ -14,15 +14,23 @@ scripts (Bloom, activity) are cluster safe:
     P:{user:42}:seen          set    event_ids already applied (idempotency; TTL = window)
     P:{user:42}:act           hash   behavioural counters n_<type>, n_events, last_ts, c:<cat>
     P:{user:42}:recent        list   recent item ids, newest first, capped
-    P:events                  stream durable hand-off of ingested events (consumer group)
+    P:events                  stream hand-off of ingested events (consumer group; see
+                                     `ValkeyEventStream`, recreated on demand after a restart)
 
 A read of many rows is one round trip: on a standalone server (the default, also ElastiCache
 without cluster mode) one Lua call checks the active pointer and HMGETs every row, returning
 each fixed-width feature as one concatenated column (decoded with one `np.frombuffer`); with
 `cluster=True` it is one pipeline of `GET` pointer + `HMGET` per row (cluster safe). The active
 version is cached and re-checked on every read; only right after a switch does a read take a
-second trip. Every client error (refused, timeout, reset) surfaces as `StoreUnavailableError` so
-callers can degrade.
+second trip.
+
+Two connection pools with different timeouts: `client` (config `timeout_ms`, default 50 ms, no
+retries) carries every call a request can make (reads and the metadata load after a version
+switch, activity, Bloom, the events stream, health), so a hung server costs a request at most one
+short timeout per call; `bulk` (`bulk_timeout_ms`, default 10 s) is only for batch jobs that are
+never on the request path: writes, activation, version cleanup (materialize, admin). Every client
+error (refused, timeout, reset, and error replies such as OOM or LOADING) surfaces as
+`StoreUnavailableError`, so callers degrade instead of failing with the client's exception.
 """
 
 from __future__ import annotations
@@ -57,7 +65,9 @@ log = logging.getLogger(__name__)
 
 WRITE_BATCH = 1000
 PRESENT = "_"
-_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+# RedisError covers error replies too (OOM, MISCONF, READONLY, BUSY, WRONGTYPE): for a caller
+# each means "the store cannot serve this now", never a reason to fail a request with a 500.
+_ERRORS = (redis.exceptions.RedisError, OSError)
 
 
 def _le(dtype: str) -> np.dtype:
@@ -71,9 +81,9 @@ class ValkeyOnlineStore:
         self.config = config
         self.prefix = config.key_prefix
         # Serving calls get a short, bounded timeout and no retries (fail fast, degrade);
-        # bulk work (materialize, streams) gets a patient client of its own.
+        # bulk work (materialize) gets a patient client of its own, never used by requests.
         self.client: Any = self._connect(config.timeout_ms / 1000.0)
-        self.bulk: Any = self._connect(max(config.timeout_ms / 1000.0, 10.0))
+        self.bulk: Any = self._connect(max(config.timeout_ms, config.bulk_timeout_ms) / 1000.0)
         self._meta: dict[tuple[str, str], dict[str, FeatureSpec]] = {}
         self._active: dict[str, str | None] = {}
         self._activity: ValkeyActivityStore | None = None
@@ -122,9 +132,9 @@ class ValkeyOnlineStore:
 
     # --- protocol -------------------------------------------------------------------------
 
-    def _load_meta(self, entity: str, version: str) -> dict[str, FeatureSpec]:
+    def _load_meta(self, entity: str, version: str, client: Any = None) -> dict[str, FeatureSpec]:
         with self.guard():
-            raw = self.bulk.hgetall(self._meta_key(entity, version))
+            raw = (client or self.bulk).hgetall(self._meta_key(entity, version))
         specs = {}
         for k, v in raw.items():
             dtype, dim = v.decode().split(":")
@@ -200,7 +210,8 @@ class ValkeyOnlineStore:
             return {}
         specs = self._meta.get((entity, version))
         if specs is None or any(f not in specs for f in features):
-            specs = self._load_meta(entity, version)
+            # On the read path: the first read after a switch must not wait on the bulk timeout.
+            specs = self._load_meta(entity, version, self.client)
         return specs
 
     def read(self, entity: str, ids: Any, features: Sequence[str]) -> FeatureRows:
@@ -352,6 +363,10 @@ class ValkeyOnlineStore:
             self._activity = ValkeyActivityStore(self)
         return self._activity
 
+    def event_stream(self, stream: str, group: str) -> ValkeyEventStream:
+        """The events stream `P:<stream>` read through consumer group `group`."""
+        return ValkeyEventStream(self, stream, group)
+
     def close(self) -> None:
         """Release both connection pools."""
         self.client.close()
@@ -427,7 +442,7 @@ class ValkeyActivityStore:
 
     def __init__(self, store: ValkeyOnlineStore) -> None:
         self.store = store
-        self._apply = store.bulk.register_script(_APPLY_LUA)
+        self._apply = store.client.register_script(_APPLY_LUA)
 
     def _keys(self, user: int) -> list[str]:
         return [self.store.entity_key("user", user, k) for k in ("seen", "act", "recent")]
@@ -440,7 +455,7 @@ class ValkeyActivityStore:
         groups = np.split(order, bounds)
         cats = events.category if events.category is not None else np.full(len(order), -1)
         with self.store.guard():
-            pipe = self.store.bulk.pipeline(transaction=False)
+            pipe = self.store.client.pipeline(transaction=False)
             for g in groups:
                 argv: list[Any] = [recent_cap, window_s]
                 for i in g.tolist():
@@ -476,3 +491,93 @@ class ValkeyActivityStore:
                 self.store.entity_key("user", int(user_id), "recent"), 0, n - 1
             )
         return np.asarray([int(x) for x in raw], dtype=np.int64)
+
+
+def _is_nogroup(exc: Exception) -> bool:
+    return str(exc).startswith("NOGROUP")
+
+
+class ValkeyEventStream:
+    """The Valkey Stream + consumer group that carries events to the durable log.
+
+    Nothing touches the network at construction (the app starts with the store down), and the
+    group is created on demand: before the first read, and again whenever the server answers
+    NOGROUP because it restarted empty (or the group was destroyed). It is recreated from the
+    stream's start (id 0, MKSTREAM): entries added before the group existed (an `add` right after
+    the restart) are delivered, never skipped; entries that were already processed come again and
+    are absorbed by the idempotent ingest (event_id marks; offline landing dedups by event_id).
+    Every call uses the serving client, except blocking reads, which need a timeout above the block.
+    """
+
+    def __init__(self, store: ValkeyOnlineStore, stream: str, group: str) -> None:
+        self.store = store
+        self.key = f"{store.prefix}:{stream}"
+        self.group = group
+        self._have_group = False
+
+    def ensure_group(self) -> None:
+        """Create the group (and the stream) unless it exists."""
+        with self.store.guard():
+            try:
+                self.store.client.xgroup_create(self.key, self.group, id="0", mkstream=True)
+                log.info("created consumer group %s on %s", self.group, self.key)
+            except redis.exceptions.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+        self._have_group = True
+
+    def add(self, payloads: Sequence[str]) -> None:
+        """Append one entry per JSON payload in one pipelined round trip."""
+        with self.store.guard():
+            pipe = self.store.client.pipeline(transaction=False)
+            for p in payloads:
+                # Approximate trim keeps the stream bounded; acked entries are in the log.
+                pipe.xadd(self.key, {"e": p}, maxlen=1_000_000, approximate=True)
+            pipe.execute()
+
+    def read(
+        self, consumer: str, start: str, count: int, block_ms: int | None = None
+    ) -> list[tuple[bytes, bytes]]:
+        """(entry id, payload) pairs for `consumer`: its pending ones from `start="0"`, new ones
+        from `">"`; entries whose payload was trimmed away are skipped."""
+        if not self._have_group:
+            self.ensure_group()
+        client = self.store.client if block_ms is None else self.store.bulk
+        with self.store.guard():
+            try:
+                resp = client.xreadgroup(
+                    self.group, consumer, {self.key: start}, count=count, block=block_ms
+                )
+            except redis.exceptions.ResponseError as exc:
+                if not _is_nogroup(exc):
+                    raise
+                log.warning("%s: consumer group %s is gone (server restarted?); recreating it",
+                            self.key, self.group)  # fmt: skip
+                self.ensure_group()
+                resp = client.xreadgroup(
+                    self.group, consumer, {self.key: start}, count=count, block=block_ms
+                )
+        out = []
+        for _, entries in resp or []:
+            for entry_id, fields in entries:
+                if fields and b"e" in fields:
+                    out.append((entry_id, fields[b"e"]))
+        return out
+
+    def ack(self, ids: Sequence[bytes]) -> int:
+        """XACK `ids`; returns how many were pending (0 when the group was lost meanwhile)."""
+        if not ids:
+            return 0
+        with self.store.guard():
+            return int(self.store.client.xack(self.key, self.group, *ids))
+
+    def pending(self) -> int:
+        """Entries delivered to some consumer and not acknowledged yet."""
+        with self.store.guard():
+            try:
+                info = self.store.client.xpending(self.key, self.group)
+            except redis.exceptions.ResponseError as exc:
+                if not _is_nogroup(exc):
+                    raise
+                return 0
+        return int(info["pending"])
