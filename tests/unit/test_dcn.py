@@ -10,7 +10,7 @@ from strata.models.inputs import FeatureDims
 from strata.models.layers import CrossNetConfig, MLPConfig
 from strata.training.batch import synthetic_rank_batches
 from strata.training.loops import rank_inputs, score_ranker, seed_everything, train_ranker
-from strata.training.train import auc_score
+from strata.training.metrics import auc
 
 DIMS = FeatureDims(n_users=30, n_items=40, text_dim=4, image_dim=4, hist_len=4)
 
@@ -30,9 +30,9 @@ def test_ranker_learns_interaction_signal() -> None:
     m = DCNRanker(DIMS, small)
     train = list(synthetic_rank_batches(DIMS, 256, 20, seed=1))
     test = next(synthetic_rank_batches(DIMS, 2000, 1, seed=2))
-    before = auc_score(test.label, score_ranker(m, test))
+    before = auc(test.label, score_ranker(m, test))
     train_ranker(m, lambda e, rng: train, 4, lr=1e-2)
-    after = auc_score(test.label, score_ranker(m, test))
+    after = auc(test.label, score_ranker(m, test))
     # The label depends on the retrieval score and on (user, item) parity: both learnable.
     assert after > 0.75 and after > before + 0.1
     assert np.isfinite(score_ranker(m, test)).all()

@@ -8,40 +8,15 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from strata.errors import ValidationError
-from strata.training.data import FeatureSpace, latest_state, point_in_time_state
 from strata.training.finetune import finetune
 from strata.training.recommender import load_recommender
 from strata.training.registry import Registry
 from strata.training.train import Tables, train
 
 from .tiny_world import fast_settings, tiny_dataset
-
-
-def test_point_in_time_state_excludes_same_and_later_events() -> None:
-    ds = tiny_dataset(n_users=3, n_items=8, n_events=0)
-    ev = pd.DataFrame(
-        {
-            "user_id": [1, 1, 1, 1, 2],
-            "item_id": [3, 4, 5, 6, 7],
-            "value": [1.0, 3.0, 5.0, 2.0, 4.0],
-            "ts": [10, 20, 20, 30, 10],
-            "device": "mobile",
-        }
-    )
-    space = FeatureSpace.fit(ds.users, ds.items, ev)
-    st = point_in_time_state(ev, space, hist_len=3)
-    assert st.hist.tolist() == [[-1, -1, -1], [-1, -1, 3], [-1, -1, 3], [3, 4, 5], [-1, -1, -1]]
-    assert st.n_events.tolist() == [0, 1, 1, 3, 0]
-    assert st.mean_value[3] == pytest.approx(3.0)
-    last = latest_state(ev, np.array([1, 2, 3]), space, hist_len=3)
-    assert last.hist.tolist() == [[4, 5, 6], [-1, -1, 7], [-1, -1, -1]]
-    assert last.n_events.tolist() == [4, 1, 0]
-    # Items 3..6 have genres (i-1) % 4 -> top genre of user 1 is defined; user 3 has none.
-    assert last.top_genre[0] > 0 and last.top_genre[2] == 0
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,13 @@
-"""From tables to typed batches: point-in-time user state, vocabularies, item table, encoders.
+"""From offline-store feature rows to typed model inputs: vocabularies, item table, encoders.
 
-Column names follow `strata.features.schema` (user_recent_items, user_top_genre, ...) so the same
-encoder reads the offline store's frames and the in-memory fallback computed here from raw events.
+The offline store is the single source of point-in-time features: training reads
+`OfflineStore.training_set` (one row per event, features strictly before its ts), a version's user
+snapshot is `OfflineStore.latest_user_features(as_of=cut)`, and serving reads the same columns from
+the online store. All three arrive here as the columns `materialize.online_columns` produces
+(strings as str, recent items as int64 padded with -1), and `query_features_from_rows` is the one
+function that turns them plus request context (`definitions.context_features_np`) into
+`QueryFeatures`, so training and serving cannot drift apart.
+
 A `FeatureSpace` is fitted on the training window only: users/items without training interactions
 get the unknown id (0) so serving treats them exactly as training-time masking taught the model.
 """
@@ -9,15 +15,15 @@ get the unknown id (0) so serving treats them exactly as training-time masking t
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from strata.datasets.base import DEVICES
-from strata.errors import DataError
-from strata.features.schema import RECENT_ITEMS_N
+from strata.errors import DataError, ValidationError
+from strata.features.schema import RECENT_ITEMS_N, USER_FEATURES, USER_KEY, defaults
 from strata.models.inputs import FeatureDims
 from strata.training.batch import ItemFeatures, QueryFeatures
 
@@ -27,115 +33,45 @@ if TYPE_CHECKING:
 AGE_BINS = np.array([1, 18, 25, 35, 45, 50, 56])  # MovieLens age groups; 0 = unknown
 FEATURE_SPACE_FILE = "feature_space.json"
 TABLES_FILE = "feature_tables.safetensors"
+#: Offline-store user feature columns the query tower reads (a subset of the schema's).
+USER_INPUT_FEATURES: tuple[str, ...] = (
+    "user_age",
+    "user_gender",
+    "user_occupation",
+    "user_n_events",
+    "user_mean_value",
+    "user_top_genre",
+    "user_recent_items",
+)
+#: Column of `item_num` holding log item popularity (trailing window, as of the event/cut).
+POP_COL = 2
+#: log1p(count) is divided by this so the feature stays near [0, 1] on typical catalogs.
+LOG_COUNT_SCALE = 5.0
+
+assert set(USER_INPUT_FEATURES) <= {f.name for f in USER_FEATURES}
 
 
-# --- point-in-time user state ---------------------------------------------------------------
+# --- feature rows --------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class UserState:
-    """Behavioural user features per row: recent item ids (-1 pad, oldest first), counts, genre."""
+def frame_rows(df: pd.DataFrame, names: tuple[str, ...] = USER_INPUT_FEATURES) -> dict[str, Any]:
+    """Columns `names` of an offline-store frame, encoded exactly as the online store holds them."""
+    from strata.features.materialize import online_columns
 
-    hist: np.ndarray  # (N, L) int64 item ids, -1 = padding
-    n_events: np.ndarray  # (N,) float32
-    mean_value: np.ndarray  # (N,) float32
-    top_genre: np.ndarray  # (N,) int64 index into the genre vocabulary + 1, 0 = none
+    missing = [n for n in names if n not in df.columns]
+    if missing:
+        raise DataError("feature rows", f"missing feature columns {missing}")
+    part = df.loc[:, list(names)].reset_index(drop=True)
+    part.insert(0, "_row", np.arange(len(part), dtype=np.int64))
+    _, cols = online_columns(part, "_row")
+    return cols
 
 
-def _state(
-    item: np.ndarray,
-    value: np.ndarray,
-    genre_mh: np.ndarray,
-    gstart: np.ndarray,
-    cut: np.ndarray,
-    hist_len: int,
-) -> UserState:
-    """State from the sorted events in [gstart, cut) per row (vectorised; no per-user loop)."""
-    n = len(item)
-    offs = np.arange(hist_len, 0, -1)  # oldest first
-    idx = cut[:, None] - offs[None, :]  # (R, L)
-    valid = idx >= gstart[:, None]
-    hist = np.where(valid, item[np.clip(idx, 0, max(n - 1, 0))] if n else -1, -1).astype(np.int64)
-    cs_v = np.concatenate([[0.0], np.cumsum(value, dtype=np.float64)])
-    k = (cut - gstart).astype(np.float64)
-    mean = np.where(k > 0, (cs_v[cut] - cs_v[gstart]) / np.maximum(k, 1), 0.0)
-    cs_g = np.concatenate(
-        [
-            np.zeros((1, genre_mh.shape[1]), np.float32),
-            np.cumsum(genre_mh, axis=0, dtype=np.float32),
-        ]
+def log_count(n: np.ndarray) -> np.ndarray:
+    """log1p of an event count, scaled (the numeric form of every count feature)."""
+    return (np.log1p(np.maximum(np.asarray(n, np.float64), 0.0)) / LOG_COUNT_SCALE).astype(
+        np.float32
     )
-    counts = cs_g[cut] - cs_g[gstart]  # (R, G)
-    top = np.where(counts.sum(1) > 0, counts.argmax(1) + 1, 0)
-    return UserState(hist, k.astype(np.float32), mean.astype(np.float32), top.astype(np.int64))
-
-
-def _sorted_events(events: pd.DataFrame, genre_of: dict[int, np.ndarray], n_genres: int) -> Any:
-    order = np.lexsort((events["ts"].to_numpy(), events["user_id"].to_numpy()))
-    u = events["user_id"].to_numpy(np.int64)[order]
-    t = events["ts"].to_numpy(np.int64)[order]
-    it = events["item_id"].to_numpy(np.int64)[order]
-    v = events["value"].to_numpy(np.float64)[order]
-    mh = np.zeros((len(it), n_genres), np.float32)
-    if len(it):
-        ids, inv = np.unique(it, return_inverse=True)
-        table = np.stack([genre_of.get(int(i), np.zeros(n_genres, np.float32)) for i in ids])
-        mh = table[inv]
-    return order, u, t, it, v, mh
-
-
-def point_in_time_state(
-    events: pd.DataFrame, space: FeatureSpace, hist_len: int = RECENT_ITEMS_N
-) -> UserState:
-    """User state strictly before each event's ts (events at the same second are not visible),
-    aligned with the rows of `events`."""
-    order, u, t, it, v, mh = _sorted_events(events, space.genre_of(), space.n_genres)
-    n = len(u)
-    pos = np.arange(n)
-    new_user = np.r_[True, u[1:] != u[:-1]] if n else np.zeros(0, bool)
-    new_run = new_user | (np.r_[True, t[1:] != t[:-1]] if n else np.zeros(0, bool))
-    gstart = np.maximum.accumulate(np.where(new_user, pos, 0)) if n else pos
-    rstart = np.maximum.accumulate(np.where(new_run, pos, 0)) if n else pos
-    st = _state(it, v, mh, gstart, rstart, hist_len)
-    inv = np.empty(n, np.int64)
-    inv[order] = pos
-    return UserState(st.hist[inv], st.n_events[inv], st.mean_value[inv], st.top_genre[inv])
-
-
-def latest_state(
-    events: pd.DataFrame, user_ids: np.ndarray, space: FeatureSpace, hist_len: int = RECENT_ITEMS_N
-) -> UserState:
-    """State after all of `events` for each of `user_ids` (no events -> empty state)."""
-    _, u, _, it, v, mh = _sorted_events(events, space.genre_of(), space.n_genres)
-    uniq, first, counts = np.unique(u, return_index=True, return_counts=True)
-    where = np.searchsorted(uniq, user_ids)
-    where_c = np.clip(where, 0, max(len(uniq) - 1, 0))
-    found = (
-        (where < len(uniq)) & (uniq[where_c] == user_ids)
-        if len(uniq)
-        else np.zeros(len(user_ids), bool)
-    )
-    gstart = np.where(found, first[where_c] if len(uniq) else 0, 0).astype(np.int64)
-    cut = np.where(found, gstart + (counts[where_c] if len(uniq) else 0), 0).astype(np.int64)
-    return _state(it, v, mh, gstart, cut, hist_len)
-
-
-# --- context ---------------------------------------------------------------------------------
-
-
-def context_features(ts: np.ndarray) -> np.ndarray:
-    """Hour-of-day and day-of-week as sin/cos (UTC, Monday = 0), like `ctx_*` in the schema."""
-    ts = np.asarray(ts, dtype=np.int64)
-    sec = (ts % 86400) / 86400.0
-    dow = ((ts // 86400) + 3) % 7 / 7.0  # 1970-01-01 was a Thursday
-    two_pi = 2 * np.pi
-    return np.stack(
-        [np.sin(two_pi * sec), np.cos(two_pi * sec), np.sin(two_pi * dow), np.cos(two_pi * dow)],
-        axis=1,
-    ).astype(np.float32)
-
-
-# --- feature space ---------------------------------------------------------------------------
 
 
 def _lookup(sorted_ids: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -151,15 +87,138 @@ def _lookup(sorted_ids: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.nda
 def _vocab_index(vocab: list[str], values: np.ndarray) -> np.ndarray:
     """1-based index of each value in `vocab`, 0 when absent."""
     m = {v: i + 1 for i, v in enumerate(vocab)}
-    return np.array([m.get(str(v), 0) for v in values], dtype=np.int64)
+    return np.array([m.get(str(v), 0) for v in np.asarray(values).tolist()], dtype=np.int64)
+
+
+def _recent_matrix(recent: np.ndarray, n: int, width: int) -> np.ndarray:
+    """(N, width) int64 item ids, the newest `width` valid ids right-aligned, -1 elsewhere.
+
+    Accepts the online encoding ((N, W) int64 padded with -1, any W) or an object column of lists.
+    """
+    if recent.dtype == object:
+        lists = [np.asarray(v if v is not None else [], np.int64).ravel() for v in recent]
+        padded = np.full((n, max([len(v) for v in lists] + [1])), -1, np.int64)
+        for r, v in enumerate(lists):
+            padded[r, : len(v)] = v
+        recent = padded
+    rec = np.asarray(recent, dtype=np.int64).reshape(n, -1)
+    valid = rec >= 0
+    cnt = valid.sum(1)  # valid ids form a prefix (oldest first), padding follows
+    # Slot j of the output holds source position cnt - width + j (negative -> padding).
+    src = cnt[:, None] - width + np.arange(width)[None, :]
+    ok = (src >= 0) & (src < rec.shape[1])
+    out = np.take_along_axis(rec, np.clip(src, 0, max(rec.shape[1] - 1, 0)), axis=1)
+    return np.where(ok, out, -1)
+
+
+def query_features_from_rows(
+    space: FeatureSpace,
+    rows: Mapping[str, np.ndarray],
+    found: np.ndarray,
+    ts: np.ndarray,
+    device: np.ndarray,
+    user_ids: np.ndarray | None = None,
+) -> QueryFeatures:
+    """Query-tower inputs from user feature rows (online-store encoding) plus request context.
+
+    `rows` holds the schema's user feature columns as `materialize.online_columns` writes them
+    (`user_recent_items` int64 padded with -1, strings as str); `found` (N,) marks users that
+    have a row: the others get the masked cold-start defaults (unknown id, no demographics, no
+    behaviour), exactly what training-time masking shows the model. `user_ids` selects the id
+    embedding (default: `rows["user_id"]`); ids unseen in training map to the unknown id.
+    """
+    found = np.asarray(found, dtype=bool).reshape(-1)
+    n = len(found)
+    if user_ids is None:
+        if USER_KEY not in rows:
+            raise ValidationError("user_ids", "pass the user ids (e.g. FeatureRows.ids)")
+        user_ids = rows[USER_KEY]
+    user_ids = np.asarray(user_ids, dtype=np.int64).reshape(-1)
+    ts = np.broadcast_to(np.asarray(ts, dtype=np.int64), (n,))
+    device = np.broadcast_to(np.asarray(device, dtype=object), (n,))
+    if len(user_ids) != n:
+        raise ValidationError("user_ids", f"expected {n} ids, got {len(user_ids)}")
+    dflt = defaults("user")
+
+    def col(name: str) -> np.ndarray:
+        if name in rows:
+            return np.asarray(rows[name])
+        if found.any():
+            raise ValidationError("rows", f"missing user feature {name!r}")
+        if isinstance(dflt[name], list):  # no recent items: one padding column
+            return np.full((n, 1), -1, np.int64)
+        return np.full(n, dflt[name], dtype=object)
+
+    from strata.features.definitions import context_features_np
+
+    ctx_d = context_features_np(ts, device)
+    ctx = np.stack(
+        [
+            np.asarray(ctx_d[c])
+            for c in ("ctx_hour_sin", "ctx_hour_cos", "ctx_dow_sin", "ctx_dow_cos")
+        ],
+        axis=1,
+    ).astype(np.float32)
+    dev = _vocab_index(space.meta["devices"], np.asarray(ctx_d["ctx_device"], dtype=object))
+
+    pos, known = _lookup(space.user_ids, user_ids)
+    uidx = np.where(found & known, space.t["user_idx"][np.where(known, pos + 1, 0)], 0)
+    age = col("user_age").astype(np.float64)
+    age_b = np.where(found & (age > 0), np.digitize(age, AGE_BINS), 0).astype(np.int64)
+    gender = np.where(found, _vocab_index(space.meta["genders"], col("user_gender")), 0)
+    occ = np.where(found, _vocab_index(space.meta["occupations"], col("user_occupation")), 0)
+    top = np.where(found, _vocab_index(space.meta["genres"], col("user_top_genre")), 0)
+    hist_ids = _recent_matrix(col("user_recent_items"), n, int(space.meta["hist_len"]))
+    hist_ids = np.where(found[:, None], hist_ids, -1)
+    hist_rows, hist_ok = space.item_rows(hist_ids.ravel())
+    # Padding and items unknown to this version map to 0, which pooling ignores.
+    hist = np.where(hist_ok, space.t["item_idx"][hist_rows], 0).reshape(hist_ids.shape)
+    n_ev = np.where(found, col("user_n_events").astype(np.float64), 0.0)
+    mean_v = np.where(found, col("user_mean_value").astype(np.float64), 0.0)
+    user_num = np.stack(
+        [log_count(n_ev), (mean_v / float(space.meta["value_scale"])).astype(np.float32)], axis=1
+    ).astype(np.float32)
+    return QueryFeatures(
+        user=uidx.astype(np.int64),
+        age=age_b,
+        gender=gender.astype(np.int64),
+        occupation=occ.astype(np.int64),
+        hist=hist.astype(np.int64),
+        top_genre=top.astype(np.int64),
+        user_num=user_num,
+        ctx=ctx,
+        device=dev.astype(np.int64),
+    )
+
+
+def query_features_from_frame(
+    space: FeatureSpace, df: pd.DataFrame, ts: np.ndarray | None = None, device: Any = None
+) -> QueryFeatures:
+    """Query features of every row of an offline-store frame (training set or user snapshot).
+
+    `ts`/`device` default to the frame's own `ts`/`device` columns (a training set's events).
+    """
+    t = df["ts"].to_numpy(np.int64) if ts is None else ts
+    d = df["device"].astype(str).to_numpy(dtype=object) if device is None else device
+    return query_features_from_rows(
+        space,
+        frame_rows(df),
+        np.ones(len(df), bool),
+        t,
+        d,
+        user_ids=df[USER_KEY].to_numpy(np.int64),
+    )
+
+
+# --- feature space -------------------------------------------------------------------------------
 
 
 class FeatureSpace:
-    """Vocabularies and per-entity arrays that turn ids + state into `QueryFeatures`/`ItemFeatures`.
+    """Vocabularies and per-item arrays that turn feature rows into `QueryFeatures`/`ItemFeatures`.
 
-    Row 0 of every table is the unknown entity. `user_idx`/`item_idx` give the id-embedding index
-    (0 for entities without training interactions); demographics and content are looked up by the
-    entity's row, so cold entities still get them.
+    Row 0 of every item table is the unknown item. `user_idx`/`item_idx` give the id-embedding
+    index (0 for entities without training interactions); item metadata and content are looked up
+    by the item's row, so cold items still get them.
     """
 
     def __init__(self, meta: dict[str, Any], tables: dict[str, np.ndarray]) -> None:
@@ -177,7 +236,11 @@ class FeatureSpace:
         content: pd.DataFrame | None = None,
         hist_len: int = RECENT_ITEMS_N,
     ) -> FeatureSpace:
-        """Fit vocabularies on the catalog and mark ids seen in `train_events` as known."""
+        """Fit vocabularies on the catalog and mark ids seen in `train_events` as known.
+
+        The popularity column of `item_num` starts at zero; `set_item_popularity` fills it from
+        the offline store's item features as of the version's cut-off.
+        """
         users = users.sort_values("user_id").reset_index(drop=True)
         items = items.sort_values("item_id").reset_index(drop=True)
         user_ids = users["user_id"].to_numpy(np.int64)
@@ -186,9 +249,6 @@ class FeatureSpace:
         genres = sorted({g for gs in items["genres"] for g in (list(gs) if gs is not None else [])})
         genders = sorted(users["gender"].astype(str).unique().tolist())
         occupations = sorted(users["occupation"].astype(str).unique().tolist())
-        devices = list(DEVICES)
-        age = users["age"].fillna(0).to_numpy(np.float64)
-        age_b = np.where(age > 0, np.digitize(age, AGE_BINS), 0)
         u_known = np.isin(user_ids, train_events["user_id"].to_numpy(np.int64))
         i_known = np.isin(item_ids, train_events["item_id"].to_numpy(np.int64))
         # Id-embedding index: 1..n for entities seen in training, 0 (unknown) otherwise.
@@ -199,7 +259,8 @@ class FeatureSpace:
         values = train_events["value"].to_numpy(np.float64)
         value_scale = float(np.abs(values).max()) if len(values) else 1.0
 
-        # Item metadata: multi-hot genres, standardised year + missing flag, log price if present.
+        # Item metadata: multi-hot genres, standardised year + missing flag, log popularity
+        # (POP_COL, point in time), log price if present.
         gmap = {g: i for i, g in enumerate(genres)}
         mh = np.zeros((ni + 1, max(len(genres), 1)), np.float32)
         for r, gs in enumerate(items["genres"]):
@@ -209,13 +270,11 @@ class FeatureSpace:
         has_year = ~np.isnan(year)
         y_mean = float(np.nanmean(year)) if has_year.any() else 0.0
         y_std = float(np.nanstd(year)) if has_year.sum() > 1 else 1.0
-        num_cols = [np.where(has_year, (year - y_mean) / max(y_std, 1e-6), 0.0), has_year * 1.0]
-        # Log popularity in the training window lets the models weigh taste against what is popular
-        # now (a static value as of the cut-off, so serving sees exactly what training saw).
-        counts = np.bincount(
-            np.searchsorted(item_ids, train_events["item_id"].to_numpy(np.int64)), minlength=ni
-        )[:ni]
-        num_cols.append(np.log1p(counts) / max(np.log1p(counts.max()), 1.0))
+        num_cols = [
+            np.where(has_year, (year - y_mean) / max(y_std, 1e-6), 0.0),
+            has_year * 1.0,
+            np.zeros(ni),
+        ]
         if "price" in items.columns:
             num_cols.append(np.log1p(items["price"].fillna(0).to_numpy(np.float64).clip(min=0)))
         item_num = np.zeros((ni + 1, len(num_cols)), np.float32)
@@ -228,19 +287,14 @@ class FeatureSpace:
             "genres": genres,
             "genders": genders,
             "occupations": occupations,
-            "devices": devices,
+            "devices": list(DEVICES),
             "value_scale": value_scale,
             "hist_len": hist_len,
             "has_content": content is not None,
         }
-        tables = {
+        tables: dict[str, np.ndarray] = {
             "user_idx": u_idx,
             "item_idx": i_idx,
-            "age": np.r_[0, age_b].astype(np.int64),
-            "gender": np.r_[0, _vocab_index(genders, users["gender"].astype(str).to_numpy())],
-            "occupation": np.r_[
-                0, _vocab_index(occupations, users["occupation"].astype(str).to_numpy())
-            ],
             "genres": mh,
             "item_num": item_num,
             "text": text,
@@ -248,6 +302,12 @@ class FeatureSpace:
             "flags": flags,
         }
         return cls(meta, tables)
+
+    def set_item_popularity(self, item_ids: np.ndarray, n_events: np.ndarray) -> None:
+        """Fill the popularity column from item features (`item_n_events`) as of the cut-off."""
+        rows, ok = self.item_rows(np.asarray(item_ids, np.int64))
+        self.t["item_num"][:, POP_COL] = 0.0
+        self.t["item_num"][rows[ok], POP_COL] = log_count(np.asarray(n_events)[ok])
 
     @staticmethod
     def _content_arrays(
@@ -329,29 +389,25 @@ class FeatureSpace:
             image_dim=int(self.t["image"].shape[1]),
         )
 
-    def genre_of(self) -> dict[int, np.ndarray]:
-        """Item id -> genre multi-hot (for the behavioural top-genre feature)."""
-        return dict(zip(self.meta["item_ids"], self.t["genres"][1:], strict=True))
-
     # encoding ------------------------------------------------------------------------------
-
-    def user_rows(self, user_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Row (1-based, 0 = not in the catalog) of each user id and whether it was found."""
-        pos, found = _lookup(self.user_ids, user_ids)
-        return np.where(found, pos + 1, 0), found
 
     def item_rows(self, item_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Row (1-based, 0 = not in the catalog) of each item id and whether it was found."""
         pos, found = _lookup(self.item_ids, item_ids)
         return np.where(found, pos + 1, 0), found
 
-    def items(self, rows: np.ndarray) -> ItemFeatures:
-        """Item features for item-table rows (0 = unknown item)."""
+    def items(self, rows: np.ndarray, popularity: np.ndarray | None = None) -> ItemFeatures:
+        """Item features for item-table rows (0 = unknown item); `popularity` (N,) item event
+        counts replace the table's as-of-cut popularity (point-in-time training rows)."""
         t = self.t
+        num = t["item_num"][rows]
+        if popularity is not None:
+            num = num.copy()
+            num[:, POP_COL] = log_count(popularity)
         return ItemFeatures(
             item=t["item_idx"][rows],
             genres=t["genres"][rows],
-            item_num=t["item_num"][rows],
+            item_num=num,
             text=t["text"][rows],
             image=t["image"][rows],
             flags=t["flags"][rows],
@@ -360,25 +416,3 @@ class FeatureSpace:
     def all_items(self) -> ItemFeatures:
         """Item features of every catalog item, in `item_ids` order."""
         return self.items(np.arange(1, len(self.meta["item_ids"]) + 1))
-
-    def queries(
-        self, user_ids: np.ndarray, ts: np.ndarray, device: np.ndarray, state: UserState
-    ) -> QueryFeatures:
-        """Query features for users at times `ts` on `device`, with behavioural `state`."""
-        rows, _ = self.user_rows(user_ids)
-        hist_rows, _ = self.item_rows(np.where(state.hist >= 0, state.hist, -(2**62)))
-        hist = self.t["item_idx"][hist_rows]  # unknown/padded items -> 0 (ignored by pooling)
-        user_num = np.stack(
-            [np.log1p(state.n_events) / 5.0, state.mean_value / self.meta["value_scale"]], axis=1
-        ).astype(np.float32)
-        return QueryFeatures(
-            user=self.t["user_idx"][rows],
-            age=self.t["age"][rows],
-            gender=self.t["gender"][rows],
-            occupation=self.t["occupation"][rows],
-            hist=hist.astype(np.int64),
-            top_genre=state.top_genre.astype(np.int64),
-            user_num=user_num,
-            ctx=context_features(ts),
-            device=_vocab_index(self.meta["devices"], np.asarray(device)),
-        )

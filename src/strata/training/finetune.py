@@ -14,7 +14,6 @@ import numpy as np
 
 from strata.errors import ValidationError
 from strata.serving.pipeline import PairSetFilter
-from strata.training.data import latest_state, point_in_time_state
 from strata.training.loops import RetrievalData
 
 if TYPE_CHECKING:
@@ -35,19 +34,14 @@ class FinetuneResult:
     metrics_candidate: dict[str, float]
 
 
-def _take(data: RetrievalData, idx: np.ndarray) -> RetrievalData:
-    return RetrievalData(
-        data.query.take(idx), data.item_rows[idx], data.log_q[idx], data.weight[idx]
-    )
-
-
 def gate_metrics(
     tt: Any, rk: Any, space: Any, item_emb: np.ndarray, gate: RetrievalData, rows: Any, k: int = 50
 ) -> dict[str, float]:
     """Hit rate@k of each gate event's item among all items, and ranker AUC on fixed gate rows
     (`rows`: the same positives and negatives for both models, rescored with each query tower)."""
     from strata.training.loops import embed_queries, score_ranker
-    from strata.training.train import RankData, auc_score
+    from strata.training.metrics import auc
+    from strata.training.train import RankData
 
     q = embed_queries(tt, gate.query)
     sc = q @ item_emb.T  # (G, I)
@@ -56,7 +50,7 @@ def gate_metrics(
     score = np.einsum("rd,rd->r", q[rows.qi], item_emb[rows.item_rows - 1]).astype(np.float32)
     rd = RankData(rows.query, rows.qi, rows.item_rows, score, rows.label)
     p = score_ranker(rk, rd.batch(space, np.arange(len(rd))))
-    return {f"hit_rate@{k}": hit, "ranker_auc": auc_score(rd.label, p)}
+    return {f"hit_rate@{k}": hit, "ranker_auc": auc(rd.label, p)}
 
 
 def finetune(
@@ -69,7 +63,7 @@ def finetune(
     from strata.training.train import (
         fit_ranker,
         fit_two_tower,
-        load_tables,
+        prepare_store,
         rank_data,
         retrieval_data,
         write_version,
@@ -80,15 +74,16 @@ def finetune(
     seed_everything(seed, cfg.num_threads)
     reg = Registry(settings.registry_dir, dataset)
     rec = load_recommender(settings, dataset)
-    t = tables or load_tables(settings, dataset)
-    ev = t.events.sort_values(["ts", "event_id"], kind="stable").reset_index(drop=True)
+    store = prepare_store(settings, dataset, tables=tables)
+    # Point-in-time features of every event in the log (the offline store's training set), so
+    # recent events see their full history.
+    ev = store.training_set(dataset)
     ts = ev["ts"].to_numpy(np.int64)
     new_idx = np.flatnonzero(ts >= since)
     if len(new_idx) < 10:
         raise ValidationError("--since", f"only {len(new_idx)} events since {since}; need >= 10")
     space, item_emb = rec.space, rec.index.emb
-    # Point-in-time features over the whole log so recent events see their full history.
-    data = retrieval_data(space, ev, point_in_time_state(ev, space))
+    data = retrieval_data(space, ev)
     # The gate holds out the newest events; training uses the rest of the new ones plus replay.
     n_gate = max(int(len(new_idx) * cfg.gate_fraction), 5)
     gate_idx, fit_new = new_idx[-n_gate:], new_idx[:-n_gate]
@@ -98,7 +93,7 @@ def finetune(
     fit_idx = np.sort(np.r_[fit_new, rng.choice(old_idx, n_replay, replace=False)]).astype(np.int64)
     before_gate = ev.iloc[: gate_idx[0]]
     seen = PairSetFilter(before_gate["user_id"].to_numpy(), before_gate["item_id"].to_numpy())
-    gate = _take(data, gate_idx)
+    gate = data.take(gate_idx)
     gate_users = ev["user_id"].to_numpy(np.int64)[gate_idx]
     gate_q = embed_queries(rec.two_tower, gate.query)
     rng_gate = np.random.default_rng(seed + 7)
@@ -108,7 +103,7 @@ def finetune(
     old = gate_metrics(rec.two_tower, rec.ranker, space, item_emb, gate, gate_rows)
 
     tt, rk = copy.deepcopy(rec.two_tower), copy.deepcopy(rec.ranker)
-    fit = _take(data, fit_idx)
+    fit = data.take(fit_idx)
     fit_two_tower(
         tt, space, fit, cfg, seed, cfg.finetune_epochs, cfg.finetune_lr, freeze_items=True
     )
@@ -149,9 +144,9 @@ def finetune(
             "finetune": decision,
             "seed": seed,
         }
-        state = latest_state(ev, space.user_ids, space)
+        snapshot = store.latest_user_features(dataset, as_of=cut)
         new_version, _ = write_version(
-            settings, dataset, space, tt, rk, item_emb, state,
+            settings, dataset, space, tt, rk, item_emb, snapshot,
             ev["user_id"].to_numpy(np.int64), ev["item_id"].to_numpy(np.int64), manifest,
         )  # fmt: skip
         reg.promote(new_version)

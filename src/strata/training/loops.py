@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -42,9 +42,21 @@ class RetrievalData:
     item_rows: np.ndarray  # (N,) int64 rows of the item table
     log_q: np.ndarray  # (N,) float32 log P(item is a positive)
     weight: np.ndarray  # (N,) float32
+    # (N, Ni) numeric item features as of each event (point-in-time popularity); None = table's
+    item_num: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.item_rows)
+
+    def take(self, idx: np.ndarray) -> RetrievalData:
+        """Rows `idx`."""
+        return RetrievalData(
+            self.query.take(idx),
+            self.item_rows[idx],
+            self.log_q[idx],
+            self.weight[idx],
+            None if self.item_num is None else self.item_num[idx],
+        )
 
     def batches(
         self, items: ItemFeatures, batch_size: int, rng: np.random.Generator
@@ -55,9 +67,12 @@ class RetrievalData:
             idx = perm[s : s + batch_size]
             if len(idx) < 2:  # a softmax over one candidate teaches nothing
                 continue
+            it = items.take(self.item_rows[idx])
+            if self.item_num is not None:
+                it = replace(it, item_num=self.item_num[idx])
             yield RetrievalBatch(
                 self.query.take(idx),
-                items.take(self.item_rows[idx]),
+                it,
                 self.log_q[idx],
                 self.weight[idx],
             )
@@ -66,7 +81,10 @@ class RetrievalData:
 def _adam(params: Iterable[torch.nn.Parameter], lr: float, wd: float) -> torch.optim.Optimizer:
     import torch
 
-    return torch.optim.Adam([p for p in params if p.requires_grad], lr=lr, weight_decay=wd)
+    # foreach: one fused update over all tensors instead of a Python loop of small kernels.
+    return torch.optim.Adam(
+        [p for p in params if p.requires_grad], lr=lr, weight_decay=wd, foreach=True
+    )
 
 
 def train_two_tower(

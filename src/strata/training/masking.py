@@ -11,7 +11,11 @@ from strata.training.batch import ItemFeatures, QueryFeatures
 
 def mask_query(q: QueryFeatures, p_user: float, rng: np.random.Generator) -> QueryFeatures:
     """Rows drawn with probability `p_user` lose user id, history, top genre and counts."""
-    m = rng.random(len(q)) < p_user  # (B,)
+    return mask_query_rows(q, rng.random(len(q)) < p_user)
+
+
+def mask_query_rows(q: QueryFeatures, m: np.ndarray) -> QueryFeatures:
+    """Rows where `m` (B,) is true lose user id, history, top genre and counts."""
     if not m.any():
         return q
     return QueryFeatures(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +17,7 @@ import numpy as np
 from strata.errors import ValidationError
 from strata.serving.pipeline import PairSetFilter
 from strata.training.batch import QueryFeatures, RankBatch
-from strata.training.data import FeatureSpace, UserState, latest_state, point_in_time_state
+from strata.training.data import FeatureSpace, query_features_from_frame
 from strata.training.loops import RetrievalData
 
 if TYPE_CHECKING:
@@ -25,17 +25,19 @@ if TYPE_CHECKING:
 
     from strata.config import Settings, TrainingConfig
     from strata.datasets.base import RecDataset
+    from strata.features.offline import OfflineStore
     from strata.models.dcn import DCNRanker
     from strata.models.two_tower import TwoTower
 
 log = logging.getLogger(__name__)
 
-USER_STATE_FILE = "user_state.safetensors"
+USER_FEATURES_FILE = "user_features.parquet"  # the version's user snapshot (offline store)
+SEEN_FILE = "seen.safetensors"  # (user, item) pairs before the cut-off, for the seen filter
 
 
 @dataclass(frozen=True)
 class Tables:
-    """Users, items, events and (optional) content embeddings of one dataset."""
+    """A dataset held in memory (tests, benchmarks): ingested into the offline store first."""
 
     users: pd.DataFrame
     items: pd.DataFrame
@@ -43,37 +45,70 @@ class Tables:
     content: pd.DataFrame | None
 
 
-def load_tables(
-    settings: Settings, dataset: str, images: Path | None = None, encode: bool = False
-) -> Tables:
-    """Tables from the offline store when it holds `dataset`, else from the dataset loader.
+@dataclass(frozen=True)
+class TrainingData:
+    """What a training run reads from the offline store for one cut-off."""
 
-    Content embeddings come from the store's `item_content`; with `encode` (or `images`) and no
-    stored content they are computed with the content encoders and written back to the store.
-    """
-    from strata.features.offline import OfflineStore
+    users: pd.DataFrame
+    items: pd.DataFrame
+    rows: pd.DataFrame  # training set: one row per event before `cut`, point-in-time features
+    cut: int
+    content: pd.DataFrame | None
+
+
+def prepare_store(
+    settings: Settings, dataset: str, images: Path | None = None, tables: Tables | None = None
+) -> OfflineStore:
+    """The offline store holding `dataset`: `tables` are ingested (idempotent by event_id); a
+    dataset not yet in the store is loaded with `strata.datasets.load` and ingested."""
+    from strata.features.offline import OfflineStore, ingest_dataset
 
     store = OfflineStore(settings)
-    local = Path(store.dataset_uri(dataset))
-    if (local / "users.parquet").exists():
-        users, items, events = store.users(dataset), store.items(dataset), store.events(dataset)
-    else:
-        ds = load_dataset(settings, dataset, images)
-        users, items, events = ds.users, ds.items, ds.interactions
-    content = None
-    if (local / "item_content.parquet").exists():
-        content = store.item_content(dataset)
-    elif encode or images is not None:
-        from strata.features.content import encode_dataset_content
+    if tables is not None:
+        store.ingest(dataset, tables.users, tables.items, [tables.events])
+        if tables.content is not None:
+            store.write_item_content(dataset, tables.content)
+    elif not _has(store, dataset, "users.parquet"):
+        ingest_dataset(store, load_dataset(settings, dataset, images), dataset)
+    return store
 
-        if images is not None and "image_path" in items.columns:
-            from strata.datasets.movielens import attach_images
 
-            items = attach_images(items, images)
-        content = encode_dataset_content(settings, items, images)
-        if (local / "users.parquet").exists():
-            store.write_item_content(dataset, content)
-    return Tables(users, items, events, content)
+def _has(store: OfflineStore, dataset: str, name: str) -> bool:
+    uri = f"{store.dataset_uri(dataset)}/{name}"
+    return uri.startswith("s3://") or Path(uri).exists()
+
+
+def load_content(
+    settings: Settings, store: OfflineStore, dataset: str, images: Path | None = None
+) -> pd.DataFrame | None:
+    """Stored content embeddings; with `images` and none stored, encode them into the store."""
+    if _has(store, dataset, "item_content.parquet"):
+        return store.item_content(dataset)
+    if images is None:
+        return None
+    from strata.features.content import encode_and_store
+
+    encode_and_store(settings, dataset, images=images)
+    return store.item_content(dataset)
+
+
+def training_data(
+    settings: Settings,
+    dataset: str,
+    until: int | None = None,
+    images: Path | None = None,
+    tables: Tables | None = None,
+) -> tuple[OfflineStore, TrainingData]:
+    """Point-in-time training rows before `until` (default: after the last event) and catalog."""
+    store = prepare_store(settings, dataset, images, tables)
+    rows = store.training_set(dataset, until=until)
+    if len(rows) == 0:
+        where = "" if until is None else f" before {until}"
+        raise ValidationError("--until" if until is not None else "dataset",
+                              f"no interactions{where} to train on")  # fmt: skip
+    cut = int(rows["ts"].max()) + 1 if until is None else int(until)
+    content = load_content(settings, store, dataset, images)
+    return store, TrainingData(store.users(dataset), store.items(dataset), rows, cut, content)
 
 
 def load_dataset(settings: Settings, name: str, images: Path | None = None) -> RecDataset:
@@ -83,32 +118,26 @@ def load_dataset(settings: Settings, name: str, images: Path | None = None) -> R
     return load(name, images=images, settings=settings)
 
 
-def split(events: pd.DataFrame, until: int | None) -> tuple[pd.DataFrame, pd.DataFrame, int]:
-    """Events before `until` (training) and from `until` on (holdout); `until` defaults to the
-    end of the log (max ts + 1)."""
-    if len(events) == 0:
-        raise ValidationError("dataset", "has no interactions to train on")
-    ts = events["ts"].to_numpy(np.int64)
-    cut = int(ts.max()) + 1 if until is None else int(until)
-    train = events[ts < cut].reset_index(drop=True)
-    if len(train) == 0:
-        raise ValidationError("--until", f"no interactions before {cut}")
-    return train, events[ts >= cut].reset_index(drop=True), cut
+def fit_space(store: OfflineStore, dataset: str, data: TrainingData) -> FeatureSpace:
+    """Vocabularies on the catalog, ids known from the training rows, popularity as of the cut."""
+    space = FeatureSpace.fit(data.users, data.items, data.rows, data.content)
+    items = store.latest_item_features(dataset, as_of=data.cut)
+    space.set_item_popularity(items["item_id"].to_numpy(np.int64), items["item_n_events"])
+    return space
 
 
-def retrieval_data(space: FeatureSpace, events: pd.DataFrame, state: UserState) -> RetrievalData:
-    """Positive examples (one per event) with popularity log-probabilities for logQ."""
-    q = space.queries(
-        events["user_id"].to_numpy(np.int64),
-        events["ts"].to_numpy(np.int64),
-        events["device"].astype(str).to_numpy(),
-        state,
-    )
-    rows, _ = space.item_rows(events["item_id"].to_numpy(np.int64))
-    counts = np.bincount(rows, minlength=len(space.item_ids) + 1).astype(np.float64)
+def retrieval_data(space: FeatureSpace, rows: pd.DataFrame) -> RetrievalData:
+    """Positive examples (one per training-set row) with point-in-time query and item features
+    and popularity log-probabilities for logQ."""
+    q = query_features_from_frame(space, rows)
+    item_rows, _ = space.item_rows(rows["item_id"].to_numpy(np.int64))
+    item_num = space.items(item_rows, rows["item_n_events"].to_numpy(np.float64)).item_num
+    counts = np.bincount(item_rows, minlength=len(space.item_ids) + 1).astype(np.float64)
     p = counts / max(counts.sum(), 1.0)
-    log_q = np.log(np.maximum(p[rows], 1e-12)).astype(np.float32)
-    return RetrievalData(q, rows.astype(np.int64), log_q, np.ones(len(rows), np.float32))
+    log_q = np.log(np.maximum(p[item_rows], 1e-12)).astype(np.float32)
+    return RetrievalData(
+        q, item_rows.astype(np.int64), log_q, np.ones(len(item_rows), np.float32), item_num
+    )
 
 
 @dataclass(frozen=True)
@@ -120,6 +149,7 @@ class RankData:
     item_rows: np.ndarray  # (R,)
     score: np.ndarray  # (R,) float32 retrieval score
     label: np.ndarray  # (R,) float32
+    pop: np.ndarray | None = None  # (R,) item event counts as of the row's time; None = table's
 
     def __len__(self) -> int:
         return len(self.label)
@@ -127,14 +157,15 @@ class RankData:
     def subset(self, mask: np.ndarray) -> RankData:
         """Rows where `mask` is true."""
         return RankData(
-            self.query, self.qi[mask], self.item_rows[mask], self.score[mask], self.label[mask]
-        )
+            self.query, self.qi[mask], self.item_rows[mask], self.score[mask], self.label[mask],
+            None if self.pop is None else self.pop[mask],
+        )  # fmt: skip
 
     def batch(self, space: FeatureSpace, idx: np.ndarray) -> RankBatch:
         """Materialise rows `idx` as a typed batch."""
         return RankBatch(
             self.query.take(self.qi[idx]),
-            space.items(self.item_rows[idx]),
+            space.items(self.item_rows[idx], None if self.pop is None else self.pop[idx]),
             self.score[idx],
             self.label[idx],
         )
@@ -181,13 +212,26 @@ def rank_data(
     return RankData(queries, qi.astype(np.int64), rows.astype(np.int64), score, label)
 
 
-def auc_score(y: np.ndarray, p: np.ndarray) -> float:
-    """ROC AUC (`strata.training.metrics.auc`); NaN when only one class is present."""
-    from strata.training.metrics import auc
-
-    if len(np.unique(y)) < 2:
-        return float("nan")
-    return auc(y, p)
+def popularity_at(
+    store: OfflineStore,
+    dataset: str,
+    space: FeatureSpace,
+    ts: np.ndarray,
+    cut: int,
+    n_snapshots: int = 6,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Item popularity (item_n_events) from the offline store at a few snapshot times before
+    `cut`: (S,) snapshot times and (S, I + 1) counts by item-table row. Ranker rows take the
+    latest snapshot at or before their event, so positives and negatives of a row group see the
+    same point-in-time popularity and none of them the future."""
+    qs = np.quantile(np.asarray(ts, np.int64), np.linspace(0.0, 1.0, n_snapshots + 1)[1:-1])
+    times = np.unique(np.r_[int(np.min(ts)), qs.astype(np.int64)])
+    table = np.zeros((len(times), len(space.item_ids) + 1), np.float64)
+    for j, t in enumerate(times):
+        f = store.latest_item_features(dataset, as_of=int(min(t, cut)))
+        rows, ok = space.item_rows(f["item_id"].to_numpy(np.int64))
+        table[j, rows[ok]] = f["item_n_events"].to_numpy(np.float64)[ok]
+    return times, table
 
 
 def fit_ranker(
@@ -199,15 +243,26 @@ def fit_ranker(
     epochs: int,
     lr: float,
 ) -> list[float]:
-    """Train the ranker on `data` with shuffled mini-batches."""
+    """Train the ranker on `data` with shuffled mini-batches and cold-start masking: whole
+    queries (a positive with its negatives) lose the user's identity with probability p_user,
+    rows lose the item id with probability p_item, as unknown users/items look at serving."""
     from strata.training.loops import train_ranker
+    from strata.training.masking import mask_item, mask_query_rows
 
     bs = cfg.ranker_batch_size
 
     def batches(e: int, rng: np.random.Generator) -> Any:
+        cold_q = rng.random(len(data.query)) < cfg.p_user  # (P,) per query, fixed this epoch
         perm = rng.permutation(len(data))
         for s in range(0, len(perm), bs):
-            yield data.batch(space, perm[s : s + bs])
+            idx = perm[s : s + bs]
+            b = data.batch(space, idx)
+            yield RankBatch(
+                mask_query_rows(b.query, cold_q[data.qi[idx]]),
+                mask_item(b.item, cfg.p_item, rng),
+                b.retrieval_score,
+                b.label,
+            )
 
     return train_ranker(
         ranker, batches, epochs, lr=lr, seed=seed, device=cfg.device,
@@ -272,22 +327,27 @@ def train(
     tables: Tables | None = None,
     promote: bool = True,
 ) -> TrainResult:
-    """Train two-tower + ranker on events before `until`, export, register (and promote)."""
+    """Train two-tower + ranker on events before `until`, export, register (and promote).
+
+    Every feature comes from the offline store (ingesting `tables` or the dataset first when
+    given/missing): point-in-time training rows, the user snapshot and item popularity as of the
+    cut-off, and content embeddings (encoded from `images` when none are stored).
+    """
     import torch
 
     from strata.models.dcn import DCNConfig, DCNRanker
     from strata.models.two_tower import TwoTower, TwoTowerConfig
     from strata.training.loops import embed_items, embed_queries, score_ranker, seed_everything
+    from strata.training.metrics import auc
 
     cfg = settings.training
     seed = settings.seed
     seed_everything(seed, cfg.num_threads)
-    t = tables or load_tables(settings, dataset, images)
-    train_ev, holdout, cut = split(t.events, until)
-    space = FeatureSpace.fit(t.users, t.items, train_ev, t.content)
+    store, data = training_data(settings, dataset, until, images, tables)
+    rows, cut = data.rows, data.cut
+    space = fit_space(store, dataset, data)
     dims = space.dims()
-    state = point_in_time_state(train_ev, space)
-    rdata = retrieval_data(space, train_ev, state)
+    rdata = retrieval_data(space, rows)
     n_epochs = epochs or cfg.epochs
     t0 = time.perf_counter()
     tt = TwoTower(dims, TwoTowerConfig())
@@ -296,13 +356,18 @@ def train(
     item_emb = embed_items(tt, space.all_items())
 
     rng = np.random.default_rng(seed + 1)
-    seen = PairSetFilter(train_ev["user_id"].to_numpy(), train_ev["item_id"].to_numpy())
+    users = rows["user_id"].to_numpy(np.int64)
+    seen = PairSetFilter(users, rows["item_id"].to_numpy(np.int64))
     sel = np.sort(rng.permutation(len(rdata))[: cfg.ranker_max_positives])
     q_sel = rdata.query.take(sel)
     rd = rank_data(
-        space, embed_queries(tt, q_sel), q_sel, rdata.item_rows[sel],
-        train_ev["user_id"].to_numpy(np.int64)[sel], item_emb, seen, cfg, rng,
+        space, embed_queries(tt, q_sel), q_sel, rdata.item_rows[sel], users[sel], item_emb,
+        seen, cfg, rng,
     )  # fmt: skip
+    ts_sel = rows["ts"].to_numpy(np.int64)[sel]
+    snap_t, snap_pop = popularity_at(store, dataset, space, ts_sel, cut)
+    snap = np.searchsorted(snap_t, ts_sel, side="right") - 1  # (P,) latest snapshot <= event
+    rd = replace(rd, pop=snap_pop[snap[rd.qi], rd.item_rows])
     # Hold out 10% of positives (with their negatives) to report ranker AUC honestly.
     held = rng.random(len(sel)) < 0.1
     val_mask = held[rd.qi]
@@ -317,22 +382,22 @@ def train(
     metrics: dict[str, float] = {
         "two_tower_loss": tt_loss[-1],
         "ranker_loss": rk_loss[-1],
-        "ranker_auc_valid": auc_score(val.label, p_val),
-        "retrieval_score_auc_valid": auc_score(val.label, val.score),
+        "ranker_auc_valid": auc(val.label, p_val),
+        "retrieval_score_auc_valid": auc(val.label, val.score),
         "two_tower_train_s": t_tt,
         "ranker_train_s": t_rk,
-        "train_events": float(len(train_ev)),
+        "train_events": float(len(rows)),
     }
-    user_state = latest_state(train_ev, space.user_ids, space)
+    snapshot = store.latest_user_features(dataset, as_of=cut)
     manifest = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "kind": "train",
         "parent": None,
         "data_range": {
-            "min_ts": int(train_ev["ts"].min()),
-            "max_ts": int(train_ev["ts"].max()),
+            "min_ts": int(rows["ts"].min()),
+            "max_ts": int(rows["ts"].max()),
             "until": cut,
-            "events": len(train_ev),
+            "events": len(rows),
         },
         "metrics": metrics,
         "seed": seed,
@@ -340,15 +405,15 @@ def train(
     }
     with torch.no_grad():
         version, path = write_version(
-            settings, dataset, space, tt, ranker, item_emb, user_state,
-            train_ev["user_id"].to_numpy(np.int64), train_ev["item_id"].to_numpy(np.int64),
-            manifest,
+            settings, dataset, space, tt, ranker, item_emb, snapshot,
+            users, rows["item_id"].to_numpy(np.int64), manifest,
         )  # fmt: skip
+    holdout = store.events(dataset, since=cut)
     if len(holdout):
         from strata.training.recommender import load_recommender
 
         rec = load_recommender(settings, dataset, version)
-        metrics.update(holdout_metrics(rec, holdout, k=10))
+        metrics.update(holdout_metrics(rec, data, store.events(dataset), k=10))
         _update_metrics(path, metrics)
     if promote:
         from strata.training.registry import Registry
@@ -374,17 +439,24 @@ def _update_metrics(path: Path, metrics: dict[str, float]) -> None:
     os.replace(tmp, path / MANIFEST)
 
 
-def holdout_metrics(rec: Any, holdout: pd.DataFrame, k: int = 10) -> dict[str, float]:
-    """Recall@k and NDCG@k of retrieval and the full pipeline on holdout users."""
-    from strata.training.metrics import ndcg_at_k, recall_at_k
+def holdout_metrics(
+    rec: Any, data: TrainingData, events: pd.DataFrame, k: int = 10
+) -> dict[str, float]:
+    """Recall@k and NDCG@k of retrieval and the full pipeline on events from the cut-off on,
+    for all, warm and cold users (the evaluation harness's split and metrics)."""
+    from strata.datasets.base import RecDataset
+    from strata.training.evaluate import System, evaluate, temporal_split
 
-    rel = holdout.groupby("user_id")["item_id"].apply(lambda s: s.to_numpy(np.int64))
-    users = rel.index.to_numpy(np.int64)
+    split = temporal_split(RecDataset("holdout", data.users, data.items, events), data.cut)
+    systems = [System(stage, rec, stage) for stage in ("retrieval", "full")]
+    report = evaluate(split, systems, ks=(k,))
     out: dict[str, float] = {}
-    for stage in ("retrieval", "full"):
-        ids, _ = rec.recommend(users, k, stage=stage)
-        out[f"holdout_recall@{k}_{stage}"] = recall_at_k(ids, list(rel), k)
-        out[f"holdout_ndcg@{k}_{stage}"] = ndcg_at_k(ids, list(rel), k)
+    for stage, res in report["systems"].items():
+        for sl, m in res["slices"].items():
+            suffix = stage if sl == "all" else f"{stage}_{sl}"
+            for name in (f"recall@{k}", f"ndcg@{k}"):
+                if name in m:
+                    out[f"holdout_{name}_{suffix}"] = m[name]
     return out
 
 
@@ -395,7 +467,7 @@ def write_version(
     two_tower: TwoTower,
     ranker: DCNRanker,
     item_emb: np.ndarray,
-    user_state: UserState,
+    user_features: pd.DataFrame,
     seen_users: np.ndarray,
     seen_items: np.ndarray,
     manifest: dict[str, Any],
@@ -404,8 +476,10 @@ def write_version(
     from safetensors.numpy import save_file
 
     from strata.features import schema
+    from strata.features.schema import USER_KEY
     from strata.models.inputs import ITEM_INPUTS, QUERY_INPUTS
     from strata.training.batch import synthetic_items, synthetic_queries
+    from strata.training.data import USER_INPUT_FEATURES
     from strata.training.export import RANKER_INPUTS, export_onnx, save_state, write_item_embeddings
     from strata.training.loops import rank_inputs
     from strata.training.registry import Registry
@@ -419,14 +493,15 @@ def write_version(
         save_state(two_tower, tmp / "two_tower.safetensors")
         save_state(ranker, tmp / "ranker.safetensors")
         write_item_embeddings(tmp, space.item_ids, item_emb)
+        # The user snapshot exactly as the offline store computed it (Parquet, schema columns):
+        # the recommender encodes it with the same function serving applies to online rows.
+        user_features.loc[:, [USER_KEY, *USER_INPUT_FEATURES]].to_parquet(
+            tmp / USER_FEATURES_FILE, index=False
+        )
         save_file(
-            {
-                "hist": user_state.hist, "n_events": user_state.n_events,
-                "mean_value": user_state.mean_value, "top_genre": user_state.top_genre,
-                "seen_user": seen_users.astype(np.int64), "seen_item": seen_items.astype(np.int64),
-            },
-            str(tmp / USER_STATE_FILE),
-        )  # fmt: skip
+            {"user": seen_users.astype(np.int64), "item": seen_items.astype(np.int64)},
+            str(tmp / SEEN_FILE),
+        )
         # Check ONNX on a random but well-formed batch (vocab ranges of the fitted dims).
         rng = np.random.default_rng(0)
         q = synthetic_queries(dims, 8, rng)
