@@ -21,7 +21,7 @@ class _Strict(BaseModel):
 
 
 def default_home() -> Path:
-    """`$STRATA_HOME`, else `~/.cache/strata`: datasets, offline store, registry and logs live here."""
+    """`$STRATA_HOME`, else `~/.cache/strata`: datasets, offline store, registry and logs."""
     return Path("~/.cache/strata").expanduser()
 
 
@@ -100,7 +100,7 @@ class EventsConfig(_Strict):
 
 
 class CtrPreprocessConfig(_Strict):
-    """Criteo preprocessing: log+clip+normalise integers; vocab with OOV (or hashing) for categoricals."""
+    """Criteo preprocessing: log+clip+normalise ints; vocab + OOV (or hashing) for categoricals."""
 
     min_count: int = Field(default=10, ge=1)  # rarer categories share the OOV bucket
     max_vocab: int = Field(default=100_000, ge=1)  # per column, most frequent kept
