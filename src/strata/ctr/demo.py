@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from strata.atomic import atomic_write_text
 from strata.config import (
     CtrConfig,
     CtrModelConfig,
@@ -161,7 +162,8 @@ def run_ctr_demo(
     report = _summarise(timeline, n_before, registry.versions(), out_dir, log_path)
     _add_feature_drift(report, segments, n_before)
     _plot(timeline, n_before, batch, out_dir / "rolling_auc.png", segments, cfg.drift.psi_alert)
-    _atomic_text(out_dir / "report.json", json.dumps(report.to_dict(with_timeline=True), indent=2))
+    report_json = json.dumps(report.to_dict(with_timeline=True), indent=2)
+    atomic_write_text(out_dir / "report.json", report_json)
     return report
 
 
@@ -294,9 +296,3 @@ def _plot(
     finally:
         plt.close(fig)
         Path(tmp).unlink(missing_ok=True)
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    from strata.ctr.preprocess import atomic_write_text
-
-    atomic_write_text(path, text)

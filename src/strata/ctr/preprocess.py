@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from strata.atomic import atomic_write_text
 from strata.config import CtrPreprocessConfig
 from strata.errors import DataError, ValidationError
 
@@ -87,19 +88,6 @@ class CtrBatch:
         with np.load(path, allow_pickle=False) as z:
             labels = z["labels"] if "labels" in z.files else None
             return CtrBatch(z["dense"], z["cats"], labels)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file and a rename (never a half-written file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _int_values(df: pd.DataFrame, col: str) -> np.ndarray:

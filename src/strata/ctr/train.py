@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from strata.atomic import atomic_write_text
 from strata.config import CtrConfig, CtrModelConfig, Settings
 from strata.ctr.preprocess import (
     LABEL,
     CtrBatch,
     CtrPreprocessor,
-    atomic_write_text,
     fit_preprocessor,
 )
 from strata.errors import DataError

@@ -19,8 +19,6 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import os
-import tempfile
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -29,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from strata import progress
+from strata.atomic import atomic_path
 from strata.errors import DataError
 
 if TYPE_CHECKING:
@@ -89,20 +88,6 @@ def content_hash(data: str | bytes) -> str:
     """Cache key of one piece of content (a text or the bytes of an image)."""
     raw = data.encode("utf-8") if isinstance(data, str) else data
     return hashlib.sha256(raw).hexdigest()[:32]
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    """Write via `write(tmp_path)` then rename, so readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide shared caches from other users
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _onnx_session(path: Path, threads: int | None) -> Any:
@@ -287,7 +272,8 @@ class TextEncoder:
                         dynamo=False,
                     )
 
-            _atomic_write(path, export)
+            with atomic_path(path) as tmp_path:
+                export(tmp_path)
         return path
 
     def tokenize(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -405,7 +391,8 @@ class ImageEncoder:
                         dynamo=False,
                     )
 
-            _atomic_write(path, export)
+            with atomic_path(path) as tmp_path:
+                export(tmp_path)
         return path
 
     def _load(self) -> None:
@@ -503,7 +490,8 @@ class EmbeddingCache:
             with tmp.open("wb") as fh:
                 np.savez(fh, keys=all_keys, vectors=self._vectors)
 
-        _atomic_write(self.path, write)
+        with atomic_path(self.path) as tmp_path:
+            write(tmp_path)
 
 
 def cache_for(encoder: TextEncoder | ImageEncoder) -> EmbeddingCache:

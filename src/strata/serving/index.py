@@ -37,13 +37,13 @@ import io
 import json
 import logging
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
+from strata.atomic import atomic_write_bytes
 from strata.errors import DataError, NotFoundError, ValidationError
 
 if TYPE_CHECKING:
@@ -268,8 +268,8 @@ class FaissIndex:
         ids_bytes = buf.getvalue()
         ids_sha = hashlib.sha256(ids_bytes).hexdigest()
         idx_name, ids_name = f"index-{idx_sha[:16]}.faiss", f"ids-{ids_sha[:16]}.npy"
-        _atomic_write(path / idx_name, memoryview(blob))
-        _atomic_write(path / ids_name, ids_bytes)
+        atomic_write_bytes(path / idx_name, memoryview(blob))
+        atomic_write_bytes(path / ids_name, ids_bytes)
         manifest = {
             **self.info,
             "format": FORMAT,
@@ -280,26 +280,12 @@ class FaissIndex:
                 "ids": {"name": ids_name, "sha256": ids_sha, "bytes": len(ids_bytes)},
             },
         }
-        _atomic_write(path / MANIFEST, json.dumps(manifest, indent=2, default=str).encode())
+        atomic_write_bytes(path / MANIFEST, json.dumps(manifest, indent=2, default=str).encode())
         keep = {idx_name, ids_name, MANIFEST}
         for old in [*path.glob("index-*.faiss"), *path.glob("ids-*.npy")]:
             if old.name not in keep:
                 old.unlink(missing_ok=True)
         return path / MANIFEST
-
-
-def _atomic_write(path: Path, data: bytes | memoryview) -> None:
-    """Write to a temp file in the same folder, fsync, then rename over `path`."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _normalise(emb: np.ndarray) -> np.ndarray:
@@ -531,7 +517,8 @@ def build_version_index(
 ) -> dict[str, Any]:
     """Build the index of a registry version's item embeddings (default: the serving version;
     kind default: `settings.index.kind`) and save it in the version's `index/` folder."""
-    from strata.training.registry import Registry, sha256_file
+    from strata.atomic import sha256_file
+    from strata.training.registry import Registry
 
     reg = Registry(settings.registry_dir, dataset)
     vdir = reg.path(version)

@@ -6,7 +6,6 @@ half-written version; the pointer is switched with write-temp + `os.replace` (at
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -17,33 +16,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from strata.atomic import atomic_write_text, sha256_file
 from strata.errors import DataError, NotFoundError, ValidationError
 
 MANIFEST = "manifest.json"
 POINTER = "serving"
 _VERSION = re.compile(r"^v(\d{4,})$")
-
-
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file, streamed."""
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class Registry:
@@ -93,7 +71,7 @@ class Registry:
     def promote(self, version: str) -> None:
         """Point `serving` at `version` atomically."""
         self.path(version)
-        _atomic_write_text(self.dir / POINTER, version + "\n")
+        atomic_write_text(self.dir / POINTER, version + "\n")
 
     @contextmanager
     def stage(self) -> Iterator[Path]:
