@@ -1,8 +1,9 @@
 """The main job (`strata demo` / `make demo`): the whole offline path on embedded defaults.
 
 acquire dataset -> offline store (ingest + features) -> content encoders -> train two-tower and
-ranker (temporal cut at the 80% quantile, so the summary carries honest held-out metrics) ->
-materialize online features -> sample recommendations (a warm and a cold user) -> summary.
+ranker (temporal cut at the 80% quantile, so the summary carries honest held-out metrics) -> ANN
+index -> materialize online features -> sample recommendations from the serving pipeline (a warm
+and a cold user) -> summary -> serve over HTTP (unless --no-serve).
 Each step calls the same library function as its CLI command; nothing here holds logic of its own
 beyond ordering the steps and reporting them.
 """
@@ -14,12 +15,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from rich.console import Console
 from rich.table import Table
 
 from strata.config import Settings
+
+if TYPE_CHECKING:
+    from strata.features.online import OnlineStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -59,6 +63,8 @@ def run_demo(
     from strata.features.content import encode_and_store
     from strata.features.materialize import materialize
     from strata.features.offline import OfflineStore, ingest_dataset
+    from strata.features.online import open_online_store
+    from strata.serving.index import build_version_index
     from strata.training.evaluate import quantile_ts
     from strata.training.train import train
 
@@ -90,33 +96,34 @@ def run_demo(
         if key.startswith(("holdout_", "ranker_auc")):
             report.facts[f"metric.{key}"] = round(float(value), 4)
 
-    online = report.step("materialize online features", lambda: materialize(settings, dataset))
+    index = report.step("ANN index", lambda: build_version_index(settings, dataset))
+    report.facts["index.kind"] = index.get("kind")
+
+    # One online store for the whole run: with the embedded backend it lives in this process, so
+    # the store that is filled here is the one the samples and the server read.
+    online_store = open_online_store(settings.online)
+    online = report.step(
+        "materialize online features",
+        lambda: materialize(settings, dataset, store=online_store),
+    )
     report.facts["online.user_version"] = online["user"]["version"]
 
     report.samples = report.step(
-        "sample recommendations", lambda: _samples(settings, dataset, ds, cut)
+        "sample recommendations (serving pipeline)",
+        lambda: _samples(settings, dataset, ds, cut, online_store),
     )
     _print_report(report)
     if serve:
-        _serve(settings, dataset, report)
+        _serve(settings, dataset, report, online_store)
     return report
 
 
-def _serve(settings: Settings, dataset: str, report: DemoReport) -> None:
+def _serve(settings: Settings, dataset: str, report: DemoReport, store: OnlineStore) -> None:
     """Serve the trained version on 127.0.0.1:8000 (blocks) after printing example requests."""
     from strata.serving.app import serve
 
     cfg = settings.serve.model_copy(update={"dataset": dataset})
     settings = settings.model_copy(update={"serve": cfg})
-    store = None
-    if settings.online.type == "memory":
-        # The embedded store lives in this process: load the online features into the one the
-        # server will use (the materialize step above proved the path; its store is gone).
-        from strata.features.materialize import materialize
-        from strata.features.online.memory import MemoryOnlineStore
-
-        store = MemoryOnlineStore()
-        materialize(settings, dataset, store=store)
     user = report.samples[0]["user_id"] if report.samples else 1
     base = f"http://{cfg.host}:{cfg.port}"
     json_h = "-H 'content-type: application/json'"
@@ -135,34 +142,34 @@ def _serve(settings: Settings, dataset: str, report: DemoReport) -> None:
     serve(settings, cfg.host, cfg.port, store=store)
 
 
-def _samples(settings: Settings, dataset: str, ds: Any, cut: int) -> list[dict[str, Any]]:
-    """Top-5 for the most active user before the cut and for a user with no history (cold)."""
+def _samples(
+    settings: Settings, dataset: str, ds: Any, cut: int, store: OnlineStore
+) -> list[dict[str, Any]]:
+    """Top-5 from the serving pipeline (the object behind HTTP) for the most active user before
+    the cut and for a user with no history then (cold start)."""
     import numpy as np
 
-    from strata.training.recommender import load_recommender
+    from strata.serving.service import OnlineLink, RecommendationPipeline
 
     inter = ds.interactions
     before = inter[inter["ts"] < cut]
     warm = int(before["user_id"].value_counts().index[0])
     cold_pool = np.setdiff1d(ds.users["user_id"].to_numpy(), before["user_id"].unique())
     users = [warm] + ([int(cold_pool[0])] if len(cold_pool) else [])
-    rec = load_recommender(settings, dataset)
-    ids, scores = rec.recommend(np.asarray(users, np.int64), 5, stage="full")
+    pipe = RecommendationPipeline.load(settings, dataset, link=OnlineLink.open(settings, store))
+    recs = pipe.recommend_many(np.asarray(users, np.int64), 5)
     titles = ds.items.set_index("item_id")["title"]
-    out = []
-    for user, row, sc in zip(users, ids, scores, strict=True):
-        out.append(
-            {
-                "user_id": user,
-                "kind": "warm" if user == warm else "cold start",
-                "items": [
-                    f"{titles.get(int(i), i)} ({s:.3f})"
-                    for i, s in zip(row, sc, strict=True)
-                    if i >= 0
-                ],
-            }
-        )
-    return out
+    return [
+        {
+            "user_id": user,
+            "kind": "warm" if user == warm else "cold start",
+            "items": [
+                f"{titles.get(int(i), i)} ({s:.3f})"
+                for i, s in zip(rec.item_ids, rec.scores, strict=True)
+            ],
+        }
+        for user, rec in zip(users, recs, strict=True)
+    ]
 
 
 def _print_report(report: DemoReport) -> None:
