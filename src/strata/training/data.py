@@ -45,6 +45,10 @@ USER_INPUT_FEATURES: tuple[str, ...] = (
 )
 #: Column of `item_num` holding log item popularity (trailing window, as of the event/cut).
 POP_COL = 2
+#: Column of `item_num` holding the item's age (years since release, log-scaled) at the event/cut:
+#: a new item's freshness is known at serving time even though its popularity is not.
+AGE_COL = 3
+_YEAR_S = 365.2425 * 86400.0
 #: log1p(count) is divided by this so the feature stays near [0, 1] on typical catalogs.
 LOG_COUNT_SCALE = 5.0
 
@@ -260,7 +264,7 @@ class FeatureSpace:
         value_scale = float(np.abs(values).max()) if len(values) else 1.0
 
         # Item metadata: multi-hot genres, standardised year + missing flag, log popularity
-        # (POP_COL, point in time), log price if present.
+        # (POP_COL, point in time), age (AGE_COL, point in time), log price if present.
         gmap = {g: i for i, g in enumerate(genres)}
         mh = np.zeros((ni + 1, max(len(genres), 1)), np.float32)
         for r, gs in enumerate(items["genres"]):
@@ -273,6 +277,7 @@ class FeatureSpace:
         num_cols = [
             np.where(has_year, (year - y_mean) / max(y_std, 1e-6), 0.0),
             has_year * 1.0,
+            np.zeros(ni),
             np.zeros(ni),
         ]
         if "price" in items.columns:
@@ -291,12 +296,14 @@ class FeatureSpace:
             "value_scale": value_scale,
             "hist_len": hist_len,
             "has_content": content is not None,
+            "age_col": AGE_COL,
         }
         tables: dict[str, np.ndarray] = {
             "user_idx": u_idx,
             "item_idx": i_idx,
             "genres": mh,
             "item_num": item_num,
+            "year": np.r_[np.nan, year].astype(np.float32),
             "text": text,
             "image": image,
             "flags": flags,
@@ -308,6 +315,23 @@ class FeatureSpace:
         rows, ok = self.item_rows(np.asarray(item_ids, np.int64))
         self.t["item_num"][:, POP_COL] = 0.0
         self.t["item_num"][rows[ok], POP_COL] = log_count(np.asarray(n_events)[ok])
+
+    def set_as_of(self, ts: int) -> None:
+        """Fill the age column of the item table as of `ts` (the version's cut-off)."""
+        age = self._age(np.arange(len(self.t["item_num"])), np.asarray([ts], np.int64))
+        if age is not None:
+            self.t["item_num"][:, int(self.meta["age_col"])] = age
+
+    def _age(self, rows: np.ndarray, ts: np.ndarray) -> np.ndarray | None:
+        """log1p(years since release) of item rows at times `ts`; 0 without a year; None for a
+        space without an age column (versions written before it existed)."""
+        if self.meta.get("age_col") is None or "year" not in self.t:
+            return None
+        year = self.t["year"][rows].astype(np.float64)
+        years = 1970.0 + np.asarray(ts, np.float64) / _YEAR_S - year
+        return np.where(np.isnan(year), 0.0, np.log1p(np.clip(years, 0.0, 100.0))).astype(
+            np.float32
+        )
 
     @staticmethod
     def _content_arrays(
@@ -396,14 +420,21 @@ class FeatureSpace:
         pos, found = _lookup(self.item_ids, item_ids)
         return np.where(found, pos + 1, 0), found
 
-    def items(self, rows: np.ndarray, popularity: np.ndarray | None = None) -> ItemFeatures:
+    def items(
+        self, rows: np.ndarray, popularity: np.ndarray | None = None, ts: np.ndarray | None = None
+    ) -> ItemFeatures:
         """Item features for item-table rows (0 = unknown item); `popularity` (N,) item event
-        counts replace the table's as-of-cut popularity (point-in-time training rows)."""
+        counts and `ts` (N,) event times replace the table's as-of-cut popularity and age
+        (point-in-time training rows)."""
         t = self.t
         num = t["item_num"][rows]
         if popularity is not None:
             num = num.copy()
             num[:, POP_COL] = log_count(popularity)
+        age = None if ts is None else self._age(rows, ts)
+        if age is not None:
+            num = num.copy() if popularity is None else num
+            num[:, int(self.meta["age_col"])] = age
         return ItemFeatures(
             item=t["item_idx"][rows],
             genres=t["genres"][rows],

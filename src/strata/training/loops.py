@@ -15,7 +15,7 @@ import numpy as np
 
 from strata import progress
 from strata.training.batch import ItemFeatures, QueryFeatures, RankBatch, RetrievalBatch
-from strata.training.masking import mask_item, mask_query
+from strata.training.masking import mask_item, mask_query_rows
 
 if TYPE_CHECKING:
     import torch
@@ -103,11 +103,16 @@ def train_two_tower(
     device: str = "cpu",
     steps_per_epoch: int | None = None,
     logq_weight: float = 1.0,
+    logq_weight_cold: float | None = None,
+    pop_col: int | None = None,
 ) -> list[float]:
     """Train with in-batch sampled softmax (+ optional random negatives); return mean loss/epoch.
 
     `epochs(e, rng)` yields the batches of epoch `e`; `freeze_items` keeps the item tower fixed
     (incremental fine-tuning must not move the item embeddings the ANN index was built from).
+    `logq_weight_cold` (default: `logq_weight`) is the logQ weight of rows whose user was masked,
+    so the cold-start query can keep more of the popularity prior than a known user's;
+    `pop_col` masks item popularity together with the item id (see `masking.mask_item`).
     """
     import torch
 
@@ -119,24 +124,28 @@ def train_two_tower(
     for p in model.item_tower.parameters():
         p.requires_grad_(not freeze_items)
     opt = _adam(model.parameters(), lr, weight_decay)
+    w_cold = logq_weight if logq_weight_cold is None else logq_weight_cold
     history: list[float] = []
     with progress.task("two-tower", total=n_epochs * (steps_per_epoch or 0) or None) as (bar, t):
         for e in range(n_epochs):
             total, n = 0.0, 0
             for b in epochs(e, rng):
                 ids = torch.from_numpy(b.item.item).to(device)
-                q = model.query_tower(*mask_query(b.query, p_user, rng).tensors(device))  # (B, D)
-                it_feats = mask_item(b.item, p_item, rng)
+                cold = rng.random(len(b.query)) < p_user  # (B,) rows served as unknown users
+                q = model.query_tower(*mask_query_rows(b.query, cold).tensors(device))  # (B, D)
+                it_feats = mask_item(b.item, p_item, rng, pop_col)
                 if freeze_items:
                     with torch.no_grad():
                         i = model.item_tower(*it_feats.tensors(device))  # (B, D)
                 else:
                     i = model.item_tower(*it_feats.tensors(device))  # (B, D)
+                w_logq = torch.from_numpy(np.where(cold, w_cold, logq_weight).astype(np.float32))
+                w_logq = w_logq.to(device)  # (B,)
                 neg = neg_ids = None
                 if negatives is not None:
                     nf = negatives(rng)
                     neg_ids = torch.from_numpy(nf.item).to(device)
-                    nf = mask_item(nf, p_item, rng)
+                    nf = mask_item(nf, p_item, rng, pop_col)
                     if freeze_items:
                         with torch.no_grad():
                             neg = model.item_tower(*nf.tensors(device))
@@ -152,7 +161,7 @@ def train_two_tower(
                     neg=neg,
                     neg_ids=neg_ids,
                     n_items=n_items,
-                    logq_weight=logq_weight,
+                    logq_weight=w_logq,
                 )
                 opt.zero_grad()
                 loss.backward()

@@ -19,7 +19,7 @@ def sampled_softmax_loss(
     neg: torch.Tensor | None = None,
     neg_ids: torch.Tensor | None = None,
     n_items: int | None = None,
-    logq_weight: float = 1.0,
+    logq_weight: float | torch.Tensor = 1.0,
 ) -> torch.Tensor:
     """Softmax over the in-batch items (plus optional uniform random negatives) per query row.
 
@@ -28,10 +28,12 @@ def sampled_softmax_loss(
     correction popular items are over-penalised as negatives; `logq_weight` < 1 applies it
     partially (popularity itself predicts well on temporal splits). Columns that hold the row's
     own positive item elsewhere in the batch ("accidental hits") are removed from the softmax.
+    `logq_weight` may be a (B,) tensor: one weight per query row.
     """
     b = q.shape[0]
+    w = logq_weight.unsqueeze(1) if isinstance(logq_weight, torch.Tensor) else logq_weight
     logits = q @ i.T / temperature  # (B, B)
-    logits = logits - logq_weight * (log_q + math.log(b)).unsqueeze(0)  # (B, B)
+    logits = logits - w * (log_q + math.log(b)).unsqueeze(0)  # (B, B)
     same = item_ids.unsqueeze(0) == item_ids.unsqueeze(1)  # (B, B)
     eye = torch.eye(b, dtype=torch.bool, device=q.device)
     logits = logits.masked_fill(same & ~eye, float("-inf"))
@@ -39,7 +41,7 @@ def sampled_softmax_loss(
         if neg_ids is None or n_items is None:
             raise ValueError("random negatives need neg_ids and n_items")
         m = neg.shape[0]
-        ln = q @ neg.T / temperature - logq_weight * math.log(m / n_items)  # (B, M)
+        ln = q @ neg.T / temperature - w * math.log(m / n_items)  # (B, M)
         ln = ln.masked_fill(neg_ids.unsqueeze(0) == item_ids.unsqueeze(1), float("-inf"))
         logits = torch.cat([logits, ln], dim=1)  # (B, B + M)
     target = torch.arange(b, device=q.device)

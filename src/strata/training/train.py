@@ -17,7 +17,7 @@ import numpy as np
 from strata.errors import ValidationError
 from strata.serving.pipeline import PairSetFilter
 from strata.training.batch import QueryFeatures, RankBatch
-from strata.training.data import FeatureSpace, query_features_from_frame
+from strata.training.data import POP_COL, FeatureSpace, query_features_from_frame
 from strata.training.loops import RetrievalData
 
 if TYPE_CHECKING:
@@ -123,6 +123,7 @@ def fit_space(store: OfflineStore, dataset: str, data: TrainingData) -> FeatureS
     space = FeatureSpace.fit(data.users, data.items, data.rows, data.content)
     items = store.latest_item_features(dataset, as_of=data.cut)
     space.set_item_popularity(items["item_id"].to_numpy(np.int64), items["item_n_events"])
+    space.set_as_of(data.cut)
     return space
 
 
@@ -131,7 +132,9 @@ def retrieval_data(space: FeatureSpace, rows: pd.DataFrame) -> RetrievalData:
     and popularity log-probabilities for logQ."""
     q = query_features_from_frame(space, rows)
     item_rows, _ = space.item_rows(rows["item_id"].to_numpy(np.int64))
-    item_num = space.items(item_rows, rows["item_n_events"].to_numpy(np.float64)).item_num
+    item_num = space.items(
+        item_rows, rows["item_n_events"].to_numpy(np.float64), rows["ts"].to_numpy(np.int64)
+    ).item_num
     counts = np.bincount(item_rows, minlength=len(space.item_ids) + 1).astype(np.float64)
     p = counts / max(counts.sum(), 1.0)
     log_q = np.log(np.maximum(p[item_rows], 1e-12)).astype(np.float32)
@@ -150,6 +153,9 @@ class RankData:
     score: np.ndarray  # (R,) float32 retrieval score
     label: np.ndarray  # (R,) float32
     pop: np.ndarray | None = None  # (R,) item event counts as of the row's time; None = table's
+    ts: np.ndarray | None = None  # (R,) the row's event time (item age); None = table's
+    # (R,) retrieval score of the cold-start (masked) query: what a masked row sees at serving
+    score_cold: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.label)
@@ -159,13 +165,19 @@ class RankData:
         return RankData(
             self.query, self.qi[mask], self.item_rows[mask], self.score[mask], self.label[mask],
             None if self.pop is None else self.pop[mask],
+            None if self.ts is None else self.ts[mask],
+            None if self.score_cold is None else self.score_cold[mask],
         )  # fmt: skip
 
     def batch(self, space: FeatureSpace, idx: np.ndarray) -> RankBatch:
         """Materialise rows `idx` as a typed batch."""
         return RankBatch(
             self.query.take(self.qi[idx]),
-            space.items(self.item_rows[idx], None if self.pop is None else self.pop[idx]),
+            space.items(
+                self.item_rows[idx],
+                None if self.pop is None else self.pop[idx],
+                None if self.ts is None else self.ts[idx],
+            ),
             self.score[idx],
             self.label[idx],
         )
@@ -250,6 +262,7 @@ def fit_ranker(
     from strata.training.masking import mask_item, mask_query_rows
 
     bs = cfg.ranker_batch_size
+    pop_col = POP_COL if cfg.mask_item_popularity else None
 
     def batches(e: int, rng: np.random.Generator) -> Any:
         cold_q = rng.random(len(data.query)) < cfg.p_user  # (P,) per query, fixed this epoch
@@ -257,10 +270,14 @@ def fit_ranker(
         for s in range(0, len(perm), bs):
             idx = perm[s : s + bs]
             b = data.batch(space, idx)
+            cold = cold_q[data.qi[idx]]  # (B,)
+            score = b.retrieval_score
+            if data.score_cold is not None:  # a masked user is retrieved by the cold query
+                score = np.where(cold, data.score_cold[idx], score).astype(np.float32)
             yield RankBatch(
-                mask_query_rows(b.query, cold_q[data.qi[idx]]),
-                mask_item(b.item, cfg.p_item, rng),
-                b.retrieval_score,
+                mask_query_rows(b.query, cold),
+                mask_item(b.item, cfg.p_item, rng, pop_col),
+                score,
                 b.label,
             )
 
@@ -306,6 +323,8 @@ def fit_two_tower(
         device=cfg.device,
         steps_per_epoch=-(-len(data) // cfg.batch_size),
         logq_weight=cfg.logq_weight,
+        logq_weight_cold=cfg.logq_weight_cold,
+        pop_col=POP_COL if cfg.mask_item_popularity else None,
     )
 
 
@@ -338,6 +357,7 @@ def train(
     from strata.models.dcn import DCNConfig, DCNRanker
     from strata.models.two_tower import TwoTower, TwoTowerConfig
     from strata.training.loops import embed_items, embed_queries, score_ranker, seed_everything
+    from strata.training.masking import mask_query_rows
     from strata.training.metrics import auc
 
     cfg = settings.training
@@ -367,7 +387,9 @@ def train(
     ts_sel = rows["ts"].to_numpy(np.int64)[sel]
     snap_t, snap_pop = popularity_at(store, dataset, space, ts_sel, cut)
     snap = np.searchsorted(snap_t, ts_sel, side="right") - 1  # (P,) latest snapshot <= event
-    rd = replace(rd, pop=snap_pop[snap[rd.qi], rd.item_rows])
+    q_cold = embed_queries(tt, mask_query_rows(q_sel, np.ones(len(q_sel), bool)))  # (P, D)
+    s_cold = np.einsum("rd,rd->r", q_cold[rd.qi], item_emb[rd.item_rows - 1]).astype(np.float32)
+    rd = replace(rd, pop=snap_pop[snap[rd.qi], rd.item_rows], ts=ts_sel[rd.qi], score_cold=s_cold)
     # Hold out 10% of positives (with their negatives) to report ranker AUC honestly.
     held = rng.random(len(sel)) < 0.1
     val_mask = held[rd.qi]
