@@ -330,6 +330,11 @@ class PipelinesConfig(_Strict):
     min_new_events: int = Field(default=10, ge=1)  # incremental: fewer new events -> skip
     min_ranker_auc: float = Field(default=0.5, ge=0.0, le=1.0)  # initial gate floor
     run_timeout_s: int = Field(default=3600, ge=1)  # waiting for a submitted KFP run
+    # Deploy on a cluster: with a namespace set, the deploy step also patches (or creates from
+    # `k8s_manifest`) the serving Deployment so a rollout picks up the new model version.
+    k8s_namespace: str | None = None
+    k8s_deployment: str = "strata-serving"
+    k8s_manifest: str = "deploy/serving.yaml"
 
 
 # --- root ----------------------------------------------------------------------------------

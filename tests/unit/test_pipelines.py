@@ -23,7 +23,7 @@ EXPECTED = {
         "ingest", "build-features", "encode-content", "train-models", "build-index",
         "evaluate-gate", "materialize-online", "publish", "deploy",
     ],
-    "incremental": ["land-events", "finetune", "build-index", "deploy"],
+    "incremental": ["land-events", "finetune", "build-index", "publish", "deploy"],
     "ctr-retrain": ["ctr-retrain", "deploy"],
 }  # fmt: skip
 

@@ -83,7 +83,7 @@ def land_events(storage_uri: str, dataset: str) -> dict:
 
 
 def finetune(storage_uri: str, dataset: str) -> dict:
-    """Fine-tune query tower + ranker since the watermark; gate and promote."""
+    """Fine-tune query tower + ranker since the watermark; gate (publish promotes)."""
     from strata.pipelines import steps
 
     return steps.finetune_serving(storage_uri, dataset)

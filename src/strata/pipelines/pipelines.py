@@ -94,7 +94,7 @@ def make_pipelines(image: str) -> dict[str, Callable[..., Any]]:
     @dsl.pipeline(
         name="strata-incremental",
         description="land events -> fine-tune query tower + ranker (item tower frozen) -> gate "
-        "-> promote -> index -> reload",
+        "-> index -> promote -> reload",
     )
     def incremental(
         storage_uri: str,
@@ -109,9 +109,10 @@ def make_pipelines(image: str) -> dict[str, Callable[..., Any]]:
                 storage_uri=storage_uri, dataset=dataset, candidate=t_ft.output, kind=index_kind
             )
         )
-        t_deploy = nocache(c["deploy"](published=t_ft.output, serving_url=serving_url)).after(
-            t_index
-        )
+        t_pub = nocache(
+            c["publish"](storage_uri=storage_uri, dataset=dataset, decision=t_ft.output)
+        ).after(t_index)
+        t_deploy = nocache(c["deploy"](published=t_pub.output, serving_url=serving_url))
         return t_deploy.output
 
     @dsl.pipeline(

@@ -32,6 +32,10 @@ class DeployError(StrataError):
     """The serving app did not accept the reload request."""
 
 
+class PublishError(StrataError):
+    """An accepted version cannot be published (its ANN index is missing)."""
+
+
 def _drop_none(value: Any) -> Any:
     """KFP passes step outputs as protobuf Structs, whose SDK rejects None: leave such keys out."""
     if isinstance(value, dict):
@@ -190,33 +194,52 @@ def materialize_online(storage_uri: str, dataset: str) -> dict[str, Any]:
 
 @step
 def publish(storage_uri: str, dataset: str, decision: dict[str, Any]) -> dict[str, Any]:
-    """Point the registry's `serving` at the accepted version; a rejected one stays unpublished."""
+    """Point the registry's `serving` at the accepted version once its ANN index exists; a
+    rejected one stays unpublished."""
+    from strata.serving.index import INDEX_DIR
     from strata.training.registry import Registry
 
     version = decision.get("version")
     if not decision.get("accepted") or not version:
         return {**decision, "published": False}
     with workspace(storage_uri) as s:
-        Registry(s.registry_dir, dataset).promote(version)
+        reg = Registry(s.registry_dir, dataset)
+        if not (reg.path(version) / INDEX_DIR).is_dir():
+            # Serving loads the version's index at reload: never point it at one without.
+            raise PublishError(f"{dataset} {version} has no ANN index; build it before publishing")
+        reg.promote(version)
     return {**decision, "published": True}
 
 
 @step
 def deploy(published: dict[str, Any], serving_url: str = "") -> dict[str, Any]:
-    """Ask the serving app to load the serving version (POST /admin/reload, bearer token).
+    """Ask the serving app to load the serving version (POST /admin/reload, bearer token) and,
+    on a cluster (`pipelines.k8s_namespace` set), roll the serving Deployment onto it.
 
-    Without a serving URL (argument or `pipelines.serving_url`) the new version is picked up at
-    the app's next start; that outcome is reported, not hidden.
+    Without a serving URL (argument or `pipelines.serving_url`) or a cluster the new version is
+    picked up at the app's next start; that outcome is reported, not hidden.
     """
     import httpx
 
     from strata.config import Settings
 
     s = Settings()
-    url = serving_url or s.pipelines.serving_url
+    cfg = s.pipelines
+    url = serving_url or cfg.serving_url
     if not published.get("published"):
         return {"decision": published, "deployed": False, "reason": "nothing new was published"}
+    cluster = None
+    # The configured Deployment serves the recommender; CTR versions do not roll it.
+    if cfg.k8s_namespace and published.get("kind") != "ctr_incremental":
+        from strata.pipelines.kube import apply_serving
+
+        cluster = apply_serving(
+            cfg.k8s_namespace, cfg.k8s_deployment, str(published["version"]),
+            Path(cfg.k8s_manifest),
+        )  # fmt: skip
     if not url:
+        if cluster is not None:
+            return {"decision": published, "deployed": True, "cluster": cluster}
         return {"decision": published, "deployed": False, "reason": "no serving url configured"}
     token = s.serve.admin_token
     headers = {"Authorization": f"Bearer {token.get_secret_value()}"} if token else {}
@@ -226,7 +249,7 @@ def deploy(published: dict[str, Any], serving_url: str = "") -> dict[str, Any]:
         raise DeployError(f"{url}: reload failed: {exc}") from None
     if r.status_code != 200:
         raise DeployError(f"{url}: reload answered {r.status_code}: {r.text[:200]}")
-    return {"decision": published, "deployed": True, "response": r.json()}
+    return {"decision": published, "deployed": True, "response": r.json(), "cluster": cluster}
 
 
 # --- incremental -----------------------------------------------------------------------------
@@ -248,8 +271,9 @@ def watermark(registry: Registry) -> int:
 
 @step
 def finetune_serving(storage_uri: str, dataset: str) -> dict[str, Any]:
-    """Fine-tune the serving version on events since its watermark; the library's gate decides
-    and promotes. Too few new events is a recorded skip, not a failure (schedules run often)."""
+    """Fine-tune the serving version on events since its watermark; the library's gate decides,
+    an accepted version is written unpromoted (publish promotes it once its index exists). Too
+    few new events is a recorded skip, not a failure (schedules run often)."""
     from strata.features.offline import OfflineStore
     from strata.training.finetune import finetune
     from strata.training.registry import Registry
@@ -272,7 +296,9 @@ def finetune_serving(storage_uri: str, dataset: str) -> dict[str, Any]:
             }
             reg.append_log(decision)
             return decision
-        r = finetune(s, dataset, since)
+        # Not promoted here: the index step builds the new version's ANN index first, then
+        # the publish step moves the pointer, so serving never loads a version without one.
+        r = finetune(s, dataset, since, promote=False)
     tol = s.training.gate_tolerance
     reasons = [
         f"{k} {r.metrics_candidate[k]:.4f} < serving {v:.4f} - {tol}"
@@ -282,8 +308,6 @@ def finetune_serving(storage_uri: str, dataset: str) -> dict[str, Any]:
     return {
         "kind": "incremental",
         "accepted": r.accepted,
-        # finetune promotes an accepted version itself; the deploy step only reloads.
-        "published": r.accepted,
         "version": r.new_version,
         "serving_version": r.serving_version,
         "since": since,

@@ -54,9 +54,14 @@ def gate_metrics(
 
 
 def finetune(
-    settings: Settings, dataset: str, since: int, tables: Tables | None = None
+    settings: Settings,
+    dataset: str,
+    since: int,
+    tables: Tables | None = None,
+    promote: bool = True,
 ) -> FinetuneResult:
-    """Fine-tune the serving version on events since `since` and promote it if the gate passes."""
+    """Fine-tune the serving version on events since `since` and, if the gate passes, write it
+    (promoted unless `promote=False`: pipelines promote only after its ANN index is built)."""
     from strata.training.loops import embed_queries, seed_everything
     from strata.training.recommender import load_recommender
     from strata.training.registry import Registry
@@ -149,6 +154,7 @@ def finetune(
             settings, dataset, space, tt, rk, item_emb, snapshot,
             ev["user_id"].to_numpy(np.int64), ev["item_id"].to_numpy(np.int64), manifest,
         )  # fmt: skip
-        reg.promote(new_version)
+        if promote:
+            reg.promote(new_version)
     log.info("finetune %s since %s: accepted=%s old=%s new=%s", dataset, since, accepted, old, new)
     return FinetuneResult(accepted, rec.version, new_version, old, new)
