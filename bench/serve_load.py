@@ -157,12 +157,12 @@ def model_compute_ms(s: Settings, ds_name: str, reps: int = 300) -> dict[str, fl
     """Pure model compute: query tower (1 row) + ranker (N rows) through ONNX Runtime, p50."""
     from strata.models.inputs import ITEM_INPUTS, QUERY_INPUTS
     from strata.serving.backends import create_backend
-    from strata.serving.service import UserSnapshot, serving_space
+    from strata.serving.service import UserSnapshot
     from strata.training.data import FeatureSpace, query_features_from_rows
     from strata.training.registry import Registry
 
     path = Registry(s.registry_dir, ds_name).path()
-    space = serving_space(FeatureSpace.load(path))
+    space = FeatureSpace.load(path)
     backend = create_backend(s, ds_name)
     snap = UserSnapshot.load(path)
     uid = int(snap.ids[0])

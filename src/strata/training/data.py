@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -381,14 +382,15 @@ class FeatureSpace:
 
     # properties ----------------------------------------------------------------------------
 
-    @property
+    @cached_property
     def user_ids(self) -> np.ndarray:
-        """All user ids of the catalog, sorted."""
+        """All user ids of the catalog, sorted (built once: the serving path reads it per
+        request, and rebuilding it from the JSON list costs ~30 ms at 1M items)."""
         return np.asarray(self.meta["user_ids"], dtype=np.int64)
 
-    @property
+    @cached_property
     def item_ids(self) -> np.ndarray:
-        """All item ids of the catalog, sorted (row r + 1 of the item table)."""
+        """All item ids of the catalog, sorted (row r + 1 of the item table); built once."""
         return np.asarray(self.meta["item_ids"], dtype=np.int64)
 
     @property
