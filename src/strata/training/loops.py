@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -232,29 +232,31 @@ def rank_batches(data: RankBatch, batch_size: int, rng: np.random.Generator) -> 
 # --- inference helpers ------------------------------------------------------------------------
 
 
-def embed_items(model: TwoTower, items: ItemFeatures, batch_size: int = 4096) -> np.ndarray:
-    """Item-tower embeddings (N, D) float32, in `items` order."""
+def _in_batches(n: int, batch_size: int, run: Callable[[np.ndarray], Any]) -> list[np.ndarray]:
+    """`run(rows)` over consecutive row slices without autograd; each output as a NumPy array."""
     import torch
 
-    dev = next(model.parameters()).device.type
-    out = []
     with torch.no_grad():
-        for s in range(0, len(items), batch_size):
-            part = items.take(np.arange(s, min(s + batch_size, len(items))))
-            out.append(model.item_tower(*part.tensors(dev)).cpu().numpy())
+        return [
+            run(np.arange(s, min(s + batch_size, n))).cpu().numpy() for s in range(0, n, batch_size)
+        ]
+
+
+def embed_items(model: TwoTower, items: ItemFeatures, batch_size: int = 4096) -> np.ndarray:
+    """Item-tower embeddings (N, D) float32, in `items` order."""
+    dev = next(model.parameters()).device.type
+    out = _in_batches(
+        len(items), batch_size, lambda rows: model.item_tower(*items.take(rows).tensors(dev))
+    )
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, model.cfg.out_dim))
 
 
 def embed_queries(model: TwoTower, queries: QueryFeatures, batch_size: int = 4096) -> np.ndarray:
     """Query-tower embeddings (N, D) float32, in `queries` order."""
-    import torch
-
     dev = next(model.parameters()).device.type
-    out = []
-    with torch.no_grad():
-        for s in range(0, len(queries), batch_size):
-            part = queries.take(np.arange(s, min(s + batch_size, len(queries))))
-            out.append(model.query_tower(*part.tensors(dev)).cpu().numpy())
+    out = _in_batches(
+        len(queries), batch_size, lambda rows: model.query_tower(*queries.take(rows).tensors(dev))
+    )
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, model.cfg.out_dim))
 
 
@@ -263,9 +265,7 @@ def score_ranker(model: DCNRanker, rows: RankBatch, batch_size: int = 8192) -> n
     import torch
 
     dev = next(model.parameters()).device.type
-    out = []
-    with torch.no_grad():
-        for s in range(0, len(rows), batch_size):
-            part = rows.take(np.arange(s, min(s + batch_size, len(rows))))
-            out.append(torch.sigmoid(model(*rank_inputs(part, dev))).cpu().numpy())
+    out = _in_batches(
+        len(rows), batch_size, lambda idx: torch.sigmoid(model(*rank_inputs(rows.take(idx), dev)))
+    )
     return np.concatenate(out).astype(np.float32) if out else np.zeros(0, np.float32)
