@@ -84,6 +84,9 @@ def test_online_records_match_offline_frame(prep, frame) -> None:
     a, b = prep.transform(sub), prep.transform_records(rows)
     assert np.allclose(a.dense, b.dense) and np.array_equal(a.cats, b.cats)
     assert np.array_equal(a.labels, b.labels)
+    # Single rows take the small-batch vocabulary lookup; it must agree with the batch path.
+    singles = np.concatenate([prep.transform_records([r]).cats for r in rows])
+    assert np.array_equal(singles, a.cats)
 
 
 def test_hashing_for_huge_vocabularies(frame) -> None:
