@@ -33,15 +33,22 @@ def encode_content(
     return steps.encode_content(storage_uri, dataset, data_path, images, enabled)
 
 
-def train_models(storage_uri: str, dataset: str, until: int, epochs: int, images: str) -> dict:
-    """Train two-tower + ranker into a candidate registry version."""
+def train_two_tower(storage_uri: str, dataset: str, until: int, epochs: int, images: str) -> dict:
+    """Fit the feature space + two-tower into the workspace's staging folder."""
     from strata.pipelines import steps
 
-    return steps.train_models(storage_uri, dataset, until, epochs, images)
+    return steps.train_two_tower(storage_uri, dataset, until, epochs, images)
+
+
+def train_ranker(storage_uri: str, dataset: str, staged: dict) -> dict:
+    """Train the ranker on the staged two-tower into a candidate registry version."""
+    from strata.pipelines import steps
+
+    return steps.train_ranker(storage_uri, dataset, staged)
 
 
 def build_index(storage_uri: str, dataset: str, candidate: dict, kind: str) -> dict:
-    """Build the candidate version's ANN index."""
+    """Build the ANN index of the staged two-tower or of the candidate version."""
     from strata.pipelines import steps
 
     return steps.build_index(storage_uri, dataset, candidate, kind)
@@ -100,8 +107,9 @@ FUNCTIONS = (
     ingest,
     build_features,
     encode_content,
-    train_models,
+    train_two_tower,
     build_index,
+    train_ranker,
     evaluate_gate,
     materialize_online,
     publish,

@@ -40,8 +40,8 @@ def make_pipelines(image: str) -> dict[str, Callable[..., Any]]:
 
     @dsl.pipeline(
         name="strata-initial",
-        description="ingest -> features -> content -> train -> index -> gate -> materialize "
-        "-> publish -> deploy",
+        description="ingest -> features -> content -> two-tower -> index -> ranker -> gate "
+        "-> materialize -> publish -> deploy",
     )
     def initial(
         storage_uri: str,
@@ -69,19 +69,22 @@ def make_pipelines(image: str) -> dict[str, Callable[..., Any]]:
                 enabled=encode,
             )
         ).after(t_feat)
-        t_train = nocache(
-            c["train_models"](
+        t_tt = nocache(
+            c["train_two_tower"](
                 storage_uri=storage_uri, dataset=dataset, until=until, epochs=epochs, images=images
             )
         ).after(t_content)
         t_index = nocache(
             c["build_index"](
-                storage_uri=storage_uri, dataset=dataset, candidate=t_train.output, kind=index_kind
+                storage_uri=storage_uri, dataset=dataset, candidate=t_tt.output, kind=index_kind
             )
+        )
+        t_train = nocache(
+            c["train_ranker"](storage_uri=storage_uri, dataset=dataset, staged=t_index.output)
         )
         t_gate = nocache(
             c["evaluate_gate"](storage_uri=storage_uri, dataset=dataset, candidate=t_train.output)
-        ).after(t_index)
+        )
         t_mat = nocache(c["materialize_online"](storage_uri=storage_uri, dataset=dataset)).after(
             t_gate
         )

@@ -113,24 +113,62 @@ def encode_content(
         return encode_and_store(s, dataset, images=_opt_path(images), path=_opt_path(data_path))
 
 
+def _stage_dir(settings: Any, dataset: str) -> Path:
+    """The two-tower staging folder of `dataset` inside the storage workspace (one per dataset:
+    the initial pipeline holds a per-pipeline lock, so runs do not share it concurrently)."""
+    return Path(settings.home) / "pipelines" / "stage" / dataset
+
+
 @step
-def train_models(
+def train_two_tower(
     storage_uri: str, dataset: str, until: int = 0, epochs: int = 0, images: str = ""
 ) -> dict[str, Any]:
-    """Train the two-tower and the ranker and register a candidate version (not yet serving)."""
-    from strata.training.train import train
+    """Fit the feature space and the two-tower into the workspace's staging folder."""
+    import shutil
+
+    from strata.training.train import train_two_tower as fit
 
     with workspace(storage_uri) as s:
-        res = train(
-            s, dataset, until=until or None, images=_opt_path(images), epochs=epochs or None,
-            promote=False,
-        )  # fmt: skip
-    return {"dataset": dataset, "version": res.version, "metrics": _finite(res.metrics)}
+        stage = _stage_dir(s, dataset)
+        # A fresh folder: an index or files left by an earlier run must not leak into this one.
+        shutil.rmtree(stage, ignore_errors=True)
+        fit(s, dataset, until=until or None, images=_opt_path(images), epochs=epochs or None,
+            stage_dir=stage)  # fmt: skip
+        stage_rel = str(stage.relative_to(s.home))
+    return {"dataset": dataset, "stage": stage_rel}
+
+
+@step
+def train_ranker(storage_uri: str, dataset: str, staged: dict[str, Any]) -> dict[str, Any]:
+    """Train the ranker on the staged two-tower and register a candidate version (not yet
+    serving) holding the staged ANN index; the staging folder is removed afterwards.
+    `staged` is the build-index output: it orders the steps and is reported back."""
+    import shutil
+
+    from strata.training.train import train_ranker as fit
+
+    with workspace(storage_uri) as s:
+        stage = _stage_dir(s, dataset)
+        res = fit(s, dataset, stage, promote=False)
+        shutil.rmtree(stage)
+    return {
+        "dataset": dataset,
+        "version": res.version,
+        "metrics": _finite(res.metrics),
+        "index": staged.get("index"),
+    }
 
 
 @step
 def build_index(storage_uri: str, dataset: str, candidate: dict[str, Any], kind: str = "") -> dict:
-    """Build the ANN index of the candidate version (nothing to do when there is none)."""
+    """Build the ANN index of the staged two-tower (initial pipeline: `candidate` names a
+    `stage`) or of the candidate version (incremental; nothing to do when there is none)."""
+    if candidate.get("stage"):
+        from strata.serving.index import build_staged_index
+
+        with workspace(storage_uri) as s:
+            info = build_staged_index(s, _stage_dir(s, dataset), kind or None)
+        return {**candidate, "index": info}
     version = candidate.get("version")
     if not version:
         return {"dataset": dataset, "version": None, "skipped": True}

@@ -47,6 +47,8 @@ from strata.atomic import atomic_write_bytes
 from strata.errors import DataError, NotFoundError, ValidationError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from strata.config import Settings
 
 log = logging.getLogger(__name__)
@@ -512,20 +514,21 @@ def version_index_dir(settings: Settings, dataset: str, version: str | None = No
     return Registry(settings.registry_dir, dataset).path(version) / INDEX_DIR
 
 
-def build_version_index(
-    settings: Settings, dataset: str, version: str | None = None, kind: str | None = None
-) -> dict[str, Any]:
-    """Build the index of a registry version's item embeddings (default: the serving version;
-    kind default: `settings.index.kind`) and save it in the version's `index/` folder."""
+def _index_from_files(
+    settings: Settings,
+    folder: Path,
+    kind: str | None,
+    tune_queries: Callable[[], np.ndarray | None],
+    source: dict[str, Any],
+) -> FaissIndex:
+    """The index of `folder`'s `item_embeddings.npy` / `item_ids.npy` (kind default:
+    `settings.index.kind`); `tune_queries` is called only when the kind needs tuning."""
     from strata.atomic import sha256_file
-    from strata.training.registry import Registry
 
-    reg = Registry(settings.registry_dir, dataset)
-    vdir = reg.path(version)
-    emb_path, ids_path = vdir / "item_embeddings.npy", vdir / "item_ids.npy"
+    emb_path, ids_path = folder / "item_embeddings.npy", folder / "item_ids.npy"
     for p in (emb_path, ids_path):
         if not p.is_file():
-            raise DataError(p, "missing; this version has no exported item embeddings")
+            raise DataError(p, "missing; no exported item embeddings here")
     try:
         emb = np.load(emb_path, allow_pickle=False)
         ids = np.load(ids_path, allow_pickle=False)
@@ -534,21 +537,57 @@ def build_version_index(
     cfg = settings.index
     want = kind or cfg.kind
     resolved = choose_kind(len(ids)) if want == "auto" else want
-    tq = None
-    if resolved in ("ivf", "hnsw"):
-        tq = _model_queries(settings, dataset, vdir.name, cfg.tune_queries, settings.seed)
+    tq = tune_queries() if resolved in ("ivf", "hnsw") else None
     index = build_index(
         ids, emb, want, target_recall=cfg.target_recall, k=cfg.recall_k, tune_queries=tq,
         n_tune=cfg.tune_queries, seed=settings.seed,
     )  # fmt: skip
     if "tuning" in index._info and "queries" in index._info["tuning"]:
         index._info["tuning"]["source"] = "query_tower" if tq is not None else "synthetic"
-    index._info["source"] = {
-        "dataset": dataset,
-        "version": vdir.name,
-        "item_embeddings_sha256": sha256_file(emb_path),
-    }
+    # load_version_index checks this hash against the version's manifest entry.
+    index._info["source"] = {**source, "item_embeddings_sha256": sha256_file(emb_path)}
+    return index
+
+
+def build_version_index(
+    settings: Settings, dataset: str, version: str | None = None, kind: str | None = None
+) -> dict[str, Any]:
+    """Build the index of a registry version's item embeddings (default: the serving version;
+    kind default: `settings.index.kind`) and save it in the version's `index/` folder."""
+    from strata.training.registry import Registry
+
+    vdir = Registry(settings.registry_dir, dataset).path(version)
+    index = _index_from_files(
+        settings, vdir, kind,
+        lambda: _model_queries(settings, dataset, vdir.name, settings.index.tune_queries,
+                               settings.seed),
+        {"dataset": dataset, "version": vdir.name},
+    )  # fmt: skip
     out = vdir / INDEX_DIR
+    index.save(out)
+    return {"path": str(out), **index.info}
+
+
+def build_staged_index(settings: Settings, stage_dir: Path, kind: str | None = None) -> dict:
+    """Build the index of a two-tower staging folder's item embeddings (`train_two_tower`) and
+    save it in `stage_dir/index`, which `train_ranker` copies into the version it commits."""
+    from strata.training.train import STAGE_INDEX, STAGE_META, STAGE_QUERIES
+
+    stage_dir = Path(stage_dir)
+    meta_path = stage_dir / STAGE_META
+    if not meta_path.is_file():
+        raise DataError(meta_path, "missing; not a two-tower staging folder")
+    dataset = json.loads(meta_path.read_text()).get("dataset")
+
+    def queries() -> np.ndarray | None:
+        # Query-tower vectors of sampled training rows, saved by train_two_tower.
+        q = stage_dir / STAGE_QUERIES
+        return np.load(q, allow_pickle=False).astype(np.float32) if q.is_file() else None
+
+    index = _index_from_files(
+        settings, stage_dir, kind, queries, {"dataset": dataset, "version": None}
+    )
+    out = stage_dir / STAGE_INDEX
     index.save(out)
     return {"path": str(out), **index.info}
 

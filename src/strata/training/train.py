@@ -337,43 +337,126 @@ class TrainResult:
     metrics: dict[str, float]
 
 
-def train(
+STAGE_META = "two_tower_stage.json"  # what the ranker phase needs besides the saved arrays
+STAGE_RNG = "torch_rng.safetensors"  # torch's generator after the two-tower fit (see below)
+STAGE_INDEX = "index"  # an ANN index built from the staged embeddings, copied into the version
+STAGE_QUERIES = "tune_queries.npy"  # query-tower vectors of sampled training rows (index tuning)
+
+
+def train_two_tower(
     settings: Settings,
     dataset: str,
     until: int | None = None,
     images: Path | None = None,
     epochs: int | None = None,
     tables: Tables | None = None,
-    promote: bool = True,
-) -> TrainResult:
-    """Train two-tower + ranker on events before `until`, export, register (and promote).
+    stage_dir: Path | None = None,
+) -> Path:
+    """Fit the feature space and the two-tower on events before `until` and write them, with the
+    item embeddings, into `stage_dir` (plain JSON, safetensors and .npy files) for `train_ranker`.
 
     Every feature comes from the offline store (ingesting `tables` or the dataset first when
-    given/missing): point-in-time training rows, the user snapshot and item popularity as of the
-    cut-off, and content embeddings (encoded from `images` when none are stored).
+    given/missing); content embeddings are encoded from `images` when none are stored.
     """
+    import json
+
     import torch
+    from safetensors.torch import save_file
 
-    from strata.models.dcn import DCNConfig, DCNRanker
     from strata.models.two_tower import TwoTower, TwoTowerConfig
-    from strata.training.loops import embed_items, embed_queries, score_ranker, seed_everything
-    from strata.training.masking import mask_query_rows
-    from strata.training.metrics import auc
+    from strata.training.export import save_state, write_item_embeddings
+    from strata.training.loops import embed_items, embed_queries, seed_everything
 
+    if stage_dir is None:
+        raise ValidationError("stage_dir", "a staging folder is required")
+    stage_dir = Path(stage_dir)
+    stage_dir.mkdir(parents=True, exist_ok=True)
     cfg = settings.training
     seed = settings.seed
     seed_everything(seed, cfg.num_threads)
     store, data = training_data(settings, dataset, until, images, tables)
-    rows, cut = data.rows, data.cut
     space = fit_space(store, dataset, data)
-    dims = space.dims()
-    rdata = retrieval_data(space, rows)
+    rdata = retrieval_data(space, data.rows)
     n_epochs = epochs or cfg.epochs
     t0 = time.perf_counter()
-    tt = TwoTower(dims, TwoTowerConfig())
+    tt = TwoTower(space.dims(), TwoTowerConfig())
     tt_loss = fit_two_tower(tt, space, rdata, cfg, seed, n_epochs, cfg.lr)
     t_tt = time.perf_counter() - t0
     item_emb = embed_items(tt, space.all_items())
+    space.save(stage_dir)
+    save_state(tt, stage_dir / "two_tower.safetensors")
+    write_item_embeddings(stage_dir, space.item_ids, item_emb)
+    # Own generator, and the towers have no dropout: the global torch/NumPy state is untouched.
+    pick = np.random.default_rng(seed).permutation(len(rdata))[: settings.index.tune_queries]
+    np.save(
+        stage_dir / STAGE_QUERIES,
+        embed_queries(tt, rdata.query.take(np.sort(pick))),
+        allow_pickle=False,
+    )
+    # The ranker's initial weights are drawn from torch's generator as the two-tower fit left
+    # it: keeping that state makes a split run repeat a single-process run bit for bit.
+    save_file({"state": torch.get_rng_state()}, str(stage_dir / STAGE_RNG))
+    meta = {
+        "dataset": dataset,
+        "until": until,
+        "cut": data.cut,
+        "epochs": n_epochs,
+        "seed": seed,
+        "two_tower": tt.cfg.model_dump(),
+        "two_tower_loss": tt_loss[-1],
+        "two_tower_train_s": t_tt,
+    }
+    (stage_dir / STAGE_META).write_text(json.dumps(meta, indent=2))
+    log.info("staged two-tower of %s in %s (loss %.4f)", dataset, stage_dir, tt_loss[-1])
+    return stage_dir
+
+
+def train_ranker(
+    settings: Settings, dataset: str, stage_dir: Path, promote: bool = True
+) -> TrainResult:
+    """Train the ranker on a `train_two_tower` staging folder, export, register (and promote).
+
+    An ANN index saved in `stage_dir/index` (built from the staged item embeddings) is copied
+    into the committed version.
+    """
+    import json
+
+    import torch
+    from safetensors.torch import load_file
+
+    from strata.errors import DataError
+    from strata.models.dcn import DCNConfig, DCNRanker
+    from strata.models.two_tower import TwoTower, TwoTowerConfig
+    from strata.training.export import load_state
+    from strata.training.loops import embed_queries, score_ranker, seed_everything
+    from strata.training.masking import mask_query_rows
+    from strata.training.metrics import auc
+
+    stage_dir = Path(stage_dir)
+    meta_path = stage_dir / STAGE_META
+    if not meta_path.is_file():
+        raise DataError(meta_path, "missing; not a two-tower staging folder (run train_two_tower)")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("dataset") != dataset:
+        raise ValidationError(
+            "dataset", f"staging folder holds {meta.get('dataset')!r}, not {dataset!r}"
+        )
+    cfg = settings.training
+    seed = int(meta["seed"])
+    seed_everything(seed, cfg.num_threads)
+    store, data = training_data(settings, dataset, meta["until"])
+    rows, cut = data.rows, data.cut
+    if cut != int(meta["cut"]):
+        raise DataError(stage_dir, f"offline store cut {cut} differs from the staged {meta['cut']}")
+    space = FeatureSpace.load(stage_dir)
+    dims = space.dims()
+    rdata = retrieval_data(space, rows)
+    tt = TwoTower(dims, TwoTowerConfig(**meta["two_tower"]))
+    load_state(tt, stage_dir / "two_tower.safetensors")
+    tt.eval()
+    # Restored after building the two-tower, whose random init would otherwise consume it.
+    torch.set_rng_state(load_file(str(stage_dir / STAGE_RNG))["state"])
+    item_emb = np.load(stage_dir / "item_embeddings.npy", allow_pickle=False)
 
     rng = np.random.default_rng(seed + 1)
     users = rows["user_id"].to_numpy(np.int64)
@@ -402,11 +485,11 @@ def train(
     val = rd.subset(val_mask)
     p_val = score_ranker(ranker, val.batch(space, np.arange(len(val))))
     metrics: dict[str, float] = {
-        "two_tower_loss": tt_loss[-1],
+        "two_tower_loss": float(meta["two_tower_loss"]),
         "ranker_loss": rk_loss[-1],
         "ranker_auc_valid": auc(val.label, p_val),
         "retrieval_score_auc_valid": auc(val.label, val.score),
-        "two_tower_train_s": t_tt,
+        "two_tower_train_s": float(meta["two_tower_train_s"]),
         "ranker_train_s": t_rk,
         "train_events": float(len(rows)),
     }
@@ -423,12 +506,14 @@ def train(
         },
         "metrics": metrics,
         "seed": seed,
-        "epochs": n_epochs,
+        "epochs": int(meta["epochs"]),
     }
+    index_dir = stage_dir / STAGE_INDEX
     with torch.no_grad():
         version, path = write_version(
             settings, dataset, space, tt, ranker, item_emb, snapshot,
             users, rows["item_id"].to_numpy(np.int64), manifest,
+            index_dir=index_dir if index_dir.is_dir() else None,
         )  # fmt: skip
     holdout = store.events(dataset, since=cut)
     if len(holdout):
@@ -443,6 +528,28 @@ def train(
         Registry(settings.registry_dir, dataset).promote(version)
     log.info("trained %s %s: %s", dataset, version, metrics)
     return TrainResult(version, path, metrics)
+
+
+def train(
+    settings: Settings,
+    dataset: str,
+    until: int | None = None,
+    images: Path | None = None,
+    epochs: int | None = None,
+    tables: Tables | None = None,
+    promote: bool = True,
+) -> TrainResult:
+    """Train two-tower + ranker on events before `until`, export, register (and promote):
+    `train_two_tower` into a scratch staging folder, then `train_ranker` on it."""
+    import shutil
+    import tempfile
+
+    stage = Path(tempfile.mkdtemp(prefix="strata-train-"))
+    try:
+        train_two_tower(settings, dataset, until, images, epochs, tables, stage)
+        return train_ranker(settings, dataset, stage, promote)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def _update_metrics(path: Path, metrics: dict[str, float]) -> None:
@@ -493,8 +600,12 @@ def write_version(
     seen_users: np.ndarray,
     seen_items: np.ndarray,
     manifest: dict[str, Any],
+    index_dir: Path | None = None,
 ) -> tuple[str, Path]:
-    """Write every artifact of a version into a staging folder and commit it to the registry."""
+    """Write every artifact of a version into a staging folder and commit it to the registry
+    (with a copy of the ANN index in `index_dir`, built from these item embeddings, if given)."""
+    import shutil
+
     from safetensors.numpy import save_file
 
     from strata.features import schema
@@ -558,5 +669,9 @@ def write_version(
                 "embedding_dim": int(item_emb.shape[1]),
             },
         }
+        if index_dir is not None:
+            from strata.serving.index import INDEX_DIR
+
+            shutil.copytree(index_dir, tmp / INDEX_DIR)
         version = reg.commit(tmp, full)
     return version, reg.dir / version
