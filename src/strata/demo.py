@@ -138,7 +138,8 @@ def _serve(settings: Settings, dataset: str, report: DemoReport, store: OnlineSt
     ]
     _console.print(f"[bold green]serving {dataset} on {base}[/] (Ctrl-C to stop). Try:")
     for line in examples:
-        _console.print(f"  {line}", markup=False, highlight=False)
+        # soft_wrap: a command wrapped at the terminal width could not be pasted back.
+        _console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
     serve(settings, cfg.host, cfg.port, store=store)
 
 
