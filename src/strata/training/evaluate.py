@@ -22,7 +22,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -192,6 +192,23 @@ class _TrainMatrix:
         pos = np.clip(np.searchsorted(self.user_ids, users), 0, len(self.user_ids) - 1)
         return np.where(self.user_ids[pos] == users, pos, -1)
 
+    def top_k_warm(
+        self,
+        user_ids: np.ndarray,
+        k: int,
+        exclude: dict[int, set[int]] | None,
+        warm_scores: Callable[[np.ndarray], np.ndarray],
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k with `warm_scores(rows)` for users in the train matrix, popularity for the rest
+        (the cold-user fallback every interaction-only baseline shares)."""
+        users = np.asarray(user_ids, dtype=np.int64)
+        rows = self.user_index(users)
+        scores = np.tile(self.popularity, (len(users), 1))
+        warm = rows >= 0
+        if warm.any():
+            scores[warm] = warm_scores(rows[warm])
+        return self.top_k(scores, users, k, exclude)
+
     def top_k(
         self,
         scores: np.ndarray,
@@ -284,16 +301,14 @@ class ItemKNNRecommender:
         stage: Stage = "full",
         exclude: dict[int, set[int]] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k items by summed neighbour similarity (one stage)."""
-        users = np.asarray(user_ids, dtype=np.int64)
-        rows = self.data.user_index(users)
-        scores = np.tile(self.data.popularity, (len(users), 1))  # cold users: popularity
-        warm = rows >= 0
-        if warm.any():
-            knn = np.asarray((self.data.matrix[rows[warm]] @ self.sim).todense())
+        """Top-k items by summed neighbour similarity (one stage); cold users: popularity."""
+
+        def knn(rows: np.ndarray) -> np.ndarray:
+            sims = np.asarray((self.data.matrix[rows] @ self.sim).todense())
             # Popularity, scaled far below any similarity, only orders items knn scores tie.
-            scores[warm] = knn + 1e-6 * self.data.popularity
-        return self.data.top_k(scores, users, k, exclude)
+            return sims + 1e-6 * self.data.popularity
+
+        return self.data.top_k_warm(user_ids, k, exclude, knn)
 
 
 def _prune_rows(sim: sp.csr_matrix, keep: int, chunk: int) -> sp.csr_matrix:
@@ -354,13 +369,9 @@ class ALSRecommender:
         exclude: dict[int, set[int]] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k items by user . item factor scores; cold users get popularity (one stage)."""
-        users = np.asarray(user_ids, dtype=np.int64)
-        rows = self.data.user_index(users)
-        scores = np.tile(self.data.popularity, (len(users), 1))
-        warm = rows >= 0
-        if warm.any():
-            scores[warm] = self.user_factors[rows[warm]] @ self.item_factors.T
-        return self.data.top_k(scores, users, k, exclude)
+        return self.data.top_k_warm(
+            user_ids, k, exclude, lambda rows: self.user_factors[rows] @ self.item_factors.T
+        )
 
 
 def fit_baselines(split: TemporalSplit, seed: int = 0) -> list[System]:
