@@ -140,7 +140,7 @@ w AS (
     COUNT(event_type) OVER uw AS n_events,
 {_TYPE_COUNTS},
     AVG(value) OVER uw AS mean_value,
-    MODE(category) OVER uw AS top_category,
+    MODE(category ORDER BY category) OVER uw AS top_category,
     MAX(CASE WHEN event_type IS NOT NULL THEN ts END) OVER (
       PARTITION BY user_id ORDER BY ts RANGE BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING
     ) AS last_ts,
@@ -167,7 +167,8 @@ g AS (
   WHERE point_id IS NOT NULL
 ),
 gw AS (
-  SELECT point_id, MODE(genre) OVER (
+  -- MODE(x ORDER BY x): ties go to the first genre by name, so the feature is deterministic
+  SELECT point_id, MODE(genre ORDER BY genre) OVER (
     PARTITION BY user_id ORDER BY ts RANGE BETWEEN {{user_window_s}} PRECEDING AND 1 PRECEDING
   ) AS top_genre
   FROM g
