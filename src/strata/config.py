@@ -203,12 +203,16 @@ class TrainingConfig(_Strict):
     p_user: float = Field(default=0.15, ge=0.0, le=1.0)  # user id + behaviour -> unknown
     p_item: float = Field(default=0.3, ge=0.0, le=1.0)  # item id (+ popularity) -> unknown
     random_negatives: int = Field(default=256, ge=0)  # extra uniform negatives per batch
+    # popularity snapshots the random negatives are featurised at (point in time, per query)
+    negative_snapshots: int = Field(default=24, ge=1)
     logq_weight: float = Field(default=1.0, ge=0.0, le=1.0)  # 1 = full logQ correction
     # logQ weight of rows whose user is masked; > 1 keeps more of the popularity prior that new
     # users follow (chosen on a validation split inside the training period); None = logq_weight
     logq_weight_cold: float | None = Field(default=1.5, ge=0.0, le=2.0)
     mask_item_popularity: bool = True  # a masked item id also hides its popularity (new items)
     ranker_epochs: int = Field(default=2, ge=1)
+    # served ranker logit + retrieval logit (late fusion, DCNConfig.score_weight)
+    ranker_fusion: bool = True
     ranker_batch_size: int = Field(default=1024, ge=2)
     ranker_lr: float = Field(default=2e-3, gt=0.0)
     ranker_hard_negatives: int = Field(default=2, ge=0)  # per positive, from retrieval top-N

@@ -36,3 +36,17 @@ def test_ranker_learns_interaction_signal() -> None:
     # The label depends on the retrieval score and on (user, item) parity: both learnable.
     assert after > 0.75 and after > before + 0.1
     assert np.isfinite(score_ranker(m, test)).all()
+
+
+def test_fusion_adds_retrieval_logit_only_when_scoring() -> None:
+    seed_everything(0)
+    b = next(synthetic_rank_batches(DIMS, 16, 1))
+    plain = DCNRanker(DIMS, DCNConfig())
+    fused = DCNRanker(DIMS, DCNConfig(score_weight=20.0))
+    fused.load_state_dict(plain.state_dict())  # same network, only the fusion differs
+    plain.eval()
+    fused.train()  # training fits the network alone
+    assert np.allclose(fused(*rank_inputs(b)).detach(), plain(*rank_inputs(b)).detach())
+    fused.eval()  # scoring/export/serving: network logit + weight * retrieval score
+    want = plain(*rank_inputs(b)).detach().numpy() + 20.0 * b.retrieval_score
+    assert np.allclose(fused(*rank_inputs(b)).detach().numpy(), want, atol=1e-5)

@@ -48,3 +48,37 @@ def test_space_without_age_column_is_unchanged() -> None:
     before = space.items(np.array([1, 2])).item_num.copy()
     after = space.items(np.array([1, 2]), None, np.array([0, 10**9])).item_num
     assert np.array_equal(before, after)
+
+
+def test_random_negatives_are_featurised_as_of_each_querys_time() -> None:
+    from strata.training.batch import RetrievalBatch, synthetic_queries
+    from strata.training.data import log_count
+    from strata.training.train import PopularitySnapshots, random_negatives
+
+    space = _space()
+    t0, t1 = int((1995.0 - 1970) * YEAR_S), int((1998.5 - 1970) * YEAR_S)
+    # Counts by item-table row (0 = unknown): row 2 (a 1998 item) has no events at t0, 9 at t1.
+    counts = np.array([[0.0, 3.0, 0.0, 0.0], [0.0, 4.0, 9.0, 1.0]])
+    sample = random_negatives(space, 6, PopularitySnapshots(np.array([t0, t1]), counts))
+    q = synthetic_queries(space.dims(), 3, np.random.default_rng(0))
+    ts = np.array([t1 + 10, t0 - 5, t0 + 1])  # a time before the first snapshot reads the first
+    b = RetrievalBatch(q, space.items(np.array([1, 2, 3])), np.zeros(3, np.float32),
+                       np.ones(3, np.float32), ts)  # fmt: skip
+    neg = sample(np.random.default_rng(1), b)
+    rows = np.random.default_rng(1).integers(1, 4, 6)  # the sampler's draw
+    assert neg.group is not None and neg.group.tolist() == [1, 0, 0]
+    assert np.array_equal(neg.ids, space.t["item_idx"][rows])
+    assert len(neg.items) == 2 * len(rows)  # the same items, once per time group
+    for k, t in enumerate((t0, t1)):
+        got = neg.items.take(np.arange(k * 6, (k + 1) * 6))
+        # Popularity is the snapshot's and age is as of its time: never the cut-off's future.
+        assert np.allclose(got.item_num[:, POP_COL], log_count(counts[k, rows]))
+        assert np.allclose(got.item_num, space.items(rows, counts[k, rows], np.full(6, t)).item_num)
+    young = rows == 2
+    assert young.any()  # the 1998 item: unreleased (age 0) at t0, half a year old at t1
+    assert np.allclose(neg.items.item_num[:6][young, AGE_COL], 0.0)
+    assert np.allclose(neg.items.item_num[6:][young, AGE_COL], np.log1p(0.5), atol=1e-3)
+    # Without event times the negatives fall back to the table (as of the cut-off).
+    plain = sample(np.random.default_rng(1), RetrievalBatch(q, b.item, b.log_q, b.weight))
+    assert plain.group is None and len(plain.items) == len(plain.ids)
+    assert np.array_equal(plain.items.item_num, space.items(rows).item_num)

@@ -86,3 +86,28 @@ def test_weights_and_bce() -> None:
     logits, y = torch.tensor([0.0, 2.0]), torch.tensor([1.0, 0.0])
     manual = -(torch.log(torch.sigmoid(logits[0])) + torch.log(1 - torch.sigmoid(logits[1]))) / 2
     assert bce_loss(logits, y).item() == pytest.approx(manual.item(), rel=1e-6)
+
+
+def test_grouped_negatives_score_each_row_against_its_own_time_group() -> None:
+    # The same 3 negatives embedded as of two times (G=2); rows 0 and 2 use group 1, row 1 group 0.
+    q, i = _unit(3, 8, 9), _unit(3, 8, 10)
+    neg = torch.stack([_unit(3, 8, 11), _unit(3, 8, 12)])  # (G, M, D)
+    ids, neg_ids = torch.tensor([1, 2, 3]), torch.tensor([3, 5, 6])
+    group = torch.tensor([1, 0, 1])
+    log_q = torch.zeros(3)
+    got = sampled_softmax_loss(
+        q, i, ids, log_q, 1.0, neg=neg, neg_ids=neg_ids, n_items=10, neg_group=group
+    )
+    inb = q @ i.T - math.log(3)
+    rn = torch.stack([q[r] @ neg[int(group[r])].T for r in range(3)]) - math.log(3 / 10)
+    rn[2, 0] = float("-inf")  # row 2's positive (id 3) is negative 0
+    want = F.cross_entropy(torch.cat([inb, rn], 1), torch.arange(3))
+    assert got.item() == pytest.approx(want.item(), rel=1e-5)
+    # Which group a row reads matters: all rows on group 0 give another loss.
+    other = sampled_softmax_loss(
+        q, i, ids, log_q, 1.0, neg=neg, neg_ids=neg_ids, n_items=10,
+        neg_group=torch.zeros(3, dtype=torch.long),
+    )  # fmt: skip
+    assert abs(other.item() - got.item()) > 1e-4
+    with pytest.raises(ValueError, match="neg_group"):
+        sampled_softmax_loss(q, i, ids, log_q, 1.0, neg=neg, neg_ids=neg_ids, n_items=10)

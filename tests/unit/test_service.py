@@ -101,6 +101,12 @@ def test_top_k_and_genre_cap() -> None:
     assert genre_capped(scores, genre, 6, cap=1).tolist() == [0, 3, 4, 1, 2, 5]
     s = sampled(scores, 4, DiversityConfig(type="sample", temperature=1.0))
     assert len(set(s.tolist())) == 4 and s.max() < len(scores)
+    # Log-odds past float32 saturation (fused ranker logits) keep their order when sampled cold:
+    # as probabilities the first three would all be 1.0 and tie.
+    logit = np.array([30.0, 25.0, 20.0, 1.0, 0.0])
+    cold = DiversityConfig(type="sample", temperature=0.01)
+    assert sampled(logit, 3, cold, logits=True).tolist() == [0, 1, 2]
+    assert (1.0 / (1.0 + np.exp(-logit[:3].astype(np.float32)))).tolist() == [1.0, 1.0, 1.0]
 
 
 # --- pipeline --------------------------------------------------------------------------------

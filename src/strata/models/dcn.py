@@ -24,10 +24,21 @@ class DCNConfig(BaseModel):
     cross: CrossNetConfig = CrossNetConfig(num_layers=2, kind="low_rank", rank=32)
     deep: MLPConfig = MLPConfig(hidden=(128, 64))
     structure: Literal["stacked", "parallel"] = "parallel"
+    # Late fusion with retrieval: in eval mode (scoring, export, serving) the output is the
+    # network's logit plus `score_weight * retrieval_score` (the two-tower's softmax logit when
+    # set to 1 / temperature), a product of the two experts; training fits the network alone.
+    # 0 = the network's logit only.
+    score_weight: float = Field(default=0.0, ge=0.0)
 
 
 class DCNRanker(nn.Module):
-    """Scores (user, item, context) rows; returns a logit per row."""
+    """Scores (user, item, context) rows; returns a logit per row.
+
+    In eval mode the logit is fused with the retrieval logit (`DCNConfig.score_weight`): the
+    two-tower saw every training positive, so its scores on them are inflated and a ranker that
+    learns to lean on (or correct) them fails to transfer to served candidates; fitted apart
+    and added in log-odds, each model keeps what it learned (measured on ML-100K: README).
+    """
 
     def __init__(self, dims: FeatureDims, cfg: DCNConfig) -> None:
         super().__init__()
@@ -103,4 +114,7 @@ class DCNRanker(nn.Module):
             z = self.deep(self.cross(x0))  # (B, H)
         else:
             z = torch.cat([self.cross(x0), self.deep(x0)], dim=-1)  # (B, in_dim + H)
-        return self.head(z).squeeze(-1)  # (B,)
+        out = self.head(z).squeeze(-1)  # (B,)
+        if self.cfg.score_weight and not self.training:
+            out = out + self.cfg.score_weight * retrieval_score  # (B,)
+        return out

@@ -514,14 +514,17 @@ class RecommendationPipeline:
             keep = self._filter(user_id, ids, degraded)
             ids, r_scores = ids[keep], r_scores[keep]
         ranker: np.ndarray | None = None
+        logit: np.ndarray | None = None
         if stage == "full" and len(ids):
             with timer.stage("item_features"):
                 items = self._item_features(ids)
             with timer.stage("rank"):
-                ranker = self._rank(q, items, r_scores)
+                logit = self._rank(q, items, r_scores)
+                ranker = (1.0 / (1.0 + np.exp(-logit))).astype(np.float32)
         with timer.stage("order"):
             final = ranker if ranker is not None else r_scores
-            pick = self._order(ids, final, k)
+            # Ordered by logit: fused ranker logits reach ~20, where float32 probabilities tie.
+            pick = self._order(ids, final if logit is None else logit, k, logit is not None)
         versions["item"] = self.catalog.feature_version
         timer.ms["total"] = timer.total()
         return Recommendation(
@@ -673,7 +676,7 @@ class RecommendationPipeline:
         return items
 
     def _rank(self, q: QueryFeatures, items: ItemFeatures, r_scores: np.ndarray) -> np.ndarray:
-        """Ranker probabilities (N,) for all candidates in one batch."""
+        """Ranker logits (N,) float64 for all candidates in one batch."""
         from strata.models.inputs import ITEM_INPUTS
 
         n = len(r_scores)
@@ -682,11 +685,13 @@ class RecommendationPipeline:
         for name in ITEM_INPUTS:
             inputs[name] = np.ascontiguousarray(getattr(items, name))
         inputs["retrieval_score"] = np.ascontiguousarray(r_scores, dtype=np.float32)
-        logit = self.backend.infer("ranker", inputs)["logit"].reshape(n)
-        return (1.0 / (1.0 + np.exp(-logit.astype(np.float64)))).astype(np.float32)
+        return self.backend.infer("ranker", inputs)["logit"].reshape(n).astype(np.float64)
 
-    def _order(self, ids: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
-        """Indices of the final top-k (best first), diversified when configured."""
+    def _order(
+        self, ids: np.ndarray, scores: np.ndarray, k: int, logits: bool = False
+    ) -> np.ndarray:
+        """Indices of the final top-k (best first), diversified when configured; `logits` says
+        `scores` are log-odds rather than probabilities (for sampling)."""
         div = self.config.diversity
         if div.type == "none" or len(ids) <= 1:
             return top_k(scores, k)
@@ -694,7 +699,7 @@ class RecommendationPipeline:
         genre = self.catalog.primary_genre[pos]
         if div.type == "genre_cap":
             return genre_capped(scores, genre, k, div.genre_cap)
-        return sampled(scores, k, div)
+        return sampled(scores, k, div, logits)
 
 
 def open_batch_pipeline(
@@ -741,10 +746,14 @@ def genre_capped(scores: np.ndarray, genre: np.ndarray, k: int, cap: int) -> np.
     return order[np.lexsort((pos, over))[:k]]
 
 
-def sampled(scores: np.ndarray, k: int, cfg: DiversityConfig) -> np.ndarray:
-    """k items sampled without replacement from softmax(logit(score) / T) (Gumbel top-k)."""
-    p = np.clip(scores.astype(np.float64), 1e-9, 1 - 1e-9)
-    logit = np.log(p) - np.log1p(-p)
+def sampled(scores: np.ndarray, k: int, cfg: DiversityConfig, logits: bool = False) -> np.ndarray:
+    """k items sampled without replacement from softmax(logit / T) (Gumbel top-k); `scores`
+    are probabilities, or log-odds already with `logits`."""
+    if logits:
+        logit = scores.astype(np.float64)
+    else:
+        p = np.clip(scores.astype(np.float64), 1e-9, 1 - 1e-9)
+        logit = np.log(p) - np.log1p(-p)
     g = np.random.default_rng().gumbel(size=len(scores))
     return top_k(logit / cfg.temperature + g, k)
 

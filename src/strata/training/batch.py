@@ -96,6 +96,7 @@ class RetrievalBatch:
     item: ItemFeatures
     log_q: np.ndarray  # (B,) float32, log P(item appears as a positive)
     weight: np.ndarray  # (B,) float32 per-example weight
+    ts: np.ndarray | None = None  # (B,) int64 event time (point-in-time negatives); None = unknown
 
     def __len__(self) -> int:
         return len(self.log_q)

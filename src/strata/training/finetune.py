@@ -68,6 +68,7 @@ def finetune(
     from strata.training.train import (
         fit_ranker,
         fit_two_tower,
+        popularity_at,
         prepare_store,
         rank_data,
         retrieval_data,
@@ -109,9 +110,12 @@ def finetune(
 
     tt, rk = copy.deepcopy(rec.two_tower), copy.deepcopy(rec.ranker)
     fit = data.take(fit_idx)
+    snaps = popularity_at(store, dataset, space, ts[fit_idx], int(ts.max()) + 1,
+                          cfg.negative_snapshots)  # fmt: skip
     fit_two_tower(
-        tt, space, fit, cfg, seed, cfg.finetune_epochs, cfg.finetune_lr, freeze_items=True
-    )
+        tt, space, fit, cfg, seed, cfg.finetune_epochs, cfg.finetune_lr, freeze_items=True,
+        snapshots=snaps,
+    )  # fmt: skip
     fit_users = ev["user_id"].to_numpy(np.int64)[fit_idx]
     rd = rank_data(space, embed_queries(tt, fit.query), fit.query, fit.item_rows, fit_users,
                    item_emb, seen, cfg, rng)  # fmt: skip

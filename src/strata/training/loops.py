@@ -44,6 +44,7 @@ class RetrievalData:
     weight: np.ndarray  # (N,) float32
     # (N, Ni) numeric item features as of each event (point-in-time popularity); None = table's
     item_num: np.ndarray | None = None
+    ts: np.ndarray | None = None  # (N,) int64 event times; None = unknown
 
     def __len__(self) -> int:
         return len(self.item_rows)
@@ -56,6 +57,7 @@ class RetrievalData:
             self.log_q[idx],
             self.weight[idx],
             None if self.item_num is None else self.item_num[idx],
+            None if self.ts is None else self.ts[idx],
         )
 
     def batches(
@@ -75,7 +77,23 @@ class RetrievalData:
                 it,
                 self.log_q[idx],
                 self.weight[idx],
+                None if self.ts is None else self.ts[idx],
             )
+
+
+@dataclass(frozen=True)
+class Negatives:
+    """Uniform random negatives of one batch: M items, featurised as of G points in time.
+
+    `items` holds the M items once per time group (group-major, G * M rows); query row b scores
+    them as of time group `group[b]`, so a query sees each negative's popularity and age at its
+    own time rather than at the end of training (which would leak the future into negatives and
+    make every served item look like a training negative). G == 1 needs no `group`.
+    """
+
+    items: ItemFeatures  # (G * M,)
+    ids: np.ndarray  # (M,) int64 item-embedding ids, for accidental-hit removal
+    group: np.ndarray | None = None  # (B,) int64 time group of each query row
 
 
 def _adam(params: Iterable[torch.nn.Parameter], lr: float, wd: float) -> torch.optim.Optimizer:
@@ -96,7 +114,7 @@ def train_two_tower(
     weight_decay: float = 0.0,
     p_user: float = 0.0,
     p_item: float = 0.0,
-    negatives: Callable[[np.random.Generator], ItemFeatures] | None = None,
+    negatives: Callable[[np.random.Generator, RetrievalBatch], Negatives] | None = None,
     n_items: int | None = None,
     freeze_items: bool = False,
     seed: int = 0,
@@ -108,7 +126,8 @@ def train_two_tower(
 ) -> list[float]:
     """Train with in-batch sampled softmax (+ optional random negatives); return mean loss/epoch.
 
-    `epochs(e, rng)` yields the batches of epoch `e`; `freeze_items` keeps the item tower fixed
+    `epochs(e, rng)` yields the batches of epoch `e`; `negatives(rng, batch)` draws a batch's
+    random negatives (see `Negatives`); `freeze_items` keeps the item tower fixed
     (incremental fine-tuning must not move the item embeddings the ANN index was built from).
     `logq_weight_cold` (default: `logq_weight`) is the logQ weight of rows whose user was masked,
     so the cold-start query can keep more of the popularity prior than a known user's;
@@ -141,16 +160,16 @@ def train_two_tower(
                     i = model.item_tower(*it_feats.tensors(device))  # (B, D)
                 w_logq = torch.from_numpy(np.where(cold, w_cold, logq_weight).astype(np.float32))
                 w_logq = w_logq.to(device)  # (B,)
-                neg = neg_ids = None
+                neg = neg_ids = neg_group = None
                 if negatives is not None:
-                    nf = negatives(rng)
-                    neg_ids = torch.from_numpy(nf.item).to(device)
-                    nf = mask_item(nf, p_item, rng, pop_col)
-                    if freeze_items:
-                        with torch.no_grad():
-                            neg = model.item_tower(*nf.tensors(device))
-                    else:
-                        neg = model.item_tower(*nf.tensors(device))  # (M, D)
+                    ns = negatives(rng, b)
+                    neg_ids = torch.from_numpy(ns.ids).to(device)
+                    nf = mask_item(ns.items, p_item, rng, pop_col)
+                    with torch.set_grad_enabled(not freeze_items):
+                        neg = model.item_tower(*nf.tensors(device))  # (G * M, D)
+                    if ns.group is not None:
+                        neg = neg.reshape(-1, len(ns.ids), neg.shape[-1])  # (G, M, D)
+                        neg_group = torch.from_numpy(ns.group).to(device)
                 loss = sampled_softmax_loss(
                     q,
                     i,
@@ -162,6 +181,7 @@ def train_two_tower(
                     neg_ids=neg_ids,
                     n_items=n_items,
                     logq_weight=w_logq,
+                    neg_group=neg_group,
                 )
                 opt.zero_grad()
                 loss.backward()
@@ -260,12 +280,16 @@ def embed_queries(model: TwoTower, queries: QueryFeatures, batch_size: int = 409
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, model.cfg.out_dim))
 
 
-def score_ranker(model: DCNRanker, rows: RankBatch, batch_size: int = 8192) -> np.ndarray:
-    """Ranker probabilities (N,) float32 for labelled or unlabelled rows."""
+def score_ranker(
+    model: DCNRanker, rows: RankBatch, batch_size: int = 8192, logits: bool = False
+) -> np.ndarray:
+    """Ranker probabilities (N,) float32 for labelled or unlabelled rows; log-odds with
+    `logits` (what to order by: fused logits reach ~20, where float32 probabilities tie)."""
     import torch
 
     dev = next(model.parameters()).device.type
+    link = (lambda x: x) if logits else torch.sigmoid
     out = _in_batches(
-        len(rows), batch_size, lambda idx: torch.sigmoid(model(*rank_inputs(rows.take(idx), dev)))
+        len(rows), batch_size, lambda idx: link(model(*rank_inputs(rows.take(idx), dev)))
     )
     return np.concatenate(out).astype(np.float32) if out else np.zeros(0, np.float32)

@@ -20,6 +20,7 @@ def sampled_softmax_loss(
     neg_ids: torch.Tensor | None = None,
     n_items: int | None = None,
     logq_weight: float | torch.Tensor = 1.0,
+    neg_group: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Softmax over the in-batch items (plus optional uniform random negatives) per query row.
 
@@ -29,6 +30,10 @@ def sampled_softmax_loss(
     partially (popularity itself predicts well on temporal splits). Columns that hold the row's
     own positive item elsewhere in the batch ("accidental hits") are removed from the softmax.
     `logq_weight` may be a (B,) tensor: one weight per query row.
+
+    `neg` is (M, D), or (G, M, D) with `neg_group` (B,): the same M negatives embedded with their
+    features as of G points in time, row b scoring version `neg_group[b]` (point-in-time
+    negatives: a query at time t sees each negative's popularity and age at t, as serving does).
     """
     b = q.shape[0]
     w = logq_weight.unsqueeze(1) if isinstance(logq_weight, torch.Tensor) else logq_weight
@@ -40,8 +45,15 @@ def sampled_softmax_loss(
     if neg is not None:
         if neg_ids is None or n_items is None:
             raise ValueError("random negatives need neg_ids and n_items")
-        m = neg.shape[0]
-        ln = q @ neg.T / temperature - w * math.log(m / n_items)  # (B, M)
+        m = neg.shape[-2]
+        if neg.dim() == 3:
+            if neg_group is None:
+                raise ValueError("grouped negatives (G, M, D) need neg_group")
+            by_group = torch.einsum("bd,gmd->bgm", q, neg)  # (B, G, M)
+            ln = by_group[torch.arange(b, device=q.device), neg_group]  # (B, M)
+        else:
+            ln = q @ neg.T  # (B, M)
+        ln = ln / temperature - w * math.log(m / n_items)  # (B, M)
         ln = ln.masked_fill(neg_ids.unsqueeze(0) == item_ids.unsqueeze(1), float("-inf"))
         logits = torch.cat([logits, ln], dim=1)  # (B, B + M)
     target = torch.arange(b, device=q.device)

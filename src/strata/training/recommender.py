@@ -30,7 +30,8 @@ _CHUNK = 64  # users per ranking chunk: bounds (users x candidates) feature memo
 
 
 class _RankerScorer:
-    """`pipeline.Scorer` over the DCN-v2 ranker for one chunk of users' query features."""
+    """`pipeline.Scorer` over the DCN-v2 ranker for one chunk of users' query features (scores
+    are logits: the order is the same as by probability, without float32 saturation ties)."""
 
     def __init__(self, rec: Recommender, queries: QueryFeatures) -> None:
         self.rec = rec
@@ -48,7 +49,7 @@ class _RankerScorer:
             np.where(cands.valid, cands.scores, 0.0).ravel().astype(np.float32),
             np.zeros(u * n, np.float32),
         )
-        return score_ranker(self.rec.ranker, batch).reshape(u, n)
+        return score_ranker(self.rec.ranker, batch, logits=True).reshape(u, n)
 
 
 class Recommender:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,7 +17,7 @@ import numpy as np
 
 from strata.errors import ValidationError
 from strata.serving.pipeline import PairSetFilter
-from strata.training.batch import QueryFeatures, RankBatch
+from strata.training.batch import ItemFeatures, QueryFeatures, RankBatch, RetrievalBatch
 from strata.training.data import POP_COL, FeatureSpace, query_features_from_frame
 from strata.training.loops import RetrievalData
 
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from strata.features.offline import OfflineStore
     from strata.models.dcn import DCNRanker
     from strata.models.two_tower import TwoTower
+    from strata.training.loops import Negatives
 
 log = logging.getLogger(__name__)
 
@@ -139,8 +141,9 @@ def retrieval_data(space: FeatureSpace, rows: pd.DataFrame) -> RetrievalData:
     p = counts / max(counts.sum(), 1.0)
     log_q = np.log(np.maximum(p[item_rows], 1e-12)).astype(np.float32)
     return RetrievalData(
-        q, item_rows.astype(np.int64), log_q, np.ones(len(item_rows), np.float32), item_num
-    )
+        q, item_rows.astype(np.int64), log_q, np.ones(len(item_rows), np.float32), item_num,
+        rows["ts"].to_numpy(np.int64),
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -224,6 +227,24 @@ def rank_data(
     return RankData(queries, qi.astype(np.int64), rows.astype(np.int64), score, label)
 
 
+@dataclass(frozen=True)
+class PopularitySnapshots:
+    """Item popularity (item_n_events) as of a few times: (S,) times, (S, I + 1) counts by
+    item-table row."""
+
+    times: np.ndarray
+    counts: np.ndarray
+
+    def at(self, ts: np.ndarray) -> np.ndarray:
+        """(N,) index of the latest snapshot at or before each time (the first one for earlier
+        times, which holds no events)."""
+        return np.maximum(np.searchsorted(self.times, np.asarray(ts, np.int64), "right") - 1, 0)
+
+    def items(self, space: FeatureSpace, rows: np.ndarray, snap: np.ndarray) -> ItemFeatures:
+        """Item features of item-table `rows` as of snapshots `snap` (popularity and age)."""
+        return space.items(rows, self.counts[snap, rows], self.times[snap])
+
+
 def popularity_at(
     store: OfflineStore,
     dataset: str,
@@ -231,19 +252,19 @@ def popularity_at(
     ts: np.ndarray,
     cut: int,
     n_snapshots: int = 6,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Item popularity (item_n_events) from the offline store at a few snapshot times before
-    `cut`: (S,) snapshot times and (S, I + 1) counts by item-table row. Ranker rows take the
-    latest snapshot at or before their event, so positives and negatives of a row group see the
-    same point-in-time popularity and none of them the future."""
+) -> PopularitySnapshots:
+    """Item popularity from the offline store at snapshot times spread over the quantiles of
+    `ts` (the first at its minimum), none after `cut`. Rows take the latest snapshot at or before
+    their event, so positives and negatives of a query see the same point-in-time popularity and
+    none of them the future."""
     qs = np.quantile(np.asarray(ts, np.int64), np.linspace(0.0, 1.0, n_snapshots + 1)[1:-1])
-    times = np.unique(np.r_[int(np.min(ts)), qs.astype(np.int64)])
+    times = np.unique(np.minimum(np.r_[int(np.min(ts)), qs.astype(np.int64)], cut))
     table = np.zeros((len(times), len(space.item_ids) + 1), np.float64)
     for j, t in enumerate(times):
-        f = store.latest_item_features(dataset, as_of=int(min(t, cut)))
+        f = store.latest_item_features(dataset, as_of=int(t))
         rows, ok = space.item_rows(f["item_id"].to_numpy(np.int64))
         table[j, rows[ok]] = f["item_n_events"].to_numpy(np.float64)[ok]
-    return times, table
+    return PopularitySnapshots(times, table)
 
 
 def fit_ranker(
@@ -287,6 +308,29 @@ def fit_ranker(
     )  # fmt: skip
 
 
+def random_negatives(
+    space: FeatureSpace, m: int, snapshots: PopularitySnapshots | None = None
+) -> Callable[[np.random.Generator, RetrievalBatch], Negatives]:
+    """A sampler of `m` uniform catalog negatives per batch. With `snapshots` and batch event
+    times, each query row sees them as of its own time (latest snapshot at or before its event:
+    popularity and age then); otherwise as of the space's cut-off."""
+    from strata.training.loops import Negatives
+
+    table = space.items(np.arange(len(space.item_ids) + 1))
+    n_items = len(space.item_ids)
+
+    def sample(rng: np.random.Generator, b: RetrievalBatch) -> Negatives:
+        rows = rng.integers(1, n_items + 1, m)
+        ids = table.item[rows]
+        if snapshots is None or b.ts is None:
+            return Negatives(table.take(rows), ids)
+        groups, group = np.unique(snapshots.at(b.ts), return_inverse=True)
+        feats = snapshots.items(space, np.tile(rows, len(groups)), np.repeat(groups, m))
+        return Negatives(feats, ids, group.astype(np.int64).reshape(-1))
+
+    return sample
+
+
 def fit_two_tower(
     model: TwoTower,
     space: FeatureSpace,
@@ -296,17 +340,20 @@ def fit_two_tower(
     epochs: int,
     lr: float,
     freeze_items: bool = False,
+    snapshots: PopularitySnapshots | None = None,
 ) -> list[float]:
-    """Train the two-tower on `data` with masking and random negatives from the catalog."""
+    """Train the two-tower on `data` with masking and random negatives from the catalog.
+
+    With `snapshots` (and event times in `data`) each query scores the random negatives with
+    their popularity and age as of its own time (latest snapshot at or before the event);
+    without, as of the space's cut-off.
+    """
     from strata.training.loops import train_two_tower
 
     table = space.items(np.arange(len(space.item_ids) + 1))
     n_items = len(space.item_ids)
-    neg = None
-    if cfg.random_negatives > 0:
-
-        def neg(rng: np.random.Generator) -> Any:
-            return table.take(rng.integers(1, n_items + 1, cfg.random_negatives))
+    m = cfg.random_negatives
+    neg = random_negatives(space, m, snapshots) if m > 0 else None
 
     return train_two_tower(
         model,
@@ -379,8 +426,10 @@ def train_two_tower(
     rdata = retrieval_data(space, data.rows)
     n_epochs = epochs or cfg.epochs
     t0 = time.perf_counter()
+    ts_rows = data.rows["ts"].to_numpy(np.int64)
+    snaps = popularity_at(store, dataset, space, ts_rows, data.cut, cfg.negative_snapshots)
     tt = TwoTower(space.dims(), TwoTowerConfig())
-    tt_loss = fit_two_tower(tt, space, rdata, cfg, seed, n_epochs, cfg.lr)
+    tt_loss = fit_two_tower(tt, space, rdata, cfg, seed, n_epochs, cfg.lr, snapshots=snaps)
     t_tt = time.perf_counter() - t0
     item_emb = embed_items(tt, space.all_items())
     space.save(stage_dir)
@@ -468,26 +517,36 @@ def train_ranker(
         seen, cfg, rng,
     )  # fmt: skip
     ts_sel = rows["ts"].to_numpy(np.int64)[sel]
-    snap_t, snap_pop = popularity_at(store, dataset, space, ts_sel, cut)
-    snap = np.searchsorted(snap_t, ts_sel, side="right") - 1  # (P,) latest snapshot <= event
+    pop_snaps = popularity_at(store, dataset, space, ts_sel, cut)
+    snap = pop_snaps.at(ts_sel)  # (P,) latest snapshot <= event
     q_cold = embed_queries(tt, mask_query_rows(q_sel, np.ones(len(q_sel), bool)))  # (P, D)
     s_cold = np.einsum("rd,rd->r", q_cold[rd.qi], item_emb[rd.item_rows - 1]).astype(np.float32)
-    rd = replace(rd, pop=snap_pop[snap[rd.qi], rd.item_rows], ts=ts_sel[rd.qi], score_cold=s_cold)
+    rd = replace(
+        rd, pop=pop_snaps.counts[snap[rd.qi], rd.item_rows], ts=ts_sel[rd.qi], score_cold=s_cold
+    )
     # Hold out 10% of positives (with their negatives) to report ranker AUC honestly.
     held = rng.random(len(sel)) < 0.1
     val_mask = held[rd.qi]
-    ranker = DCNRanker(dims, DCNConfig())
+    # Fused with the retrieval logit (score / temperature) when scoring: DCNConfig.score_weight.
+    w_score = 1.0 / float(tt.temperature) if cfg.ranker_fusion else 0.0
+    ranker = DCNRanker(dims, DCNConfig(score_weight=w_score))
     t0 = time.perf_counter()
     rk_loss = fit_ranker(
         ranker, space, rd.subset(~val_mask), cfg, seed, cfg.ranker_epochs, cfg.ranker_lr
     )
     t_rk = time.perf_counter() - t0
     val = rd.subset(val_mask)
-    p_val = score_ranker(ranker, val.batch(space, np.arange(len(val))))
+    val_batch = val.batch(space, np.arange(len(val)))
+    p_val = score_ranker(ranker, val_batch)
+    # The network alone (no fusion with the retrieval logit), for comparison.
+    net = DCNRanker(dims, ranker.cfg.model_copy(update={"score_weight": 0.0}))
+    net.load_state_dict(ranker.state_dict())
+    net.eval()
     metrics: dict[str, float] = {
         "two_tower_loss": float(meta["two_tower_loss"]),
         "ranker_loss": rk_loss[-1],
         "ranker_auc_valid": auc(val.label, p_val),
+        "ranker_net_auc_valid": auc(val.label, score_ranker(net, val_batch)),
         "retrieval_score_auc_valid": auc(val.label, val.score),
         "two_tower_train_s": float(meta["two_tower_train_s"]),
         "ranker_train_s": t_rk,
