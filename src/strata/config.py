@@ -204,11 +204,12 @@ class TrainingConfig(_Strict):
     p_item: float = Field(default=0.3, ge=0.0, le=1.0)  # item id (+ popularity) -> unknown
     random_negatives: int = Field(default=256, ge=0)  # extra uniform negatives per batch
     # popularity snapshots the random negatives are featurised at (point in time, per query)
-    negative_snapshots: int = Field(default=24, ge=1)
+    popularity_snapshots: int = Field(default=24, ge=1)
     logq_weight: float = Field(default=1.0, ge=0.0, le=1.0)  # 1 = full logQ correction
     # logQ weight of rows whose user is masked; > 1 keeps more of the popularity prior that new
-    # users follow (chosen on a validation split inside the training period); None = logq_weight
-    logq_weight_cold: float | None = Field(default=1.5, ge=0.0, le=2.0)
+    # users follow. 1.0 (full correction) chosen on a validation split inside the ML-100K
+    # training period once negatives were point in time (1.5 before); None = logq_weight
+    logq_weight_cold: float | None = Field(default=1.0, ge=0.0, le=2.0)
     mask_item_popularity: bool = True  # a masked item id also hides its popularity (new items)
     ranker_epochs: int = Field(default=2, ge=1)
     # served ranker logit + retrieval logit (late fusion, DCNConfig.score_weight)
@@ -291,6 +292,24 @@ class DiversityConfig(_Strict):
     temperature: float = Field(default=0.1, gt=0.0)  # sampling: softmax(logit / temperature)
 
 
+class FreshConfig(_Strict):
+    """Order-stage exposure for fresh items: those the model version has no interactions for
+    (item cold start). Their retrieval scores carry no interaction signal, so by score alone
+    they would never be shown and never gather the feedback the next version learns them from.
+    From list position `start` on, one slot in every `every` goes to the user's next fresh
+    item; the top `start` positions are never touched. Full pipeline only.
+
+    `order`: "newest" = latest release year first, the ranker network (content, metadata and
+    the user's features) choosing within a year; "ranker" = the network alone. "newest" was
+    chosen on a validation split inside the ML-100K training period (README: cold items)."""
+
+    enabled: bool = True
+    start: int = Field(default=10, ge=0)
+    every: int = Field(default=10, ge=1)
+    order: Literal["newest", "ranker"] = "newest"
+    pool: int = Field(default=100, ge=1)  # fresh items ranked per request (newest / nearest)
+
+
 class ServeConfig(_Strict):
     """`strata serve`: HTTP bind, request limits, admin token, store timeouts and backoff."""
 
@@ -309,6 +328,7 @@ class ServeConfig(_Strict):
     store_backoff_max_s: float = Field(default=0.5, gt=0.0)
     catalog_refresh_s: float = Field(default=2.0, gt=0.0)  # item feature-version poll period
     diversity: DiversityConfig = DiversityConfig()
+    fresh: FreshConfig = FreshConfig()
 
     @model_validator(mode="after")
     def _limits(self) -> ServeConfig:

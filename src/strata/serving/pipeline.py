@@ -135,6 +135,52 @@ def order(cands: Candidates, k: int) -> tuple[np.ndarray, np.ndarray]:
     return ids, sc
 
 
+def fresh_slots(k: int, start: int, every: int) -> np.ndarray:
+    """List positions (0-based, ascending) reserved for fresh items in a top-`k` list: `start`,
+    `start + every`, ... below `k` (none when `start >= k`)."""
+    return np.arange(start, k, every, dtype=np.int64) if start < k else np.zeros(0, np.int64)
+
+
+def fresh_order(
+    valid: np.ndarray, net: np.ndarray, year: np.ndarray | None, how: str
+) -> np.ndarray:
+    """(U, P) column order of fresh candidates, best first, invalid slots last: by the ranker
+    network's logit `net` ("ranker"), or newest release `year` first with `net` breaking ties
+    ("newest"; unknown years after known ones)."""
+    net = np.where(valid, net, -np.inf)
+    if how == "ranker" or year is None:
+        return np.argsort(-net, axis=1, kind="stable")
+    yr = np.where(valid, np.nan_to_num(year, nan=-1e9), -np.inf)
+    return np.lexsort((-net, -yr), axis=-1)
+
+
+def interleave_fresh(
+    main_ids: np.ndarray, fresh_ids: np.ndarray, start: int, every: int
+) -> np.ndarray:
+    """Stage 4b: put fresh items (ones the model has no interactions for) into reserved slots.
+
+    `main_ids` (U, k) is the ranked list, `fresh_ids` (U, F) the fresh candidates best first
+    (-1 pads both). Returns (U, k) column indices into `concatenate([main_ids, fresh_ids], 1)`
+    (-1 = empty slot): slot positions `fresh_slots(k, start, every)` take the best fresh items
+    not already in the main list, in order; the other positions keep the main list's order; a
+    user with fewer fresh items than slots gets main items there; empty slots go last.
+    """
+    u, k = main_ids.shape
+    slots = fresh_slots(k, start, every)
+    out = np.full((u, k), -1, np.int64)
+    for r in range(u):  # U is one request, or a chunk of users; the work per row is vectorised
+        m_cols = np.flatnonzero(main_ids[r] >= 0)
+        f_ok = (fresh_ids[r] >= 0) & ~np.isin(fresh_ids[r], main_ids[r, m_cols])
+        f_cols = np.flatnonzero(f_ok)[: len(slots)]
+        taken = slots[: len(f_cols)]
+        rest = np.setdiff1d(np.arange(k), taken, assume_unique=True)
+        out[r, taken] = k + f_cols
+        out[r, rest[: len(m_cols)]] = m_cols[: len(rest)]
+        row = out[r]
+        out[r] = np.r_[row[row >= 0], row[row < 0]]
+    return out
+
+
 def run(
     user_ids: np.ndarray,
     queries: np.ndarray,

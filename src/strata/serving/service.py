@@ -419,6 +419,17 @@ class RecommendationPipeline:
         self.index_info = index_info
         self.link = link
         self.catalog = CatalogCache(space, link)
+        # Fresh items (no training interactions: unknown id) and their content-only embeddings.
+        rows = np.flatnonzero(space.t["item_idx"][1:] == 0).astype(np.int64) + 1
+        self.fresh_ids = space.item_ids[rows - 1]
+        self.fresh_year = space.t["year"][rows].astype(np.float64)
+        self.fresh_emb = np.zeros((len(rows), 0), np.float32)
+        if len(rows):
+            emb = np.load(path / "item_embeddings.npy", mmap_mode="r", allow_pickle=False)
+            self.fresh_emb = np.ascontiguousarray(emb[rows - 1], dtype=np.float32)
+        self.ranker_score_weight = float(
+            manifest.get("models", {}).get("ranker", {}).get("score_weight", 0.0)
+        )
         self.hist_len = int(space.meta["hist_len"])
         self.devices = tuple(space.meta["devices"])
         self.user_features = tuple(USER_INPUT_FEATURES)
@@ -509,36 +520,94 @@ class RecommendationPipeline:
         with timer.stage("retrieve"):
             ids, r_scores = self.index.search(np.asarray(qvec, np.float32), n)
             ids, r_scores = ids[0], r_scores[0]
+            fresh = self.config.fresh
+            use_fresh = stage == "full" and fresh.enabled and k > fresh.start
+            f_ids, f_scores = self._fresh_pool(qvec[0]) if use_fresh else (ids[:0], r_scores[:0])
         retrieved = int((ids >= 0).sum())
+        n_main = len(ids)
         with timer.stage("filter"):
-            keep = self._filter(user_id, ids, degraded)
-            ids, r_scores = ids[keep], r_scores[keep]
+            # ANN candidates and the fresh pool in one history + Bloom check (one round trip).
+            keep = self._filter(user_id, np.r_[ids, f_ids], degraded)
+            f_ids, f_scores = f_ids[keep[n_main:]], f_scores[keep[n_main:]]
+            ids, r_scores = ids[keep[:n_main]], r_scores[keep[:n_main]]
         ranker: np.ndarray | None = None
         logit: np.ndarray | None = None
         if stage == "full" and len(ids):
             with timer.stage("item_features"):
-                items = self._item_features(ids)
+                items = self._item_features(np.r_[ids, f_ids])
             with timer.stage("rank"):
-                logit = self._rank(q, items, r_scores)
-                ranker = (1.0 / (1.0 + np.exp(-logit))).astype(np.float32)
+                both = self._rank(q, items, np.r_[r_scores, f_scores])  # one ranker call
+                logit, f_logit = both[: len(ids)], both[len(ids) :]
+                ranker = _sigmoid(logit)
         with timer.stage("order"):
             final = ranker if ranker is not None else r_scores
             # Ordered by logit: fused ranker logits reach ~20, where float32 probabilities tie.
             pick = self._order(ids, final if logit is None else logit, k, logit is not None)
+            out_ids, out_final, out_r = ids[pick], final[pick], r_scores[pick]
+            n_fresh = 0
+            if logit is not None and len(f_ids):
+                out_ids, out_final, out_r, n_fresh = self._with_fresh(
+                    out_ids, out_final, out_r, f_ids, f_scores, f_logit
+                )
         versions["item"] = self.catalog.feature_version
         timer.ms["total"] = timer.total()
         return Recommendation(
             user_id=user_id,
-            item_ids=ids[pick],
-            scores=final[pick].astype(np.float32),
-            retrieval_scores=r_scores[pick].astype(np.float32),
-            ranker_scores=None if ranker is None else ranker[pick],
+            item_ids=out_ids,
+            scores=out_final.astype(np.float32),
+            retrieval_scores=out_r.astype(np.float32),
+            ranker_scores=None if ranker is None else out_final.astype(np.float32),
             timings_ms=timer.ms,
             model_version=self.version,
             feature_versions=versions,
             user_source=source,
-            candidates={"retrieved": retrieved, "after_filter": len(ids)},
+            candidates={"retrieved": retrieved, "after_filter": len(ids), "fresh": n_fresh},
             degraded_reasons=degraded,
+        )
+
+    def _fresh_pool(self, qvec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Up to `fresh.pool` fresh items (no interactions in training) for the reserved slots:
+        the newest, nearest first within a year, or the nearest (`FreshConfig.order`); their
+        ids (F,) and retrieval scores (F,)."""
+        cfg = self.config.fresh
+        if not len(self.fresh_ids):
+            return self.fresh_ids, np.zeros(0, np.float32)
+        near = self.fresh_emb @ np.asarray(qvec, np.float32)  # (F,)
+        if cfg.order == "newest":
+            pick = np.lexsort((-near, -np.nan_to_num(self.fresh_year, nan=-1e9)))[: cfg.pool]
+        else:
+            pick = np.argsort(-near, kind="stable")[: cfg.pool]
+        return self.fresh_ids[pick], near[pick].astype(np.float32)
+
+    def _with_fresh(
+        self,
+        ids: np.ndarray,
+        final: np.ndarray,
+        r_scores: np.ndarray,
+        f_ids: np.ndarray,
+        f_scores: np.ndarray,
+        f_logit: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """The ordered list with fresh items in the reserved slots (`FreshConfig`), ordered by
+        the ranker network alone (fused logit minus the retrieval part: a fresh item's
+        retrieval score carries no interaction signal); fresh scores are their fused
+        probabilities. Returns ids, scores, retrieval scores and how many fresh items went in."""
+        from strata.serving import pipeline
+
+        cfg = self.config.fresh
+        rows, _ = self.space.item_rows(f_ids)
+        net = f_logit - self.ranker_score_weight * f_scores
+        valid = np.ones((1, len(f_ids)), bool)
+        by = pipeline.fresh_order(valid, net[None], self.space.t["year"][rows][None], cfg.order)[0]
+        f_ids, f_scores, f_prob = f_ids[by], f_scores[by], _sigmoid(f_logit[by])
+        take = pipeline.interleave_fresh(ids[None], f_ids[None], cfg.start, cfg.every)[0]
+        take = take[take >= 0]
+        k = len(ids)
+        return (
+            np.r_[ids, f_ids][take],
+            np.r_[final, f_prob][take],
+            np.r_[r_scores, f_scores][take],
+            int((take >= k).sum()),
         )
 
     def recommend_many(
@@ -759,6 +828,11 @@ def sampled(scores: np.ndarray, k: int, cfg: DiversityConfig, logits: bool = Fal
 
 
 # --- helpers ------------------------------------------------------------------------------------
+
+
+def _sigmoid(logit: np.ndarray) -> np.ndarray:
+    """Probabilities (float32) from logits, computed in float64."""
+    return (1.0 / (1.0 + np.exp(-np.asarray(logit, np.float64)))).astype(np.float32)
 
 
 def _with_recent(

@@ -111,7 +111,7 @@ def finetune(
     tt, rk = copy.deepcopy(rec.two_tower), copy.deepcopy(rec.ranker)
     fit = data.take(fit_idx)
     snaps = popularity_at(store, dataset, space, ts[fit_idx], int(ts.max()) + 1,
-                          cfg.negative_snapshots)  # fmt: skip
+                          cfg.popularity_snapshots)  # fmt: skip
     fit_two_tower(
         tt, space, fit, cfg, seed, cfg.finetune_epochs, cfg.finetune_lr, freeze_items=True,
         snapshots=snaps,

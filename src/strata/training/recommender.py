@@ -21,7 +21,7 @@ from strata.training.batch import QueryFeatures, RankBatch
 from strata.training.data import FeatureSpace
 
 if TYPE_CHECKING:
-    from strata.config import Settings
+    from strata.config import FreshConfig, Settings
     from strata.models.dcn import DCNRanker
     from strata.models.two_tower import TwoTower
 
@@ -66,6 +66,7 @@ class Recommender:
         user_queries: QueryFeatures,
         seen: PairSetFilter,
         n_candidates: int,
+        fresh: FreshConfig | None = None,
     ) -> None:
         self.path = path
         self.manifest = manifest
@@ -78,6 +79,9 @@ class Recommender:
         self.seen = seen
         self.n_candidates = n_candidates
         self.as_of = int(manifest["data_range"]["until"])
+        self.fresh = fresh
+        # Fresh items: catalog rows without training interactions (unknown id, content only).
+        self.fresh_rows = np.flatnonzero(space.t["item_idx"][1:] == 0).astype(np.int64) + 1
 
     def queries(self, user_ids: np.ndarray) -> QueryFeatures:
         """Query features of users as of the version's cut-off (ValidationError naming unknowns)."""
@@ -127,10 +131,55 @@ class Recommender:
             else:
                 n = max(self.n_candidates, k)
                 top_ids, top_sc = pipeline.order(cands, n)
-                ranked = pipeline.rank(Candidates(top_ids, top_sc), u, _RankerScorer(self, qc))
+                scorer = _RankerScorer(self, qc)
+                ranked = pipeline.rank(Candidates(top_ids, top_sc), u, scorer)
                 ids, sc = pipeline.order(ranked, k)
+                if self.fresh is not None and self.fresh.enabled and len(self.fresh_rows):
+                    ids, sc = self._with_fresh(u, q_emb, ids, sc, seen, scorer)
             out_ids[sl], out_sc[sl] = ids, sc
         return out_ids, out_sc
+
+    def _with_fresh(
+        self,
+        users: np.ndarray,
+        q_emb: np.ndarray,
+        ids: np.ndarray,
+        sc: np.ndarray,
+        seen: PairSetFilter,
+        scorer: _RankerScorer,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The ranked top-k (U, k) with fresh items in the reserved slots (`FreshConfig`): a
+        pool of unseen fresh items (the newest, or the nearest by retrieval score) ordered by
+        `FreshConfig.order` with the ranker network alone (fresh retrieval scores carry no
+        interaction signal, so the fused logit would only add noise); scores stay fused logits."""
+        assert self.fresh is not None
+        cfg, rows = self.fresh, self.fresh_rows
+        f_ids = np.broadcast_to(self.space.item_ids[rows - 1], (len(users), len(rows)))
+        year = np.broadcast_to(self.space.t["year"][rows].astype(np.float64), f_ids.shape)
+        r_sc = q_emb @ self.index.emb[rows - 1].T  # (U, F)
+        drop = seen.seen(users, f_ids)
+        # The pool: the newest (nearest first within a year) or the nearest unseen fresh items.
+        near = np.where(drop, -np.inf, r_sc)
+        if cfg.order == "newest":
+            newest = np.where(drop, -np.inf, np.nan_to_num(year, nan=-1e9))
+            pick = np.lexsort((-near, -newest), axis=-1)[:, : cfg.pool]
+        else:
+            pick = np.argsort(-near, axis=1, kind="stable")[:, : cfg.pool]
+        p_ids = np.where(np.take_along_axis(drop, pick, 1), -1, np.take_along_axis(f_ids, pick, 1))
+        p_sc = np.take_along_axis(r_sc, pick, 1).astype(np.float32)
+        valid = p_ids >= 0
+        fused = scorer.score(users, Candidates(p_ids, p_sc))  # (U, P) logits
+        net = fused - self.ranker.cfg.score_weight * p_sc
+        by = pipeline.fresh_order(valid, net, np.take_along_axis(year, pick, 1), cfg.order)
+        f_best = np.take_along_axis(np.where(valid, p_ids, -1), by, axis=1)
+        f_fused = np.take_along_axis(np.where(valid, fused, -np.inf), by, axis=1)
+        take = pipeline.interleave_fresh(ids, f_best, cfg.start, cfg.every)
+        all_ids = np.concatenate([ids, f_best], axis=1)
+        all_sc = np.concatenate([sc, f_fused.astype(np.float32)], axis=1)
+        empty = take < 0
+        out_ids = np.where(empty, -1, np.take_along_axis(all_ids, np.maximum(take, 0), axis=1))
+        out_sc = np.where(empty, -np.inf, np.take_along_axis(all_sc, np.maximum(take, 0), axis=1))
+        return out_ids, out_sc.astype(np.float32)
 
     def _seen(self, exclude: dict[int, set[int]] | None) -> PairSetFilter:
         if not exclude:
@@ -182,6 +231,7 @@ def load_recommender(settings: Settings, dataset: str, version: str | None = Non
     return Recommender(
         path, manifest, space, tt, rk, emb, queries,
         PairSetFilter(seen["user"], seen["item"]), settings.training.candidates,
+        settings.serve.fresh,
     )  # fmt: skip
 
 

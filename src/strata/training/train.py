@@ -427,7 +427,7 @@ def train_two_tower(
     n_epochs = epochs or cfg.epochs
     t0 = time.perf_counter()
     ts_rows = data.rows["ts"].to_numpy(np.int64)
-    snaps = popularity_at(store, dataset, space, ts_rows, data.cut, cfg.negative_snapshots)
+    snaps = popularity_at(store, dataset, space, ts_rows, data.cut, cfg.popularity_snapshots)
     tt = TwoTower(space.dims(), TwoTowerConfig())
     tt_loss = fit_two_tower(tt, space, rdata, cfg, seed, n_epochs, cfg.lr, snapshots=snaps)
     t_tt = time.perf_counter() - t0
@@ -517,7 +517,7 @@ def train_ranker(
         seen, cfg, rng,
     )  # fmt: skip
     ts_sel = rows["ts"].to_numpy(np.int64)[sel]
-    pop_snaps = popularity_at(store, dataset, space, ts_sel, cut)
+    pop_snaps = popularity_at(store, dataset, space, ts_sel, cut, cfg.popularity_snapshots)
     snap = pop_snaps.at(ts_sel)  # (P,) latest snapshot <= event
     q_cold = embed_queries(tt, mask_query_rows(q_sel, np.ones(len(q_sel), bool)))  # (P, D)
     s_cold = np.einsum("rd,rd->r", q_cold[rd.qi], item_emb[rd.item_rows - 1]).astype(np.float32)
