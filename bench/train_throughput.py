@@ -1,7 +1,10 @@
 """Two-tower and DCN-v2 ranker training throughput (samples/s) on this CPU, synthetic batches.
 
 Usage: .venv/bin/python bench/train_throughput.py [--steps 30] [--threads 2] [--device cpu]
-Prints a table and writes bench/results/train_throughput.json.
+                                                  [--time-groups 1,24] [--content]
+The two-tower runs once per --time-groups value G: its 256 random negatives are embedded as of G
+points in time per batch (training uses up to `training.popularity_snapshots` = 24; 1 = one
+shared copy). Prints a table and writes bench/results/train_throughput.json.
 """
 
 from __future__ import annotations
@@ -22,14 +25,20 @@ def main() -> None:
     from strata.models.dcn import DCNConfig, DCNRanker
     from strata.models.inputs import FeatureDims
     from strata.models.two_tower import TwoTower, TwoTowerConfig
-    from strata.training.batch import synthetic_batches, synthetic_items, synthetic_rank_batches
-    from strata.training.loops import seed_everything, train_ranker, train_two_tower
+    from strata.training.batch import (
+        concat_items,
+        synthetic_batches,
+        synthetic_items,
+        synthetic_rank_batches,
+    )
+    from strata.training.loops import Negatives, seed_everything, train_ranker, train_two_tower
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--content", action="store_true", help="384-d text + 1280-d image inputs")
+    ap.add_argument("--time-groups", default="1,24", help="negative time groups per batch")
     args = ap.parse_args()
     seed_everything(0, args.threads)
     # ML-100K-sized vocabularies; content widths as produced by the encoders when --content.
@@ -38,19 +47,30 @@ def main() -> None:
         text_dim=384 if args.content else 1, image_dim=1280 if args.content else 1,
     )  # fmt: skip
 
-    def negatives(rng: np.random.Generator) -> object:
-        return synthetic_items(dims, rng.integers(1, dims.n_items, 256))
+    def sampler(groups: int) -> object:
+        def negatives(rng: np.random.Generator, b: object) -> Negatives:
+            ids = rng.integers(1, dims.n_items, 256)
+            one = synthetic_items(dims, ids)
+            if groups == 1:
+                return Negatives(one, one.item)
+            # The same items once per time group (training varies popularity/age per group).
+            group = rng.integers(0, groups, len(b))  # type: ignore[arg-type]
+            return Negatives(concat_items([one] * groups), one.item, group)
+
+        return negatives
 
     rows = []
     for bs in (256, 512, 1024):
-        tt = TwoTower(dims, TwoTowerConfig())
         batches = list(synthetic_batches(dims, bs, args.steps + 3, seed=1))
-        kw = {"negatives": negatives, "n_items": dims.n_items, "device": args.device}
-        train_two_tower(tt, lambda e, r, b=batches: b[:3], 1, **kw)  # warm-up
-        t0 = time.perf_counter()
-        train_two_tower(tt, lambda e, r, b=batches: b[3:], 1, p_user=0.15, p_item=0.1, **kw)
-        dt = time.perf_counter() - t0
-        rows.append({"model": "two-tower", "batch": bs, "samples_per_s": bs * args.steps / dt})
+        for g in (int(x) for x in args.time_groups.split(",")):
+            tt = TwoTower(dims, TwoTowerConfig())
+            kw = {"negatives": sampler(g), "n_items": dims.n_items, "device": args.device}
+            train_two_tower(tt, lambda e, r, b=batches: b[:3], 1, **kw)  # warm-up
+            t0 = time.perf_counter()
+            train_two_tower(tt, lambda e, r, b=batches: b[3:], 1, p_user=0.15, p_item=0.1, **kw)
+            dt = time.perf_counter() - t0
+            rows.append({"model": f"two-tower G={g}", "batch": bs,
+                         "samples_per_s": bs * args.steps / dt})  # fmt: skip
 
         rk = DCNRanker(dims, DCNConfig())
         rb = list(synthetic_rank_batches(dims, bs, args.steps + 3, seed=2))

@@ -300,13 +300,15 @@ class FreshConfig(_Strict):
     item; the top `start` positions are never touched. Full pipeline only.
 
     `order`: "newest" = latest release year first, the ranker network (content, metadata and
-    the user's features) choosing within a year; "ranker" = the network alone. "newest" was
-    chosen on a validation split inside the ML-100K training period (README: cold items)."""
+    the user's features) choosing within a year; "ranker" = the network alone; "random" =
+    uniform exploration (unbiased exposure, e.g. to log data a later model learns from).
+    On ML-100K "newest" gives 2.6-5.8x the recall of "random" on three test splits and ties it
+    on the validation split; "ranker" does worse than "random" on three of four (README)."""
 
     enabled: bool = True
     start: int = Field(default=10, ge=0)
     every: int = Field(default=10, ge=1)
-    order: Literal["newest", "ranker"] = "newest"
+    order: Literal["newest", "ranker", "random"] = "newest"
     pool: int = Field(default=100, ge=1)  # fresh items ranked per request (newest / nearest)
 
 

@@ -51,6 +51,11 @@ def test_fresh_order_newest_first_then_network() -> None:
     # 1998 items first (network breaks the tie), then 1990, unknown year last, invalid after.
     assert fresh_order(valid, net, year, "newest")[0].tolist() == [1, 2, 0, 3, 4]
     assert fresh_order(valid, net, year, "ranker")[0].tolist() == [3, 1, 2, 0, 4]
+    # "random": a permutation of the valid slots, invalid last, repeatable from the generator.
+    r = fresh_order(valid, net, year, "random", np.random.default_rng(5))[0]
+    assert sorted(r[:4].tolist()) == [0, 1, 2, 3] and r[4] == 4
+    again = fresh_order(valid, net, year, "random", np.random.default_rng(5))[0]
+    assert again.tolist() == r.tolist()
 
 
 # --- a trained version with never-seen items ---------------------------------------------------

@@ -142,13 +142,20 @@ def fresh_slots(k: int, start: int, every: int) -> np.ndarray:
 
 
 def fresh_order(
-    valid: np.ndarray, net: np.ndarray, year: np.ndarray | None, how: str
+    valid: np.ndarray,
+    net: np.ndarray,
+    year: np.ndarray | None,
+    how: str,
+    rng: np.random.Generator | None = None,
 ) -> np.ndarray:
     """(U, P) column order of fresh candidates, best first, invalid slots last: by the ranker
-    network's logit `net` ("ranker"), or newest release `year` first with `net` breaking ties
-    ("newest"; unknown years after known ones)."""
+    network's logit `net` ("ranker"), newest release `year` first with `net` breaking ties
+    ("newest"; unknown years after known ones), or uniformly at random ("random": unbiased
+    exploration, drawn from `rng`)."""
+    if how == "random":
+        net = (rng or np.random.default_rng()).random(net.shape)
     net = np.where(valid, net, -np.inf)
-    if how == "ranker" or year is None:
+    if how in ("ranker", "random") or year is None:
         return np.argsort(-net, axis=1, kind="stable")
     yr = np.where(valid, np.nan_to_num(year, nan=-1e9), -np.inf)
     return np.lexsort((-net, -yr), axis=-1)

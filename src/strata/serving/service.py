@@ -598,7 +598,8 @@ class RecommendationPipeline:
         rows, _ = self.space.item_rows(f_ids)
         net = f_logit - self.ranker_score_weight * f_scores
         valid = np.ones((1, len(f_ids)), bool)
-        by = pipeline.fresh_order(valid, net[None], self.space.t["year"][rows][None], cfg.order)[0]
+        year = self.space.t["year"][rows][None]
+        by = pipeline.fresh_order(valid, net[None], year, cfg.order)[0]
         f_ids, f_scores, f_prob = f_ids[by], f_scores[by], _sigmoid(f_logit[by])
         take = pipeline.interleave_fresh(ids[None], f_ids[None], cfg.start, cfg.every)[0]
         take = take[take >= 0]

@@ -611,11 +611,12 @@ def run_evaluation(
 def format_table(report: Mapping[str, Any], metrics: Sequence[str] = ()) -> str:
     """A plain-text table: one row per system and slice with the headline metrics."""
     cols = list(metrics) or ["recall@10", "recall@50", "ndcg@10", "coverage@10"]
-    header = f"{'system':<18}{'slice':<12}{'users':>7}" + "".join(f"{c:>13}" for c in cols)
+    w = max([18, *(len(n) + 2 for n in report["systems"])])
+    header = f"{'system':<{w}}{'slice':<12}{'users':>7}" + "".join(f"{c:>13}" for c in cols)
     lines = [header, "-" * len(header)]
     for name, res in report["systems"].items():
         for sl in SLICES:
             m = res["slices"][sl]
             vals = "".join(f"{m[c]:>13.4f}" if c in m else f"{'-':>13}" for c in cols)
-            lines.append(f"{name:<18}{sl:<12}{int(m['n_users']):>7}{vals}")
+            lines.append(f"{name:<{w}}{sl:<12}{int(m['n_users']):>7}{vals}")
     return "\n".join(lines)

@@ -82,6 +82,7 @@ class Recommender:
         self.fresh = fresh
         # Fresh items: catalog rows without training interactions (unknown id, content only).
         self.fresh_rows = np.flatnonzero(space.t["item_idx"][1:] == 0).astype(np.int64) + 1
+        self._fresh_rng = np.random.default_rng(0)  # order "random": repeatable evaluations
 
     def queries(self, user_ids: np.ndarray) -> QueryFeatures:
         """Query features of users as of the version's cut-off (ValidationError naming unknowns)."""
@@ -170,7 +171,8 @@ class Recommender:
         valid = p_ids >= 0
         fused = scorer.score(users, Candidates(p_ids, p_sc))  # (U, P) logits
         net = fused - self.ranker.cfg.score_weight * p_sc
-        by = pipeline.fresh_order(valid, net, np.take_along_axis(year, pick, 1), cfg.order)
+        year_p = np.take_along_axis(year, pick, 1)
+        by = pipeline.fresh_order(valid, net, year_p, cfg.order, self._fresh_rng)
         f_best = np.take_along_axis(np.where(valid, p_ids, -1), by, axis=1)
         f_fused = np.take_along_axis(np.where(valid, fused, -np.inf), by, axis=1)
         take = pipeline.interleave_fresh(ids, f_best, cfg.start, cfg.every)
