@@ -40,10 +40,15 @@ def test_train_beats_baselines_on_warm_users(ml100k_dir: Path, tmp_path: Path) -
     for base in ("popularity", "item-knn", "als"):
         assert best_model > ndcg(base, "warm_users"), base
     # Cold users are served from demographics + context + popularity: within 10% of the
-    # popularity list (measured ~0.99x with the full pipeline), and not one global list.
+    # popularity list (0.97x at these 3 epochs without posters; above it with the defaults,
+    # see README), and not one global list.
     best_cold = max(ndcg("model-full", "cold_users"), ndcg("model-retrieval", "cold_users"))
     assert best_cold > 0.9 * ndcg("popularity", "cold_users")
     assert all(systems[n]["seen_violations"] == 0 for n in systems)
+    # Fresh-item slots put items without training interactions in front of users: the full
+    # pipeline finds held-out interactions with them (0.48 measured), retrieval alone does not.
+    cold_r50 = {n: float(systems[n]["slices"]["cold_items"]["recall@50"]) for n in systems}
+    assert cold_r50["model-full"] > 0.1 and cold_r50["model-full"] > 5 * cold_r50["model-retrieval"]
     rec = load_recommender(s, DATASET, res.version)
     cold_users = np.array(sorted(set(rec.space.user_ids.tolist())
                                  - set(rec.seen.keys >> 32)))[:50]  # fmt: skip
@@ -51,7 +56,7 @@ def test_train_beats_baselines_on_warm_users(ml100k_dir: Path, tmp_path: Path) -
     assert (cold_recs >= 0).all() and len({tuple(r) for r in cold_recs.tolist()}) > 1
     # Items never seen in training get the unknown id, so their vectors come from content and
     # metadata alone: distinct per item, spread like the warm items'. (Whether content then ranks
-    # them well is measured, not asserted: near random recall@50 on this split, see the report.)
+    # them well is measured, not asserted: near random among fresh items, see README.)
     from strata.training.evaluate import temporal_split
     from strata.training.loops import embed_items
 
