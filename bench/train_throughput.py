@@ -26,7 +26,6 @@ def main() -> None:
     from strata.models.inputs import FeatureDims
     from strata.models.two_tower import TwoTower, TwoTowerConfig
     from strata.training.batch import (
-        concat_items,
         synthetic_batches,
         synthetic_items,
         synthetic_rank_batches,
@@ -53,9 +52,10 @@ def main() -> None:
             one = synthetic_items(dims, ids)
             if groups == 1:
                 return Negatives(one, one.item)
-            # The same items once per time group (training varies popularity/age per group).
+            # Numeric features once per time group (training: popularity and age then).
             group = rng.integers(0, groups, len(b))  # type: ignore[arg-type]
-            return Negatives(concat_items([one] * groups), one.item, group)
+            num = np.repeat(one.item_num[None], groups, axis=0)
+            return Negatives(one, one.item, group, num)
 
         return negatives
 

@@ -68,17 +68,21 @@ def test_random_negatives_are_featurised_as_of_each_querys_time() -> None:
     rows = np.random.default_rng(1).integers(1, 4, 6)  # the sampler's draw
     assert neg.group is not None and neg.group.tolist() == [1, 0, 0]
     assert np.array_equal(neg.ids, space.t["item_idx"][rows])
-    assert len(neg.items) == 2 * len(rows)  # the same items, once per time group
+    # Id, metadata and content once; numeric features once per time group.
+    assert np.array_equal(neg.items.item, neg.ids) and np.array_equal(
+        neg.items.text, space.items(rows).text
+    )
+    assert neg.item_num is not None and neg.item_num.shape == (2, 6, space.dims().item_num_dim)
     for k, t in enumerate((t0, t1)):
-        got = neg.items.take(np.arange(k * 6, (k + 1) * 6))
+        got = neg.item_num[k]
         # Popularity is the snapshot's and age is as of its time: never the cut-off's future.
-        assert np.allclose(got.item_num[:, POP_COL], log_count(counts[k, rows]))
-        assert np.allclose(got.item_num, space.items(rows, counts[k, rows], np.full(6, t)).item_num)
+        assert np.allclose(got[:, POP_COL], log_count(counts[k, rows]))
+        assert np.allclose(got, space.items(rows, counts[k, rows], np.full(6, t)).item_num)
     young = rows == 2
     assert young.any()  # the 1998 item: unreleased (age 0) at t0, half a year old at t1
-    assert np.allclose(neg.items.item_num[:6][young, AGE_COL], 0.0)
-    assert np.allclose(neg.items.item_num[6:][young, AGE_COL], np.log1p(0.5), atol=1e-3)
+    assert np.allclose(neg.item_num[0][young, AGE_COL], 0.0)
+    assert np.allclose(neg.item_num[1][young, AGE_COL], np.log1p(0.5), atol=1e-3)
     # Without event times the negatives fall back to the table (as of the cut-off).
     plain = sample(np.random.default_rng(1), RetrievalBatch(q, b.item, b.log_q, b.weight))
-    assert plain.group is None and len(plain.items) == len(plain.ids)
+    assert plain.group is None and plain.item_num is None
     assert np.array_equal(plain.items.item_num, space.items(rows).item_num)

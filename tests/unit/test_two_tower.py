@@ -26,6 +26,24 @@ def test_towers_output_unit_vectors() -> None:
     assert np.allclose(np.linalg.norm(i, axis=1), 1.0, atol=1e-5)
 
 
+def test_item_tower_scores_the_same_items_as_of_several_times_at_once() -> None:
+    seed_everything(0)
+    m = TwoTower(DIMS, TwoTowerConfig(out_dim=8))
+    it = synthetic_items(DIMS, np.random.default_rng(2).integers(1, 60, 5))
+    g = np.random.default_rng(3).normal(size=(3, 5, it.item_num.shape[1])).astype(np.float32)
+    feats = list(it.tensors())
+    feats[2] = torch.from_numpy(g)  # item_num: (G, M, Ni)
+    with torch.no_grad():
+        grouped = m.item_tower(*feats)  # (G, M, D)
+        one_by_one = []
+        for k in range(3):
+            feats[2] = torch.from_numpy(g[k])
+            one_by_one.append(m.item_tower(*feats))
+    assert grouped.shape == (3, 5, 8)
+    assert torch.allclose(grouped, torch.stack(one_by_one), atol=1e-6)
+    assert not torch.allclose(grouped[0], grouped[1])  # the times really differ
+
+
 def test_masked_users_depend_only_on_demographics_and_context() -> None:
     seed_everything(0)
     m = TwoTower(DIMS, TwoTowerConfig(out_dim=8))

@@ -98,18 +98,22 @@ class ItemTower(nn.Module):
         image: torch.Tensor,
         flags: torch.Tensor,
     ) -> torch.Tensor:
-        x = torch.cat(
+        static = torch.cat(
             [
                 self.item(item),  # (B, id_dim)
                 self.genres(genres),  # (B, C)
                 self.text(text),  # (B, C)
                 self.image(image),  # (B, C)
-                item_num,  # (B, Ni)
-                flags,  # (B, 2)
             ],
             dim=-1,
-        )  # (B, in_dim)
-        return F.normalize(self.mlp(x), dim=-1)  # (B, out_dim)
+        )  # (B, S)
+        if item_num.dim() == 3:
+            # (G, B, Ni): the same items as of G points in time (point-in-time negatives); the
+            # id and content projections are computed once and shared by every time.
+            g = item_num.shape[0]
+            static, flags = static.expand(g, *static.shape), flags.expand(g, *flags.shape)
+        x = torch.cat([static, item_num, flags], dim=-1)  # (B, in_dim) or (G, B, in_dim)
+        return F.normalize(self.mlp(x), dim=-1)  # (B, out_dim) or (G, B, out_dim)
 
 
 class TwoTower(nn.Module):

@@ -429,7 +429,20 @@ class FeatureSpace:
         counts and `ts` (N,) event times replace the table's as-of-cut popularity and age
         (point-in-time training rows)."""
         t = self.t
-        num = t["item_num"][rows]
+        return ItemFeatures(
+            item=t["item_idx"][rows],
+            genres=t["genres"][rows],
+            item_num=self.item_num(rows, popularity, ts),
+            text=t["text"][rows],
+            image=t["image"][rows],
+            flags=t["flags"][rows],
+        )
+
+    def item_num(
+        self, rows: np.ndarray, popularity: np.ndarray | None = None, ts: np.ndarray | None = None
+    ) -> np.ndarray:
+        """(N, Ni) numeric item features of `rows`, with `popularity`/`ts` as in `items`."""
+        num = self.t["item_num"][rows]
         if popularity is not None:
             num = num.copy()
             num[:, POP_COL] = log_count(popularity)
@@ -437,14 +450,7 @@ class FeatureSpace:
         if age is not None:
             num = num.copy() if popularity is None else num
             num[:, int(self.meta["age_col"])] = age
-        return ItemFeatures(
-            item=t["item_idx"][rows],
-            genres=t["genres"][rows],
-            item_num=num,
-            text=t["text"][rows],
-            image=t["image"][rows],
-            flags=t["flags"][rows],
-        )
+        return num
 
     def all_items(self) -> ItemFeatures:
         """Item features of every catalog item, in `item_ids` order."""

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from strata import progress
 from strata.training.batch import ItemFeatures, QueryFeatures, RankBatch, RetrievalBatch
-from strata.training.masking import mask_item, mask_query_rows
+from strata.training.masking import mask_item, mask_item_rows, mask_query_rows
+
+#: Position of `item_num` among the item tower's inputs (`ItemFeatures` field order).
+ITEM_NUM = [f.name for f in fields(ItemFeatures)].index("item_num")
 
 if TYPE_CHECKING:
     import torch
@@ -83,17 +86,19 @@ class RetrievalData:
 
 @dataclass(frozen=True)
 class Negatives:
-    """Uniform random negatives of one batch: M items, featurised as of G points in time.
+    """Uniform random negatives of one batch: M items, optionally as of G points in time.
 
-    `items` holds the M items once per time group (group-major, G * M rows); query row b scores
-    them as of time group `group[b]`, so a query sees each negative's popularity and age at its
-    own time rather than at the end of training (which would leak the future into negatives and
-    make every served item look like a training negative). G == 1 needs no `group`.
+    With `item_num` (G, M, Ni) query row b scores the items with their numeric features
+    (popularity, age) as of time group `group[b]`, so a query sees each negative's popularity
+    and age at its own time rather than at the end of training (which would leak the future
+    into negatives and make every served item look like a training negative); `items` then
+    supplies the rest (id, metadata, content), shared by every time.
     """
 
-    items: ItemFeatures  # (G * M,)
+    items: ItemFeatures  # (M,)
     ids: np.ndarray  # (M,) int64 item-embedding ids, for accidental-hit removal
     group: np.ndarray | None = None  # (B,) int64 time group of each query row
+    item_num: np.ndarray | None = None  # (G, M, Ni) float32 numeric features per time group
 
 
 def _adam(params: Iterable[torch.nn.Parameter], lr: float, wd: float) -> torch.optim.Optimizer:
@@ -164,12 +169,18 @@ def train_two_tower(
                 if negatives is not None:
                     ns = negatives(rng, b)
                     neg_ids = torch.from_numpy(ns.ids).to(device)
-                    nf = mask_item(ns.items, p_item, rng, pop_col)
-                    with torch.set_grad_enabled(not freeze_items):
-                        neg = model.item_tower(*nf.tensors(device))  # (G * M, D)
-                    if ns.group is not None:
-                        neg = neg.reshape(-1, len(ns.ids), neg.shape[-1])  # (G, M, D)
+                    hide = rng.random(len(ns.items)) < p_item  # (M,) masked for every time
+                    nf = mask_item_rows(ns.items, hide, pop_col)
+                    feats = list(nf.tensors(device))
+                    if ns.item_num is not None and ns.group is not None:
+                        num = ns.item_num
+                        if pop_col is not None and hide.any():
+                            num = num.copy()
+                            num[:, hide, pop_col] = 0.0
+                        feats[ITEM_NUM] = torch.from_numpy(num).to(device)  # (G, M, Ni)
                         neg_group = torch.from_numpy(ns.group).to(device)
+                    with torch.set_grad_enabled(not freeze_items):
+                        neg = model.item_tower(*feats)  # (M, D) or (G, M, D)
                 loss = sampled_softmax_loss(
                     q,
                     i,

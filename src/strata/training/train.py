@@ -17,7 +17,7 @@ import numpy as np
 
 from strata.errors import ValidationError
 from strata.serving.pipeline import PairSetFilter
-from strata.training.batch import ItemFeatures, QueryFeatures, RankBatch, RetrievalBatch
+from strata.training.batch import QueryFeatures, RankBatch, RetrievalBatch
 from strata.training.data import POP_COL, FeatureSpace, query_features_from_frame
 from strata.training.loops import RetrievalData
 
@@ -240,10 +240,6 @@ class PopularitySnapshots:
         times, which holds no events)."""
         return np.maximum(np.searchsorted(self.times, np.asarray(ts, np.int64), "right") - 1, 0)
 
-    def items(self, space: FeatureSpace, rows: np.ndarray, snap: np.ndarray) -> ItemFeatures:
-        """Item features of item-table `rows` as of snapshots `snap` (popularity and age)."""
-        return space.items(rows, self.counts[snap, rows], self.times[snap])
-
 
 def popularity_at(
     store: OfflineStore,
@@ -325,8 +321,14 @@ def random_negatives(
         if snapshots is None or b.ts is None:
             return Negatives(table.take(rows), ids)
         groups, group = np.unique(snapshots.at(b.ts), return_inverse=True)
-        feats = snapshots.items(space, np.tile(rows, len(groups)), np.repeat(groups, m))
-        return Negatives(feats, ids, group.astype(np.int64).reshape(-1))
+        g = len(groups)
+        snap = np.repeat(groups, m)
+        tiled = np.tile(rows, g)
+        num = space.item_num(tiled, snapshots.counts[snap, tiled], snapshots.times[snap])
+        return Negatives(
+            table.take(rows), ids, group.astype(np.int64).reshape(-1),
+            num.reshape(g, m, -1).astype(np.float32),
+        )  # fmt: skip
 
     return sample
 
