@@ -117,6 +117,21 @@ def test_popularity_known_answer(tiny: RecDataset) -> None:
     assert sl["warm_users"]["ndcg@10"] == pytest.approx(1.0)
 
 
+def test_recent_popularity_counts_only_the_window_before_the_split(tiny: RecDataset) -> None:
+    split = temporal_split(tiny, UNTIL)
+    last = int(split.train["ts"].max())
+    recent_items = set(split.train.loc[split.train["ts"] == last, "item_id"].tolist())
+    trending = PopularityRecommender(split.train, split.item_ids, window_s=1)
+    assert trending.name == "popularity-0d"
+    ids, _ = trending.recommend(np.array([13]), len(recent_items))
+    # A one-second window keeps only the last train timestamp's items; they lead the list.
+    assert set(ids[0].tolist()) == recent_items
+    everything = PopularityRecommender(split.train, split.item_ids, window_s=10**9)
+    alltime = PopularityRecommender(split.train, split.item_ids)
+    assert np.array_equal(everything.recommend(np.array([13]), 5)[0], alltime.recommend(
+        np.array([13]), 5)[0])  # fmt: skip
+
+
 def test_item_knn_follows_co_occurrence(tiny: RecDataset) -> None:
     split = temporal_split(tiny, UNTIL)
     knn = ItemKNNRecommender(split.train, split.item_ids)
@@ -164,7 +179,7 @@ def test_baselines_on_ml100k(ml100k: RecDataset, tmp_path: Path) -> None:
     systems = fit_baselines(split, seed=0)
     report = evaluate(split, systems, ks=(10, 50))
     n_items = len(split.item_ids)
-    for name in ("popularity", "item-knn", "als"):
+    for name in ("popularity", "popularity-30d", "item-knn", "als"):
         res = report["systems"][name]
         assert res["seen_violations"] == 0
         # Far better than a random list (expected recall@50 = 50 / n_items).

@@ -11,7 +11,9 @@ the held-out interactions:
 - cold_items: held-out interactions with items that have no interactions before the split
   (recall of exactly those, per user), which only content features can find.
 
-Baselines: popularity, item-KNN (cosine over the binary train matrix) and ALS from `implicit`.
+Baselines: popularity (all-time, and over the last 30 days before the split: the window of the
+models' item popularity feature), item-KNN (cosine over the binary train matrix) and ALS from
+`implicit`.
 Users without history get the popularity list from every baseline (the usual fallback).
 """
 
@@ -250,12 +252,26 @@ class _TrainMatrix:
 
 
 class PopularityRecommender:
-    """Most-interacted items before the split, minus what each user has already seen."""
+    """Most-interacted items before the split, minus what each user has already seen.
+
+    With `window_s`, only interactions in the last `window_s` seconds before the split count
+    ("trending"; all-time popularity breaks ties), the window of the item popularity feature
+    (`item_n_events`) the models get.
+    """
 
     name = "popularity"
 
-    def __init__(self, train: pd.DataFrame, item_ids: np.ndarray) -> None:
+    def __init__(
+        self, train: pd.DataFrame, item_ids: np.ndarray, window_s: int | None = None
+    ) -> None:
         self.data = _TrainMatrix(train, item_ids)
+        self.scores = self.data.popularity
+        if window_s is not None:
+            self.name = f"popularity-{window_s // 86400}d"
+            ts = train["ts"].to_numpy(np.int64)
+            recent = train[ts >= (ts.max() + 1 - window_s if len(ts) else 0)]
+            # All-time popularity lies in [0, 1): scaled down it only orders recent ties.
+            self.scores = _TrainMatrix(recent, item_ids).popularity + 1e-3 * self.data.popularity
 
     def recommend(
         self,
@@ -266,7 +282,7 @@ class PopularityRecommender:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k popular items per user (`stage` is ignored: one stage)."""
         users = np.asarray(user_ids, dtype=np.int64)
-        scores = np.broadcast_to(self.data.popularity, (len(users), len(self.data.item_ids)))
+        scores = np.broadcast_to(self.scores, (len(users), len(self.data.item_ids)))
         return self.data.top_k(scores, users, k, exclude)
 
 
@@ -375,10 +391,14 @@ class ALSRecommender:
 
 
 def fit_baselines(split: TemporalSplit, seed: int = 0) -> list[System]:
-    """Popularity, item-KNN and ALS fitted on the train side of `split`."""
+    """Popularity (all-time and over the popularity feature's window), item-KNN and ALS fitted
+    on the train side of `split`."""
+    from strata.features.schema import DEFAULT_ITEM_WINDOW_S
+
     systems = []
     for make in (
         lambda: PopularityRecommender(split.train, split.item_ids),
+        lambda: PopularityRecommender(split.train, split.item_ids, DEFAULT_ITEM_WINDOW_S),
         lambda: ItemKNNRecommender(split.train, split.item_ids),
         lambda: ALSRecommender(split.train, split.item_ids, seed=seed),
     ):
