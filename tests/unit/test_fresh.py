@@ -12,7 +12,7 @@ import pytest
 
 from strata.config import FreshConfig, ServeConfig, Settings
 from strata.features.online.memory import MemoryOnlineStore
-from strata.serving.pipeline import fresh_order, fresh_slots, interleave_fresh
+from strata.serving.pipeline import fresh_order, fresh_pool, fresh_slots, interleave_fresh
 from strata.serving.service import OnlineLink, RecommendationPipeline
 
 from .tiny_world import fast_settings, tiny_dataset
@@ -56,6 +56,15 @@ def test_fresh_order_newest_first_then_network() -> None:
     assert sorted(r[:4].tolist()) == [0, 1, 2, 3] and r[4] == 4
     again = fresh_order(valid, net, year, "random", np.random.default_rng(5))[0]
     assert again.tolist() == r.tolist()
+
+
+def test_fresh_pool_takes_newest_or_nearest_and_puts_seen_last() -> None:
+    near = np.array([[0.9, 0.1, 0.5, 0.7]])
+    year = np.array([[1990.0, 2001.0, 2001.0, np.nan]])
+    seen = np.array([[False, False, False, True]])
+    # Newest first (2001: nearer first), then 1990; the seen item last.
+    assert fresh_pool(near, year, seen, "newest", 4)[0].tolist() == [2, 1, 0, 3]
+    assert fresh_pool(near, year, seen, "ranker", 2)[0].tolist() == [0, 2]
 
 
 # --- a trained version with never-seen items ---------------------------------------------------

@@ -141,6 +141,19 @@ def fresh_slots(k: int, start: int, every: int) -> np.ndarray:
     return np.arange(start, k, every, dtype=np.int64) if start < k else np.zeros(0, np.int64)
 
 
+def fresh_pool(
+    near: np.ndarray, year: np.ndarray, drop: np.ndarray, how: str, size: int
+) -> np.ndarray:
+    """(U, size) columns of the fresh items worth ranking per user, dropped ones (seen) last:
+    the newest, nearest (retrieval score `near`) first within a year, for "newest"; else the
+    nearest."""
+    near = np.where(drop, -np.inf, near)
+    if how == "newest":
+        newest = np.where(drop, -np.inf, np.nan_to_num(year, nan=-1e9))
+        return np.lexsort((-near, -newest), axis=-1)[:, :size]
+    return np.argsort(-near, axis=1, kind="stable")[:, :size]
+
+
 def fresh_order(
     valid: np.ndarray,
     net: np.ndarray,

@@ -569,14 +569,14 @@ class RecommendationPipeline:
         """Up to `fresh.pool` fresh items (no interactions in training) for the reserved slots:
         the newest, nearest first within a year, or the nearest (`FreshConfig.order`); their
         ids (F,) and retrieval scores (F,)."""
+        from strata.serving import pipeline
+
         cfg = self.config.fresh
         if not len(self.fresh_ids):
             return self.fresh_ids, np.zeros(0, np.float32)
         near = self.fresh_emb @ np.asarray(qvec, np.float32)  # (F,)
-        if cfg.order == "newest":
-            pick = np.lexsort((-near, -np.nan_to_num(self.fresh_year, nan=-1e9)))[: cfg.pool]
-        else:
-            pick = np.argsort(-near, kind="stable")[: cfg.pool]
+        none = np.zeros((1, len(near)), bool)  # seen items are filtered with the candidates
+        pick = pipeline.fresh_pool(near[None], self.fresh_year[None], none, cfg.order, cfg.pool)[0]
         return self.fresh_ids[pick], near[pick].astype(np.float32)
 
     def _with_fresh(

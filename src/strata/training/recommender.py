@@ -159,13 +159,7 @@ class Recommender:
         year = np.broadcast_to(self.space.t["year"][rows].astype(np.float64), f_ids.shape)
         r_sc = q_emb @ self.index.emb[rows - 1].T  # (U, F)
         drop = seen.seen(users, f_ids)
-        # The pool: the newest (nearest first within a year) or the nearest unseen fresh items.
-        near = np.where(drop, -np.inf, r_sc)
-        if cfg.order == "newest":
-            newest = np.where(drop, -np.inf, np.nan_to_num(year, nan=-1e9))
-            pick = np.lexsort((-near, -newest), axis=-1)[:, : cfg.pool]
-        else:
-            pick = np.argsort(-near, axis=1, kind="stable")[:, : cfg.pool]
+        pick = pipeline.fresh_pool(r_sc, year, drop, cfg.order, cfg.pool)
         p_ids = np.where(np.take_along_axis(drop, pick, 1), -1, np.take_along_axis(f_ids, pick, 1))
         p_sc = np.take_along_axis(r_sc, pick, 1).astype(np.float32)
         valid = p_ids >= 0
