@@ -135,7 +135,8 @@ class Recommender:
                 scorer = _RankerScorer(self, qc)
                 ranked = pipeline.rank(Candidates(top_ids, top_sc), u, scorer)
                 ids, sc = pipeline.order(ranked, k)
-                if self.fresh is not None and self.fresh.enabled and len(self.fresh_rows):
+                fresh = self.fresh
+                if fresh is not None and fresh.enabled and k > fresh.start and len(self.fresh_rows):
                     ids, sc = self._with_fresh(u, q_emb, ids, sc, seen, scorer)
             out_ids[sl], out_sc[sl] = ids, sc
         return out_ids, out_sc

@@ -428,8 +428,8 @@ def train_two_tower(
     rdata = retrieval_data(space, data.rows)
     n_epochs = epochs or cfg.epochs
     t0 = time.perf_counter()
-    ts_rows = data.rows["ts"].to_numpy(np.int64)
-    snaps = popularity_at(store, dataset, space, ts_rows, data.cut, cfg.popularity_snapshots)
+    assert rdata.ts is not None  # retrieval_data always carries the event times
+    snaps = popularity_at(store, dataset, space, rdata.ts, data.cut, cfg.popularity_snapshots)
     tt = TwoTower(space.dims(), TwoTowerConfig())
     tt_loss = fit_two_tower(tt, space, rdata, cfg, seed, n_epochs, cfg.lr, snapshots=snaps)
     t_tt = time.perf_counter() - t0
