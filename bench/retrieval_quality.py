@@ -52,6 +52,12 @@ def main() -> int:
     ap.add_argument("--seeds", default=None, help="comma list of training seeds (default: one)")
     ap.add_argument("--home", type=Path, default=None, help="STRATA_HOME (default: a temp dir)")
     ap.add_argument("--no-train", action="store_true", help="evaluate what is already there")
+    ap.add_argument(
+        "--prior-weights",
+        default=None,
+        help="comma list: also the full pipeline with these popularity-prior weights "
+        "(training.ranker_popularity_prior, applied to the same trained version)",
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = ap.parse_args()
 
@@ -92,13 +98,14 @@ def main() -> int:
             encode_and_store(settings, args.dataset, images=images, path=path)
         timings["ingest_encode_s"] = time.perf_counter() - t0
     seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else [settings.seed]
+    priors = [float(x) for x in args.prior_weights.split(",")] if args.prior_weights else []
     runs = []
     for seed in seeds:
         run_settings = settings.model_copy(update={"seed": seed})
         for kind, until in cuts:
             t0 = time.perf_counter()
             report = run_split(
-                run_settings, args.dataset, ds, until, images, kind, not args.no_train
+                run_settings, args.dataset, ds, until, images, kind, not args.no_train, priors
             )
             report["timings"] = {**timings, "split_s": time.perf_counter() - t0}
             report["seed"] = seed
@@ -120,10 +127,19 @@ def main() -> int:
 
 
 def run_split(
-    settings: Any, dataset: str, ds: Any, cut: int, images: Path | None, kind: str, fit: bool
+    settings: Any,
+    dataset: str,
+    ds: Any,
+    cut: int,
+    images: Path | None,
+    kind: str,
+    fit: bool,
+    priors: list[float],
 ) -> dict[str, Any]:
     """Train (if `fit`) and evaluate one split. "test": split `ds` at `cut`; "validation":
-    keep only events before `cut` and split those at their own 80% quantile."""
+    keep only events before `cut` and split those at their own 80% quantile. Each of `priors`
+    adds the full pipeline with that popularity-prior weight (the ranker's eval-mode log-prior
+    swapped on the loaded version: no retraining)."""
     from strata.config import FreshConfig
     from strata.datasets.base import RecDataset
     from strata.training.evaluate import (
@@ -170,6 +186,13 @@ def run_split(
             serve = settings.serve.model_copy(update={"fresh": fresh})
             rec = load_recommender(settings.model_copy(update={"serve": serve}), name)
             systems.append(System(f"model-full-{label}", rec, "full"))
+        from strata.training.data import LOG_COUNT_SCALE, POP_COL
+
+        for w in priors:
+            rec = load_recommender(settings, name)
+            update = {"prior_weight": w * LOG_COUNT_SCALE, "prior_col": POP_COL}
+            rec.ranker.cfg = rec.ranker.cfg.model_copy(update=update)
+            systems.append(System(f"model-full-prior-{w:g}", rec, "full"))
     systems += fit_baselines(split, seed=settings.seed)
     report = evaluate(split, systems, show_progress=True)
     report["dataset"] = name

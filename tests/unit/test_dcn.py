@@ -50,3 +50,30 @@ def test_fusion_adds_retrieval_logit_only_when_scoring() -> None:
     fused.eval()  # scoring/export/serving: network logit + weight * retrieval score
     want = plain(*rank_inputs(b)).detach().numpy() + 20.0 * b.retrieval_score
     assert np.allclose(fused(*rank_inputs(b)).detach().numpy(), want, atol=1e-5)
+
+
+def test_popularity_prior_adds_item_column_only_when_scoring() -> None:
+    seed_everything(0)
+    b = next(synthetic_rank_batches(DIMS, 16, 1))
+    col = 1
+    plain = DCNRanker(DIMS, DCNConfig(score_weight=3.0))
+    prior = DCNRanker(DIMS, DCNConfig(score_weight=3.0, prior_weight=7.5, prior_col=col))
+    prior.load_state_dict(plain.state_dict())
+    plain.train()
+    prior.train()  # the network is fitted without the prior
+    assert np.allclose(prior(*rank_inputs(b)).detach(), plain(*rank_inputs(b)).detach())
+    plain.eval()
+    prior.eval()
+    want = plain(*rank_inputs(b)).detach().numpy() + 7.5 * b.item.item_num[:, col]
+    assert np.allclose(prior(*rank_inputs(b)).detach().numpy(), want, atol=1e-5)
+    # The prior reorders items by that column alone: a large weight sorts by it.
+    strong = DCNRanker(DIMS, DCNConfig(prior_weight=1e4, prior_col=col))
+    strong.load_state_dict(plain.state_dict())
+    strong.eval()
+    order = np.argsort(-strong(*rank_inputs(b)).detach().numpy())
+    assert (np.diff(b.item.item_num[order, col]) <= 1e-3).all()
+
+
+def test_popularity_prior_column_must_exist() -> None:
+    with pytest.raises(ValueError, match="prior_col"):
+        DCNRanker(DIMS, DCNConfig(prior_weight=1.0, prior_col=DIMS.item_num_dim))

@@ -43,17 +43,38 @@ def test_query_tower_onnx_matches_torch_and_has_dynamic_batch(tmp_path: Path) ->
     assert got[0].shape == (3, 16) and np.abs(got[0] - want).max() <= 1e-4
 
 
-def test_ranker_onnx_matches_torch(tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    ranker = DCNRanker(DIMS, DCNConfig())
+def _rank_batch() -> RankBatch:
     rng = np.random.default_rng(1)
-    b = RankBatch(
+    return RankBatch(
         synthetic_queries(DIMS, 8, rng),
         synthetic_items(DIMS, rng.integers(0, 30, 8)),
         rng.normal(size=8).astype(np.float32),
         np.zeros(8, np.float32),
     )
+
+
+def test_ranker_onnx_matches_torch(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    ranker = DCNRanker(DIMS, DCNConfig())
+    b = _rank_batch()
     assert export_onnx(ranker, rank_inputs(b), RANKER_INPUTS, tmp_path / "r.onnx", "logit") <= 1e-4
+
+
+def test_ranker_onnx_carries_fusion_and_popularity_prior(tmp_path: Path) -> None:
+    """The served graph holds all three experts: network + retrieval logit + log-prior."""
+    torch.manual_seed(0)
+    cfg = DCNConfig(score_weight=20.0, prior_weight=40.0, prior_col=1)
+    ranker, plain = DCNRanker(DIMS, cfg), DCNRanker(DIMS, DCNConfig())
+    plain.load_state_dict(ranker.state_dict())
+    b = _rank_batch()
+    path = tmp_path / "r.onnx"
+    assert export_onnx(ranker, rank_inputs(b), RANKER_INPUTS, path, "logit") <= 1e-4
+    feeds = {n: t.numpy() for n, t in zip(RANKER_INPUTS, rank_inputs(b), strict=True)}
+    got = ort.InferenceSession(str(path)).run(None, feeds)[0]
+    with torch.no_grad():
+        net = plain.eval()(*rank_inputs(b)).numpy()
+    want = net + 20.0 * b.retrieval_score + 40.0 * b.item.item_num[:, 1]
+    assert np.abs(got - want).max() <= 1e-3
 
 
 def test_weights_roundtrip_and_missing_file(tmp_path: Path) -> None:

@@ -29,6 +29,10 @@ class DCNConfig(BaseModel):
     # set to 1 / temperature), a product of the two experts; training fits the network alone.
     # 0 = the network's logit only.
     score_weight: float = Field(default=0.0, ge=0.0)
+    # A third expert, also eval mode only: `prior_weight * item_num[:, prior_col]`, the item's
+    # trailing popularity (log events in the feature window) as a log-prior; 0 = off.
+    prior_weight: float = Field(default=0.0, ge=0.0)
+    prior_col: int = Field(default=0, ge=0)
 
 
 class DCNRanker(nn.Module):
@@ -38,10 +42,15 @@ class DCNRanker(nn.Module):
     two-tower saw every training positive, so its scores on them are inflated and a ranker that
     learns to lean on (or correct) them fails to transfer to served candidates; fitted apart
     and added in log-odds, each model keeps what it learned (measured on ML-100K: README).
+    `DCNConfig.prior_weight` adds the item's recent popularity the same way: neither model
+    extrapolates the popularity at the cut-off (a trend the training events never saw) as
+    strongly as new users and new interests follow it.
     """
 
     def __init__(self, dims: FeatureDims, cfg: DCNConfig) -> None:
         super().__init__()
+        if cfg.prior_weight and cfg.prior_col >= dims.item_num_dim:
+            raise ValueError(f"prior_col {cfg.prior_col} outside item_num ({dims.item_num_dim})")
         self.dims = dims
         self.cfg = cfg
         s, d, c = cfg.small_dim, cfg.id_dim, cfg.content_dim
@@ -117,4 +126,6 @@ class DCNRanker(nn.Module):
         out = self.head(z).squeeze(-1)  # (B,)
         if self.cfg.score_weight and not self.training:
             out = out + self.cfg.score_weight * retrieval_score  # (B,)
+        if self.cfg.prior_weight and not self.training:
+            out = out + self.cfg.prior_weight * item_num[:, self.cfg.prior_col]  # (B,)
         return out

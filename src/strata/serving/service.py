@@ -589,9 +589,10 @@ class RecommendationPipeline:
         f_logit: np.ndarray,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
         """The ordered list with fresh items in the reserved slots (`FreshConfig`), ordered by
-        the ranker network alone (fused logit minus the retrieval part: a fresh item's
-        retrieval score carries no interaction signal); fresh scores are their fused
-        probabilities. Returns ids, scores, retrieval scores and how many fresh items went in."""
+        the ranker without its retrieval part (fused logit minus it: a fresh item's retrieval
+        score carries no interaction signal; the popularity prior stays, so a fresh item that
+        is picking up events comes first); fresh scores are their fused probabilities. Returns
+        ids, scores, retrieval scores and how many fresh items went in."""
         from strata.serving import pipeline
 
         cfg = self.config.fresh

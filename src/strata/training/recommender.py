@@ -152,8 +152,9 @@ class Recommender:
     ) -> tuple[np.ndarray, np.ndarray]:
         """The ranked top-k (U, k) with fresh items in the reserved slots (`FreshConfig`): a
         pool of unseen fresh items (the newest, or the nearest by retrieval score) ordered by
-        `FreshConfig.order` with the ranker network alone (fresh retrieval scores carry no
-        interaction signal, so the fused logit would only add noise); scores stay fused logits."""
+        `FreshConfig.order` with the ranker minus its retrieval part (fresh retrieval scores
+        carry no interaction signal, so they would only add noise; the popularity prior is
+        zero for them as of the cut-off); scores stay fused logits."""
         assert self.fresh is not None
         cfg, rows = self.fresh, self.fresh_rows
         f_ids = np.broadcast_to(self.space.item_ids[rows - 1], (len(users), len(rows)))

@@ -18,7 +18,7 @@ import numpy as np
 from strata.errors import ValidationError
 from strata.serving.pipeline import PairSetFilter
 from strata.training.batch import QueryFeatures, RankBatch, RetrievalBatch
-from strata.training.data import POP_COL, FeatureSpace, query_features_from_frame
+from strata.training.data import LOG_COUNT_SCALE, POP_COL, FeatureSpace, query_features_from_frame
 from strata.training.loops import RetrievalData
 
 if TYPE_CHECKING:
@@ -531,7 +531,11 @@ def train_ranker(
     val_mask = held[rd.qi]
     # Fused with the retrieval logit (score / temperature) when scoring: DCNConfig.score_weight.
     w_score = 1.0 / float(tt.temperature) if cfg.ranker_fusion else 0.0
-    ranker = DCNRanker(dims, DCNConfig(score_weight=w_score))
+    # ... and with the item's trailing popularity as a log-prior: DCNConfig.prior_weight.
+    w_prior = cfg.ranker_popularity_prior * LOG_COUNT_SCALE  # item_num holds log1p(n) / scale
+    ranker = DCNRanker(
+        dims, DCNConfig(score_weight=w_score, prior_weight=w_prior, prior_col=POP_COL)
+    )
     t0 = time.perf_counter()
     rk_loss = fit_ranker(
         ranker, space, rd.subset(~val_mask), cfg, seed, cfg.ranker_epochs, cfg.ranker_lr
@@ -540,8 +544,8 @@ def train_ranker(
     val = rd.subset(val_mask)
     val_batch = val.batch(space, np.arange(len(val)))
     p_val = score_ranker(ranker, val_batch)
-    # The network alone (no fusion with the retrieval logit), for comparison.
-    net = DCNRanker(dims, ranker.cfg.model_copy(update={"score_weight": 0.0}))
+    # The network alone (no fusion with the retrieval logit nor the prior), for comparison.
+    net = DCNRanker(dims, ranker.cfg.model_copy(update={"score_weight": 0.0, "prior_weight": 0.0}))
     net.load_state_dict(ranker.state_dict())
     net.eval()
     metrics: dict[str, float] = {
