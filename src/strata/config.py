@@ -210,7 +210,10 @@ class TrainingConfig(_Strict):
     # users follow. 1.0 (full correction) chosen on a validation split inside the ML-100K
     # training period once negatives were point in time (1.5 before); None = logq_weight
     logq_weight_cold: float | None = Field(default=1.0, ge=0.0, le=2.0)
-    mask_item_popularity: bool = True  # a masked item id also hides its popularity (new items)
+    # True: a masked item id also hides the item's popularity (a new item as of the cut-off).
+    # False (chosen on the validation split: all three slices up): masked rows keep it, as a
+    # served new item does once events arrive (serving reads live popularity)
+    mask_item_popularity: bool = False
     ranker_epochs: int = Field(default=2, ge=1)
     # served ranker logit + retrieval logit (late fusion, DCNConfig.score_weight)
     ranker_fusion: bool = True

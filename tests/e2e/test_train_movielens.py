@@ -35,18 +35,15 @@ def test_train_beats_baselines_on_warm_users(ml100k_dir: Path, tmp_path: Path) -
     def ndcg(name: str, sl: str) -> float:
         return float(systems[name]["slices"][sl]["ndcg@10"])
 
-    # Warm users: the model beats every baseline at NDCG@10 (the full pipeline or retrieval).
-    best_model = max(ndcg("model-full", "warm_users"), ndcg("model-retrieval", "warm_users"))
+    # The aims at NDCG@10: the full pipeline beats every baseline on warm users (0.232
+    # vs ALS 0.166 measured at these 3 epochs without posters) and popularity on cold users
+    # (0.518 vs 0.451: the popularity prior, DCNConfig.prior_weight), not with one global list.
     for base in ("popularity", "item-knn", "als"):
-        assert best_model > ndcg(base, "warm_users"), base
-    # Cold users are served from demographics + context + popularity: within 10% of the
-    # popularity list (0.97x at these 3 epochs without posters; above it with the defaults,
-    # see README), and not one global list.
-    best_cold = max(ndcg("model-full", "cold_users"), ndcg("model-retrieval", "cold_users"))
-    assert best_cold > 0.9 * ndcg("popularity", "cold_users")
+        assert ndcg("model-full", "warm_users") > ndcg(base, "warm_users"), base
+    assert ndcg("model-full", "cold_users") > ndcg("popularity", "cold_users")
     assert all(systems[n]["seen_violations"] == 0 for n in systems)
     # Fresh-item slots put items without training interactions in front of users: the full
-    # pipeline finds held-out interactions with them (0.48 measured), retrieval alone does not.
+    # pipeline finds held-out interactions with them (0.47 measured), retrieval alone does not.
     cold_r50 = {n: float(systems[n]["slices"]["cold_items"]["recall@50"]) for n in systems}
     assert cold_r50["model-full"] > 0.1 and cold_r50["model-full"] > 5 * cold_r50["model-retrieval"]
     rec = load_recommender(s, DATASET, res.version)
