@@ -1,7 +1,8 @@
 """Retrieval quality on MovieLens-100K: the trained pipeline against baselines, temporal splits.
 
     .venv/bin/python bench/retrieval_quality.py                     # train at the split, evaluate
-    .venv/bin/python bench/retrieval_quality.py --quantiles 0.7,0.8,0.9 --validation --seeds 0,1,2
+    .venv/bin/python bench/retrieval_quality.py --quantiles 0.7,0.8,0.9 --validation --seeds 0,1,2 \
+        --prior-weights 0,4,16
     .venv/bin/python bench/retrieval_quality.py --no-train          # baselines (+ existing model)
     .venv/bin/python bench/retrieval_quality.py --until 889237269 --home /tmp/strata-bench
 
@@ -15,6 +16,8 @@ sliced into warm users, cold users and cold items.
 80% split, themselves split at their own 80% quantile (the test side is never read).
 `--seeds` repeats every split with other training seeds (the summary gives the mean and half
 the range: on ML-100K one seed moves a slice's NDCG@10 by up to +-0.03).
+`--prior-weights 0,4,16` adds the full pipeline with other popularity-prior weights
+(`training.ranker_popularity_prior`) on the same trained versions: how the default was chosen.
 Prints a table per split and a summary, and writes bench/results/retrieval_quality.json (the
 harness reports + PNGs go to `<home>/reports/<dataset>/eval-<until>/`).
 """

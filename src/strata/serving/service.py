@@ -420,7 +420,7 @@ class RecommendationPipeline:
         self.link = link
         self.catalog = CatalogCache(space, link)
         # Fresh items (no training interactions: unknown id) and their content-only embeddings.
-        rows = np.flatnonzero(space.t["item_idx"][1:] == 0).astype(np.int64) + 1
+        rows = space.fresh_rows()
         self.fresh_ids = space.item_ids[rows - 1]
         self.fresh_year = space.t["year"][rows].astype(np.float64)
         self.fresh_emb = np.zeros((len(rows), 0), np.float32)

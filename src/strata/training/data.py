@@ -452,6 +452,11 @@ class FeatureSpace:
             num[:, int(self.meta["age_col"])] = age
         return num
 
+    def fresh_rows(self) -> np.ndarray:
+        """(F,) item-table rows of catalog items without training interactions (unknown id:
+        their features are content and metadata only)."""
+        return np.flatnonzero(self.t["item_idx"][1:] == 0).astype(np.int64) + 1
+
     def all_items(self) -> ItemFeatures:
         """Item features of every catalog item, in `item_ids` order."""
         return self.items(np.arange(1, len(self.meta["item_ids"]) + 1))

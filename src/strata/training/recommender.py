@@ -80,8 +80,7 @@ class Recommender:
         self.n_candidates = n_candidates
         self.as_of = int(manifest["data_range"]["until"])
         self.fresh = fresh
-        # Fresh items: catalog rows without training interactions (unknown id, content only).
-        self.fresh_rows = np.flatnonzero(space.t["item_idx"][1:] == 0).astype(np.int64) + 1
+        self.fresh_rows = space.fresh_rows()  # catalog rows without training interactions
         self._fresh_rng = np.random.default_rng(0)  # order "random": repeatable evaluations
 
     def queries(self, user_ids: np.ndarray) -> QueryFeatures:
