@@ -55,8 +55,8 @@ class ValkeyOnlineConfig(_Strict):
     timeout_ms: int = Field(default=50, ge=1)
     bulk_timeout_ms: int = Field(default=10_000, ge=1)
     ttl_s: int | None = Field(default=None, ge=1)
-    # Standalone servers read many rows with one multi-key Lua call; a cluster needs per-key
-    # pipelined HMGETs instead (each entity's keys share a slot through their hash tag).
+    # Standalone servers read many rows with one multi-key MGET; a cluster needs a pipeline of
+    # per-key GETs instead (MGET cannot span slots; one entity's keys share a slot).
     cluster: bool = False
 
 
@@ -319,6 +319,18 @@ class FreshConfig(_Strict):
     pool: int = Field(default=100, ge=1)  # fresh items ranked per request (newest / nearest)
 
 
+class GcConfig(_Strict):
+    """Garbage-collector policy of a serving process (`strata.serving.pauses`): freeze what is
+    loaded at start-up and on reload out of every collection, and collect young objects less
+    often than CPython's default (700, 10, 10) so one request does not pay several collections.
+    Chosen with `bench/serve_load.py` (README, "Tail latency")."""
+
+    freeze: bool = True
+    threshold0: int = Field(default=10_000, ge=0)  # 0 disables automatic collection
+    threshold1: int = Field(default=20, ge=1)
+    threshold2: int = Field(default=20, ge=1)
+
+
 class ServeConfig(_Strict):
     """`strata serve`: HTTP bind, request limits, admin token, store timeouts and backoff."""
 
@@ -336,6 +348,9 @@ class ServeConfig(_Strict):
     store_backoff_min_s: float = Field(default=0.05, gt=0.0)
     store_backoff_max_s: float = Field(default=0.5, gt=0.0)
     catalog_refresh_s: float = Field(default=2.0, gt=0.0)  # item feature-version poll period
+    # Where /recommend runs: on the event loop ("inline"), in the threadpool ("thread"), or
+    # "auto": inline with in-process inference (ONNX Runtime), threads with a remote server.
+    dispatch: Literal["auto", "inline", "thread"] = "auto"
     diversity: DiversityConfig = DiversityConfig()
     fresh: FreshConfig = FreshConfig()
 
@@ -392,6 +407,7 @@ class Settings(BaseSettings):
     triton_export: TritonExportConfig = TritonExportConfig()
     pipelines: PipelinesConfig = PipelinesConfig()
     serve: ServeConfig = ServeConfig()
+    gc: GcConfig = GcConfig()
     seed: int = 42
 
     @property

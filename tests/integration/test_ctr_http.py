@@ -362,3 +362,19 @@ def test_install_ctr_into_an_existing_app(healthy: Settings, tmp_path: Path) -> 
     with _Server(empty, _host_app(empty, CollectorRegistry(), [])) as url:
         r = httpx.get(url + "/ctr/status", timeout=30)
         assert r.status_code == 503 and "strata ctr train" in r.json()["detail"]
+
+
+def test_standalone_server_freezes_the_loaded_model_and_exports_gc_pauses(
+    healthy: Settings,
+) -> None:
+    import gc
+
+    app = create_ctr_app(healthy)
+    with _Server(healthy, app) as url, httpx.Client(base_url=url, timeout=30) as c:
+        served = app.state.ctr.service.served
+        cfg = healthy.gc
+        assert gc.get_threshold() == (cfg.threshold0, cfg.threshold1, cfg.threshold2)
+        assert gc.is_tracked(served) and gc.get_freeze_count() > 10_000
+        assert id(served) not in {id(o) for o in gc.get_objects()}  # frozen, never walked
+        text = c.get("/metrics").text
+        assert _metric(text, "strata_gc_pause_seconds_count", 'generation="2"') >= 1

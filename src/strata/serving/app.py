@@ -48,8 +48,10 @@ from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from starlette.concurrency import run_in_threadpool
 
 from strata.errors import NotFoundError, StoreUnavailableError, StrataError, ValidationError
+from strata.serving import pauses
 from strata.serving.service import STAGES, OnlineLink, Recommendation, RecommendationPipeline
 
 if TYPE_CHECKING:
@@ -199,17 +201,26 @@ class ServingState:
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     started: float = field(default_factory=time.time)
 
+    @property
+    def inline(self) -> bool:
+        """Whether /recommend runs on the event loop (see `_serve_recommend`)."""
+        mode = self.settings.serve.dispatch
+        if mode == "auto":
+            return self.settings.inference.type == "onnxruntime"
+        return mode == "inline"
 
-def _state(request: Request) -> ServingState:
+
+async def _state(request: Request) -> ServingState:
     state: ServingState | None = getattr(request.app.state, "serving", None)
     if state is None:
         raise StoreUnavailableError("the service is starting or stopping")
     return state
 
 
-def _pipeline(request: Request) -> RecommendationPipeline:
+async def _pipeline(request: Request) -> RecommendationPipeline:
     # Read once per request: a reload replaces the reference, this request keeps its pipeline.
-    return _state(request).pipeline
+    # Dependencies are async so FastAPI resolves them on the loop, not through the threadpool.
+    return (await _state(request)).pipeline
 
 
 StateDep = Annotated[ServingState, Depends(_state)]
@@ -319,7 +330,7 @@ def recommendation_json(rec: Recommendation, k: int) -> dict[str, Any]:
     }
 
 
-def _serve_recommend(
+async def _serve_recommend(
     state: ServingState,
     pipe: RecommendationPipeline,
     user_id: int | None,
@@ -328,8 +339,18 @@ def _serve_recommend(
     ts: int | None,
     stage: Literal["retrieval", "full"],
 ) -> JSONResponse:
+    """Run the pipeline on the event loop itself (`serve.dispatch`, default for in-process
+    inference) or in the threadpool (a remote inference server, whose round trip should not
+    hold the loop). Inline is the faster and steadier choice when inference is local: a request
+    is ~2-4 ms of GIL-bound work either way, and a thread hand-off costs two cross-thread wake-ups
+    per request (worse on an idle CPU) while concurrent worker threads convoy on the GIL's 5 ms
+    switch interval once requests queue (bench/serve_load.py, README "Tail latency")."""
     kk = pipe.config.k_default if k is None else k
-    rec = pipe.recommend(user_id, kk, ts=ts, device=device, stage=stage)
+    if state.inline:
+        rec = pipe.recommend(user_id, kk, ts=ts, device=device, stage=stage)
+    else:
+        rec = await run_in_threadpool(pipe.recommend, user_id, kk, ts=ts, device=device,
+                                      stage=stage)  # fmt: skip
     state.metrics.observe(rec)
     return JSONResponse(recommendation_json(rec, kk))
 
@@ -383,6 +404,17 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with pauses.watched(metrics.registry), _serving(app) as state:
+            refresher = asyncio.create_task(_online_upkeep(state))
+            try:
+                yield
+            finally:
+                refresher.cancel()
+                with suppress(asyncio.CancelledError):
+                    await refresher
+
+    @asynccontextmanager
+    async def _serving(app: FastAPI) -> AsyncIterator[ServingState]:
         link = OnlineLink.open(settings, store)
         pipe = await asyncio.to_thread(RecommendationPipeline.load, settings, None, None, link)
         ingestor = EventIngestor(
@@ -395,14 +427,12 @@ def create_app(
             log.info("replayed %d logged events into the embedded store", n)
         state = ServingState(settings, link, ingestor, pipe, metrics)
         metrics.set_model(pipe)
+        # Everything long-lived is loaded (the CTR runtime too, when mounted): freeze it.
+        pauses.settle(settings.gc)
         app.state.serving = state
-        refresher = asyncio.create_task(_online_upkeep(state))
         try:
-            yield
+            yield state
         finally:
-            refresher.cancel()
-            with suppress(asyncio.CancelledError):
-                await refresher
             app.state.serving = None
             if store is None:
                 link.close()
@@ -456,7 +486,7 @@ async def _online_upkeep(state: ServingState) -> None:
 
 def _install_routes(app: FastAPI) -> None:
     @app.get("/recommend")
-    def recommend_get(
+    async def recommend_get(
         request: Request,
         state: StateDep,
         pipe: PipelineDep,
@@ -470,13 +500,15 @@ def _install_routes(app: FastAPI) -> None:
         unknown = sorted(set(request.query_params) - GET_RECOMMEND_PARAMS)
         if unknown:
             raise ValidationError(unknown[0], "unknown query parameter")
-        return _serve_recommend(state, pipe, user_id, k, device, ts, stage)
+        return await _serve_recommend(state, pipe, user_id, k, device, ts, stage)
 
     @app.post("/recommend")
-    def recommend_post(body: RecommendBody, state: StateDep, pipe: PipelineDep) -> JSONResponse:
+    async def recommend_post(
+        body: RecommendBody, state: StateDep, pipe: PipelineDep
+    ) -> JSONResponse:
         """Top-k from a JSON body (unknown fields and wrong types are rejected)."""
-        return _serve_recommend(state, pipe, body.user_id, body.k, body.device, body.ts,
-                                body.stage)  # fmt: skip
+        return await _serve_recommend(state, pipe, body.user_id, body.k, body.device, body.ts,
+                                      body.stage)  # fmt: skip
 
     @app.post("/events")
     async def events(request: Request, state: StateDep) -> JSONResponse:
@@ -498,7 +530,7 @@ def _install_routes(app: FastAPI) -> None:
         )  # fmt: skip
 
     @app.get("/items/{item_id}")
-    def item(item_id: int, pipe: PipelineDep) -> JSONResponse:
+    async def item(item_id: int, pipe: PipelineDep) -> JSONResponse:
         """What the catalog knows about one item (404 when it is not in it)."""
         info = pipe.catalog.item(item_id)
         if info is None:
@@ -506,7 +538,7 @@ def _install_routes(app: FastAPI) -> None:
         return JSONResponse(info)
 
     @app.get("/healthz")
-    def healthz() -> dict[str, str]:
+    async def healthz() -> dict[str, str]:
         """The process is up (liveness)."""
         return {"status": "ok"}
 
@@ -537,8 +569,9 @@ def _install_routes(app: FastAPI) -> None:
         return JSONResponse(body, status_code=200 if not reasons else 503)
 
     @app.get("/metrics", include_in_schema=False)
-    def metrics(state: StateDep) -> Response:
-        """Prometheus exposition of this app's registry."""
+    async def metrics(state: StateDep) -> Response:
+        """Prometheus exposition of this app's registry (on the loop: a thread doing it would
+        contend for the GIL with the requests on the loop, see `_serve_recommend`)."""
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
         return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
@@ -562,9 +595,13 @@ def _install_routes(app: FastAPI) -> None:
             state.ingestor.categories = new.catalog.categories()
             state.metrics.set_model(new)
             state.metrics.reloads.labels("ok").inc()
-        log.info("reloaded %s -> %s", old.version, new.version)
+            previous = old.version
+            del old  # the last reference this handler holds: its garbage is found just below
+            # The new version's objects out of the collector's reach (see strata.serving.pauses).
+            await asyncio.to_thread(pauses.settle, state.settings.gc)
+        log.info("reloaded %s -> %s", previous, new.version)
         return JSONResponse(
-            {"previous": old.version, "version": new.version,
+            {"previous": previous, "version": new.version,
              "seconds": round(time.perf_counter() - t0, 3)}
         )  # fmt: skip
 

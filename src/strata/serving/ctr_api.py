@@ -42,6 +42,7 @@ from pydantic import BaseModel, Field
 
 from strata.config import Settings
 from strata.errors import NotFoundError, StrataError, ValidationError
+from strata.serving import pauses
 
 if TYPE_CHECKING:
     from strata.ctr.service import CtrService
@@ -188,6 +189,8 @@ def build_runtime(
             raise  # RetrainTrigger logs the failure with its traceback
         metrics.retrains.labels("promoted" if out.get("promoted") else "rejected").inc()
         metrics.set_auc(service.stats()["rolling_auc"])
+        # Training allocated heavily in this process; a promotion also loaded a new model.
+        pauses.settle(settings.gc)
         return out
 
     log_path = settings.home / "logs" / f"{cfg.registry_name}-drift.jsonl"
@@ -252,7 +255,8 @@ def create_ctr_app(settings: Settings, registry: CollectorRegistry | None = None
 
     @asynccontextmanager
     async def lifespan(a: FastAPI) -> AsyncIterator[None]:
-        async with ctr_lifespan(a, settings, reg, required=True):
+        async with pauses.watched(reg), ctr_lifespan(a, settings, reg, required=True):
+            pauses.settle(settings.gc)  # the loaded model out of the collector's reach
             yield
 
     app = FastAPI(title="strata CTR", version="0.1.0", lifespan=lifespan)
@@ -392,8 +396,12 @@ def _runtime(request: Request) -> CtrRuntime:
 
 
 @router.post("/predict", name="predict")
-def predict(body: PredictRequest, request: Request) -> JSONResponse:
-    """Score a batch of raw rows: one probability and one prediction id per row."""
+async def predict(body: PredictRequest, request: Request) -> JSONResponse:
+    """Score a batch of raw rows: one probability and one prediction id per row.
+
+    Runs on the event loop: scoring is in-process and GIL-bound, so a threadpool hand-off would
+    add two cross-thread wake-ups per request and buy no parallelism (see
+    `strata.serving.app._serve_recommend`)."""
     rt = _runtime(request)
     limit = rt.settings.ctr.serve.max_batch_rows
     if len(body.rows) > limit:
