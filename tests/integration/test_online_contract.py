@@ -92,6 +92,21 @@ def test_upsert_last_write_wins_and_dtype_is_fixed(store: OnlineStore) -> None:
     assert err.value.field == "x"
 
 
+def test_partial_upsert_keeps_other_features_and_new_features_append(store: OnlineStore) -> None:
+    ids = np.arange(5)
+    names = np.array(["x", "y", "z", "w", "v"], dtype=object)
+    store.write("item", ids, {"a": np.arange(5.0), "s": names}, version="p")
+    store.activate("item", "p")
+    # A feature the version did not have, on one existing row and one new row.
+    store.write("item", np.array([1, 7]), {"b": np.array([[1, 2], [3, 4]], np.float32)}, "p")
+    store.write("item", np.array([2]), {"a": np.array([9.0])}, version="p")
+    rows = store.read("item", np.array([1, 2, 7, 3, 8]), ["s", "b", "a"])
+    np.testing.assert_array_equal(rows.found, [True, True, True, True, False])
+    np.testing.assert_array_equal(rows.values["a"], [1.0, 9.0, 0.0, 3.0, 0.0])
+    assert rows.values["s"].tolist() == ["y", "z", "", "w", ""]
+    np.testing.assert_array_equal(rows.values["b"], [[1, 2], [0, 0], [3, 4], [0, 0], [0, 0]])
+
+
 def test_new_version_is_invisible_until_activated(store: OnlineStore) -> None:
     ids = np.arange(50)
     store.write("item", ids, {"pop": np.ones(50)}, version="v1")
@@ -267,7 +282,7 @@ def test_ttl_is_applied(valkey_config: ValkeyOnlineConfig) -> None:
     store.write("user", np.array([5]), {"x": np.ones(1)}, version="t")
     ttl = store.bulk.ttl(store.row_key("user", 5, "t"))
     assert 0 < ttl <= 100
-    assert store.row_key("user", 5, "t") == f"{cfg.key_prefix}:{{user:5}}:f:t"
+    assert store.row_key("user", 5, "t") == f"{cfg.key_prefix}:{{user:5}}:r:t"
     store.close()
 
 

@@ -4,10 +4,10 @@ Key layout (`P` = `key_prefix`, default `strata`). Everything that belongs to on
 the hash tag `{<entity>:<id>}`, so on a cluster one user's keys share a slot and one user's Lua
 scripts (Bloom, activity) are cluster safe:
 
-    P:{user:42}:f:<version>   hash   one feature row: field per feature, raw little-endian bytes
-                                     (scalars: float32/float64/int32/int64; vectors: packed
-                                     float32), plus field `_` = presence marker; optional TTL
-    P:meta:<entity>:<version> hash   feature name -> "dtype:dim" (immutable once read)
+    P:{user:42}:r:<version>   string one feature row, every feature of the version packed into
+                                     one value (`strata.features.online.rowcodec`); optional TTL
+    P:meta:<entity>:<version> hash   feature name -> "dtype:dim" (immutable once read), plus
+                                     `_layout`: the row layout's feature order (JSON list)
     P:active:<entity>         string the version readers see (switched with one SET)
     P:versions:<entity>       list   stored versions, oldest first (older ones get deleted)
     P:{user:42}:bloom         string Bloom generations of recently interacted items (serving/bloom)
@@ -18,11 +18,12 @@ scripts (Bloom, activity) are cluster safe:
                                      `ValkeyEventStream`, recreated on demand after a restart)
 
 A read of many rows is one round trip: on a standalone server (the default, also ElastiCache
-without cluster mode) one Lua call checks the active pointer and HMGETs every row, returning
-each fixed-width feature as one concatenated column (decoded with one `np.frombuffer`); with
-`cluster=True` it is one pipeline of `GET` pointer + `HMGET` per row (cluster safe). The active
-version is cached and re-checked on every read; only right after a switch does a read take a
-second trip.
+without cluster mode) one native `MGET` of the active pointer and every row key, so the pointer
+and the rows are read atomically; the rows' fixed-width parts are decoded with one structured
+`np.frombuffer`. With `cluster=True` it is one pipeline of `GET`s (cluster safe: no multi-slot
+command). The active version is cached and re-checked on every read; only right after a switch
+does a read take a second trip. A write that does not carry every feature of the version's rows
+(an upsert of some columns) reads the rows it touches first and keeps their other features.
 
 Two connection pools with different timeouts: `client` (config `timeout_ms`, default 50 ms, no
 retries) carries every call a request can make (reads and the metadata load after a version
@@ -35,6 +36,7 @@ error (refused, timeout, reset, and error replies such as OOM or LOADING) surfac
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -55,8 +57,10 @@ from strata.features.online import (
     check_features,
     check_version,
     infer_specs,
+    rowcodec,
 )
 from strata.features.online.memory import DEFAULT_VERSION, activity_rows
+from strata.features.online.rowcodec import MAX_FIXED, RowLayout
 
 if TYPE_CHECKING:
     from strata.config import ValkeyOnlineConfig
@@ -64,18 +68,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 WRITE_BATCH = 1000
-PRESENT = "_"
+LAYOUT = "_layout"  # meta hash field: the row layout's feature order
 # RedisError covers error replies too (OOM, MISCONF, READONLY, BUSY, WRONGTYPE): for a caller
 # each means "the store cannot serve this now", never a reason to fail a request with a 500.
 _ERRORS = (redis.exceptions.RedisError, OSError)
 
 
-def _le(dtype: str) -> np.dtype:
-    return np.dtype(dtype).newbyteorder("<")
-
-
 class ValkeyOnlineStore:
-    """`OnlineStore` over Valkey/Redis: one hash per entity row, pipelined, versioned."""
+    """`OnlineStore` over Valkey/Redis: one packed string per entity row, versioned."""
 
     def __init__(self, config: ValkeyOnlineConfig) -> None:
         self.config = config
@@ -84,10 +84,9 @@ class ValkeyOnlineStore:
         # bulk work (materialize) gets a patient client of its own, never used by requests.
         self.client: Any = self._connect(config.timeout_ms / 1000.0)
         self.bulk: Any = self._connect(max(config.timeout_ms, config.bulk_timeout_ms) / 1000.0)
-        self._meta: dict[tuple[str, str], dict[str, FeatureSpec]] = {}
+        self._meta: dict[tuple[str, str], RowLayout] = {}
         self._active: dict[str, str | None] = {}
         self._activity: ValkeyActivityStore | None = None
-        self._read_script = self.client.register_script(_READ_LUA)
 
     def _connect(self, timeout_s: float) -> Any:
         return redis.Redis.from_url(
@@ -115,7 +114,7 @@ class ValkeyOnlineStore:
 
     def row_key(self, entity: str, entity_id: int, version: str) -> str:
         """Key of one feature row."""
-        return f"{self.prefix}:{{{entity}:{entity_id}}}:f:{version}"
+        return f"{self.prefix}:{{{entity}:{entity_id}}}:r:{version}"
 
     def entity_key(self, entity: str, entity_id: int, kind: str) -> str:
         """Key of per-entity live state (`bloom`, `seen`, `act`, `recent`)."""
@@ -132,15 +131,21 @@ class ValkeyOnlineStore:
 
     # --- protocol -------------------------------------------------------------------------
 
-    def _load_meta(self, entity: str, version: str, client: Any = None) -> dict[str, FeatureSpec]:
+    def _load_meta(self, entity: str, version: str, client: Any = None) -> RowLayout:
         with self.guard():
             raw = (client or self.bulk).hgetall(self._meta_key(entity, version))
         specs = {}
+        order: list[str] | None = None
         for k, v in raw.items():
+            if k == LAYOUT.encode():
+                order = json.loads(v)
+                continue
             dtype, dim = v.decode().split(":")
             specs[k.decode()] = FeatureSpec(dtype, int(dim))
-        self._meta[(entity, version)] = specs
-        return specs
+        names = [n for n in (order or sorted(specs)) if n in specs]
+        layout = RowLayout(tuple(names), specs)
+        self._meta[(entity, version)] = layout
+        return layout
 
     def write(
         self,
@@ -149,7 +154,8 @@ class ValkeyOnlineStore:
         columns: Mapping[str, Any],
         version: str | None = None,
     ) -> int:
-        """Upsert rows into `version` (default: active, or `default` made active) in batches."""
+        """Upsert rows into `version` (default: active, or `default` made active) in batches;
+        features of existing rows that `columns` does not carry are kept."""
         check_entity(entity)
         ids = as_ids(ids)
         parsed = infer_specs(ids, columns)
@@ -160,41 +166,38 @@ class ValkeyOnlineStore:
             version = raw.decode() if raw else DEFAULT_VERSION
             self._register(entity, version)
         check_version(version)
-        specs = self._load_meta(entity, version)
+        before = self._load_meta(entity, version)
         for name, (spec, _) in parsed.items():
-            if name in specs and specs[name] != spec:
+            if name in before.specs and before.specs[name] != spec:
                 from strata.errors import ValidationError
 
-                raise ValidationError(name, f"stored as {specs[name]}, got {spec}")
-        # Column bytes once, then slice per row: no per-value NumPy calls.
-        blobs = {
-            name: (arr.astype(_le(spec.dtype), copy=False).tobytes(), spec.width)
-            for name, (spec, arr) in parsed.items()
-            if spec.dtype != "string"
-        }
-        strings = {
-            name: [v.encode() for v in arr.tolist()]
-            for name, (spec, arr) in parsed.items()
-            if spec.dtype == "string"
-        }
+                raise ValidationError(name, f"stored as {before.specs[name]}, got {spec}")
+        layout = before.extended({name: spec for name, (spec, _) in parsed.items()})
+        if layout.width > MAX_FIXED:
+            from strata.errors import ValidationError
+
+            raise ValidationError(next(iter(parsed)), f"rows over {MAX_FIXED} bytes")
+        kept = [n for n in layout.names if n not in parsed]  # read back and kept per row
         ttl = self.config.ttl_s
         with self.guard():
-            self.bulk.hset(
-                self._meta_key(entity, version),
-                mapping={n: f"{s.dtype}:{s.dim}" for n, (s, _) in parsed.items()},
-            )
+            if layout is not before:
+                self.bulk.hset(
+                    self._meta_key(entity, version),
+                    mapping={
+                        **{n: f"{s.dtype}:{s.dim}" for n, s in layout.specs.items()},
+                        LAYOUT: json.dumps(list(layout.names)),
+                    },
+                )
             for start in range(0, len(ids), WRITE_BATCH):
+                part = ids[start : start + WRITE_BATCH].tolist()
+                keys = [self.row_key(entity, i, version) for i in part]
+                values = {n: arr[start : start + WRITE_BATCH] for n, (_, arr) in parsed.items()}
+                if kept:
+                    _, old = rowcodec.decode(layout, self.bulk.mget(keys), kept)
+                    values |= old
                 pipe = self.bulk.pipeline(transaction=False)
-                for row in range(start, min(start + WRITE_BATCH, len(ids))):
-                    key = self.row_key(entity, int(ids[row]), version)
-                    mapping: dict[str, bytes] = {PRESENT: b"1"}
-                    for name, (buf, w) in blobs.items():
-                        mapping[name] = buf[row * w : (row + 1) * w]
-                    for name, encoded in strings.items():
-                        mapping[name] = encoded[row]
-                    pipe.hset(key, mapping=mapping)
-                    if ttl:
-                        pipe.expire(key, ttl)
+                for key, blob in zip(keys, rowcodec.encode(layout, len(part), values), strict=True):
+                    pipe.set(key, blob, ex=ttl)
                 pipe.execute()
         self._meta.pop((entity, version), None)
         return len(np.unique(ids))
@@ -205,22 +208,18 @@ class ValkeyOnlineStore:
             if version not in known:
                 self.bulk.rpush(self._versions_key(entity), version)
 
-    def _specs(self, entity: str, version: str | None, features: Sequence[str]) -> dict:
-        if version is None:
-            return {}
-        specs = self._meta.get((entity, version))
-        if specs is None or any(f not in specs for f in features):
+    def _layout(self, entity: str, version: str, features: Sequence[str]) -> RowLayout:
+        layout = self._meta.get((entity, version))
+        if layout is None or any(f not in layout.specs for f in features):
             # On the read path: the first read after a switch must not wait on the bulk timeout.
-            specs = self._load_meta(entity, version, self.client)
-        return specs
+            layout = self._load_meta(entity, version, self.client)
+        return layout
 
     def read(self, entity: str, ids: Any, features: Sequence[str]) -> FeatureRows:
-        """All rows in one round trip (one Lua call, or one pipeline of HMGETs on a cluster)."""
+        """All rows in one round trip (one MGET, or one pipeline of GETs on a cluster)."""
         check_entity(entity)
         ids = as_ids(ids)
         features = list(features)
-        if self.config.cluster:
-            return self._read_pipelined(entity, ids, features)
         version = self._active.get(entity)
         with self.guard():
             for _ in range(3):
@@ -229,72 +228,29 @@ class ValkeyOnlineStore:
                     if version is None:
                         check_features(entity, None, {}, features)
                         return FeatureRows(ids, np.zeros(len(ids), bool), {}, None)
-                specs = self._specs(entity, version, features)
-                check_features(entity, version, specs, features)
-                widths = [specs[n].width for n in features]
-                keys = [self._active_key(entity)]
-                keys += [self.row_key(entity, i, version) for i in ids.tolist()]
-                args: list[Any] = [version, len(features)]
-                for name, width in zip(features, widths, strict=True):
-                    args += [name, width]
-                out = self._read_script(keys=keys, args=args)
-                if len(out) == 1:  # the pointer moved since it was cached: follow it
-                    version = out[0].decode() if out[0] else None
                     self._active[entity] = version
+                layout = self._layout(entity, version, features)
+                check_features(entity, version, layout.specs, features)
+                keys = [self.row_key(entity, i, version) for i in ids.tolist()]
+                out = self._fetch(self._active_key(entity), keys)
+                pointer = out[0].decode() if out[0] else None
+                if pointer != version:  # the pointer moved since it was cached: follow it
+                    version = self._active[entity] = pointer
                     continue
-                self._active[entity] = version
-                found = np.frombuffer(out[1], dtype=np.uint8) == ord("1")
-                values = {
-                    name: self._decode(specs[name], col, len(ids))
-                    for name, col in zip(features, out[2:], strict=True)
-                }
+                found, values = rowcodec.decode(layout, out[1:], features)
                 return FeatureRows(ids=ids, found=found, values=values, version=version)
         raise StoreUnavailableError(f"{entity}: active version kept changing during the read")
 
-    @staticmethod
-    def _decode(spec: FeatureSpec, col: Any, n: int) -> np.ndarray:
-        if spec.dtype == "string":
-            return np.array([v.decode() if v else "" for v in col] or [], dtype=object)
-        arr = np.frombuffer(col, dtype=_le(spec.dtype)).astype(spec.dtype, copy=False)
-        return arr if spec.dim == 1 else arr.reshape(n, spec.dim)
-
-    def _read_pipelined(self, entity: str, ids: np.ndarray, features: list[str]) -> FeatureRows:
-        """Cluster-safe read: the active pointer plus one HMGET per id in one pipeline."""
-        cached = self._active.get(entity)
-        rows: list[Any] = []
-        with self.guard():
-            pipe = self.client.pipeline(transaction=False)
-            pipe.get(self._active_key(entity))
-            if cached is not None:
-                for i in ids.tolist():
-                    pipe.hmget(self.row_key(entity, i, cached), [PRESENT, *features])
-            out = pipe.execute()
-            raw = out[0]
-            version = raw.decode() if raw else None
-            if version is not None and version != cached:
-                # The pointer moved (or first read): read again at the version now active.
-                self._active[entity] = version
-                pipe = self.client.pipeline(transaction=False)
-                for i in ids.tolist():
-                    pipe.hmget(self.row_key(entity, i, version), [PRESENT, *features])
-                rows = pipe.execute()
-            elif version is not None:
-                rows = out[1:]
-        specs = self._specs(entity, version, features)
-        check_features(entity, version, specs, features)
-        if version is None:
-            return FeatureRows(ids, np.zeros(len(ids), bool), {}, None)
-        found = np.fromiter((r[0] is not None for r in rows), dtype=bool, count=len(ids))
-        values: dict[str, np.ndarray] = {}
-        for j, name in enumerate(features, start=1):
-            spec = specs[name]
-            if spec.dtype == "string":
-                values[name] = self._decode(spec, [r[j] for r in rows], len(ids))
-                continue
-            zero = b"\0" * spec.width
-            buf = b"".join([r[j] if r[j] is not None else zero for r in rows])
-            values[name] = self._decode(spec, buf, len(ids))
-        return FeatureRows(ids=ids, found=found, values=values, version=version)
+    def _fetch(self, pointer_key: str, keys: list[str]) -> list[Any]:
+        """The pointer and the rows in one round trip: one atomic MGET on a standalone server;
+        on a cluster, where one command cannot span slots, a pipeline of GETs."""
+        if not self.config.cluster:
+            return list(self.client.mget([pointer_key, *keys]))
+        pipe = self.client.pipeline(transaction=False)
+        pipe.get(pointer_key)
+        for key in keys:
+            pipe.get(key)
+        return list(pipe.execute())
 
     def delete(self, entity: str, ids: Any) -> int:
         """Delete rows of `ids` from the active version."""
@@ -324,7 +280,7 @@ class ValkeyOnlineStore:
                 self.bulk.lrem(vkey, 0, old)
 
     def _drop_version(self, entity: str, version: str) -> None:
-        pattern = f"{self.prefix}:{{{entity}:*}}:f:{version}"
+        pattern = f"{self.prefix}:{{{entity}:*}}:r:{version}"
         batch: list[bytes] = []
         for key in self.bulk.scan_iter(match=pattern, count=1000):
             batch.append(key)
@@ -372,41 +328,6 @@ class ValkeyOnlineStore:
         self.client.close()
         self.bulk.close()
 
-
-# Many rows in one call: KEYS = active pointer, then one row key per id (at the version in
-# ARGV[1]); ARGV = version, feature count, then (name, byte width; 0 = string) per feature.
-# Returns {pointer} alone when the pointer moved, else {pointer, presence '0'/'1' per row,
-# one column per feature: fixed-width values concatenated (zeros when absent) or a list}.
-_READ_LUA = """
-local ptr = redis.call('GET', KEYS[1])
-if ptr ~= ARGV[1] then return {ptr or false} end
-local nf = tonumber(ARGV[2])
-local fields, widths, cols, zeros = {'_'}, {}, {}, {}
-for j = 1, nf do
-  fields[j + 1] = ARGV[1 + 2 * j]
-  widths[j] = tonumber(ARGV[2 + 2 * j])
-  cols[j] = {}
-  zeros[j] = string.rep('\\0', widths[j])
-end
-local present = {}
-for i = 2, #KEYS do
-  local v = redis.call('HMGET', KEYS[i], unpack(fields))
-  present[i - 1] = v[1] and '1' or '0'
-  for j = 1, nf do
-    local x = v[j + 1]
-    if widths[j] > 0 then
-      if x and #x == widths[j] then cols[j][i - 1] = x else cols[j][i - 1] = zeros[j] end
-    else
-      cols[j][i - 1] = x or ''
-    end
-  end
-end
-local out = {ptr, table.concat(present)}
-for j = 1, nf do
-  if widths[j] > 0 then out[j + 2] = table.concat(cols[j]) else out[j + 2] = cols[j] end
-end
-return out
-"""
 
 # One script per user: keys share the user's hash tag, so it is atomic and cluster safe.
 # ARGV: recent_cap, ttl_s, then 5 values per event: event_id, item_id, type, ts, category.
