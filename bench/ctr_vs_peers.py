@@ -9,10 +9,12 @@ rows. FuxiCTR runs in its own environment (bench/.venv-fuxictr, see
 bench/requirements-fuxictr.txt) through bench/fuxictr_peer.py.
 
 Serving: `strata ctr serve` in a subprocess with the classic DCN trained on criteo_8k, a
-loopback httpx client sending a bounded number of sequential requests of 1 and 256 rows.
+loopback httpx client sending a bounded number of sequential requests of 1 and 256 rows, on
+`--serving-reps` freshly started servers (median and min-max reported, with the GC collections
+each server made during the measurement, from its /metrics).
 
     .venv/bin/python bench/ctr_vs_peers.py [--synthetic-rows 100000] [--epochs-8k 5]
-        [--epochs-synthetic 1] [--no-fuxictr] [--requests 300]
+        [--epochs-synthetic 1] [--no-fuxictr] [--requests 3000] [--serving-reps 3]
 
 Prints a table and writes bench/results/ctr_vs_peers.json.
 """
@@ -150,8 +152,35 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def serving_latency(home: Path, rows: pd.DataFrame, requests: int) -> dict[str, Any]:
-    """p50/p99 of /ctr/predict (batches of 1 and 256) against `strata ctr serve` on loopback."""
+def serving_latency(home: Path, rows: pd.DataFrame, requests: int, reps: int) -> dict[str, Any]:
+    """p50/p99/p99.9 of /ctr/predict (batches of 1 and 256), median and min-max over `reps`
+    freshly started `strata ctr serve` processes, with the server's GC pauses per run."""
+    runs = [_serving_run(home, rows, requests) for _ in range(reps)]
+    out: dict[str, Any] = {}
+    for key in runs[0]:
+        vals = {m: [r[key][m] for r in runs] for m in ("p50_ms", "p99_ms", "p999_ms", "rows_per_s")}
+        out[key] = {
+            "requests": runs[0][key]["requests"],
+            "reps": reps,
+            **{m: float(np.median(v)) for m, v in vals.items()},
+            "spread": {m: [float(min(v)), float(max(v))] for m, v in vals.items()},
+            "gc_collections_per_rep": [r[key]["gc"] for r in runs],
+        }
+    return out
+
+
+def _gc_counts(c: Any) -> dict[str, int]:
+    """Collections so far per generation, from the server's `strata_gc_pause_seconds_count`."""
+    counts = {}
+    for line in c.get("/metrics").text.splitlines():
+        if line.startswith("strata_gc_pause_seconds_count"):
+            gen = line.split('generation="')[1].split('"')[0]
+            counts[gen] = int(float(line.rsplit(" ", 1)[1]))
+    return counts
+
+
+def _serving_run(home: Path, rows: pd.DataFrame, requests: int) -> dict[str, Any]:
+    """One fresh server: sequential requests of 1 and 256 rows on a keep-alive connection."""
     import httpx
 
     port = _free_port()
@@ -182,27 +211,33 @@ def serving_latency(home: Path, rows: pd.DataFrame, requests: int) -> dict[str, 
             time.sleep(0.2)
         with httpx.Client(base_url=url, timeout=30) as c:
             for size in (1, 256):
-                n = requests if size == 1 else max(50, requests // 2)
+                n = requests if size == 1 else max(50, requests // 4)
                 rng = np.random.default_rng(size)
                 bodies = [
                     {"rows": [recs[i] for i in rng.integers(0, len(recs), size)]}
-                    for _ in range(n + 20)
+                    for _ in range(n + 50)
                 ]
                 lat = []
+                gc0 = None
                 for i, body in enumerate(bodies):
+                    if i == 50:  # warm-up excluded
+                        gc0 = _gc_counts(c)
                     t = time.perf_counter()
                     r = c.post("/ctr/predict", json=body)
                     dt = time.perf_counter() - t
                     if r.status_code != 200:
                         raise SystemExit(f"/ctr/predict answered {r.status_code}: {r.text[:200]}")
-                    if i >= 20:  # warm-up excluded
+                    if i >= 50:
                         lat.append(dt * 1000)
+                gc1 = _gc_counts(c)
                 a = np.asarray(lat)
                 out[f"batch_{size}"] = {
                     "requests": int(a.size),
                     "p50_ms": float(np.percentile(a, 50)),
                     "p99_ms": float(np.percentile(a, 99)),
+                    "p999_ms": float(np.percentile(a, 99.9)),
                     "rows_per_s": float(size * a.size / (a.sum() / 1000)),
+                    "gc": {g: gc1[g] - (gc0 or {}).get(g, 0) for g in gc1},
                 }
     finally:
         proc.terminate()
@@ -217,7 +252,8 @@ def main() -> None:
     ap.add_argument("--epochs-synthetic", type=int, default=1)
     ap.add_argument("--patience", type=int, default=1)
     ap.add_argument("--no-fuxictr", action="store_true")
-    ap.add_argument("--requests", type=int, default=300)
+    ap.add_argument("--requests", type=int, default=3000, help="batch-1 requests per run")
+    ap.add_argument("--serving-reps", type=int, default=3, help="fresh servers to measure")
     ap.add_argument("--datasets", default="criteo_8k,synthetic")
     args = ap.parse_args()
     if not args.no_fuxictr and not FUXI_PY.exists():
@@ -246,7 +282,9 @@ def main() -> None:
                 if ds == "criteo_8k" and model == "dcn":
                     publish(result, Registry(Settings(home=tmp / "serve-home").registry_dir,
                                              "ctr-bench"))  # fmt: skip
-                    serving = serving_latency(tmp / "serve-home", df, args.requests)
+                    serving = serving_latency(
+                        tmp / "serve-home", df, args.requests, args.serving_reps
+                    )
                 if not args.no_fuxictr:
                     f = fuxictr(csv_dir, tmp / name, model, epochs, args.patience)
                     rows.append({"dataset": name, **f})
@@ -297,8 +335,11 @@ def print_table(rows: list[dict[str, Any]], serving: dict[str, Any]) -> None:
               f"{ratio:>7s} {r['auc']:7.4f} {r['logloss']:8.4f} {r['epochs_run']:6d} "
               f"{r['wall_seconds']:7.1f}")  # fmt: skip
     for k, v in serving.items():
-        print(f"serving /ctr/predict {k}: p50 {v['p50_ms']:.2f} ms  p99 {v['p99_ms']:.2f} ms "
-              f"({v['requests']} requests, {v['rows_per_s']:.0f} rows/s)")  # fmt: skip
+        sp = v["spread"]
+        print(f"serving /ctr/predict {k}: median of {v['reps']} servers: p50 {v['p50_ms']:.2f} "
+              f"p99 {v['p99_ms']:.2f} ({sp['p99_ms'][0]:.2f}-{sp['p99_ms'][1]:.2f}) p99.9 "
+              f"{v['p999_ms']:.2f} ms ({v['requests']} requests each, {v['rows_per_s']:.0f} rows/s;"
+              f" gc per run {v['gc_collections_per_rep']})")  # fmt: skip
 
 
 if __name__ == "__main__":

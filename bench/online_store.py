@@ -5,7 +5,11 @@ check of 300 candidates, the event ingest rate, and the same reads through Feast
 `get_online_features` with its Redis online store on the same features and the same Valkey (Feast
 runs from the separate environment bench/.venv-peers; see bench/requirements-peers.txt).
 
-    .venv/bin/python bench/online_store.py [--url redis://127.0.0.1:6379/0] [--reps 300]
+    .venv/bin/python bench/online_store.py [--url redis://127.0.0.1:6379/0] [--reps 3000]
+        [--runs 3] [--no-feast]
+
+Each measure is timed `--reps` times per run, in `--runs` runs (median and min-max reported),
+with this process's garbage collector set as a serving process sets it (`strata.serving.pauses`).
 
 Without --url a private valkey-server (or redis-server) is started on a free port and stopped
 at the end. Prints a table and writes JSON to bench/results/.
@@ -202,23 +206,43 @@ def feast_bench(url: str, users: pd.DataFrame, items: pd.DataFrame, reps: int) -
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _median(runs: list[dict]) -> dict:
+    """Median and min-max of p50/p99 over runs (nested dicts of {p50_ms, p99_ms} leaves)."""
+    first = runs[0]
+    if "p50_ms" in first:
+        out = {}
+        for m in ("p50_ms", "p99_ms"):
+            vals = [r[m] for r in runs]
+            out[m] = float(np.median(vals))
+            out[m.replace("_ms", "_range_ms")] = [float(min(vals)), float(max(vals))]
+        return out
+    return {  # nested measures; plain values (versions, skipped/error markers) from run 1
+        k: _median([r[k] for r in runs]) if isinstance(v, dict) else v for k, v in first.items()
+    }
+
+
 def main() -> None:
-    """Run everything, print the table, write the JSON."""
+    """Run everything `--runs` times, print the medians with the spread, write the JSON."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--url", default=None, help="Valkey/Redis URL (default: start a private one)")
     ap.add_argument("--users", type=int, default=10_000)
     ap.add_argument("--items", type=int, default=10_000)
     ap.add_argument("--dim", type=int, default=32, help="item embedding dimension")
-    ap.add_argument("--reps", type=int, default=300)
+    ap.add_argument("--reps", type=int, default=3000, help="timed calls per measure and run")
+    ap.add_argument("--runs", type=int, default=3, help="repetitions (median and spread)")
     ap.add_argument("--events", type=int, default=20_000)
     ap.add_argument("--no-feast", action="store_true")
     args = ap.parse_args()
 
+    from strata.config import GcConfig
+    from strata.serving.pauses import settle
+
     users, items = make_features(args.users, args.items, args.dim)
     results: dict = {
-        "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
+                    "load_avg_1m": os.getloadavg()[0]},
         "params": vars(args),
-    }
+    }  # fmt: skip
     home = Path(tempfile.mkdtemp(prefix="bench-home-"))
     settings = Settings(home=home)
     with valkey_server(args.url) as url:
@@ -227,50 +251,66 @@ def main() -> None:
             url=url, key_prefix=f"bench{uuid.uuid4().hex[:6]}", timeout_ms=1000
         )
         val = ValkeyOnlineStore(cfg)
+        cluster = ValkeyOnlineStore(cfg.model_copy(update={"cluster": True}))
         results["load_s"] = {"memory": load(mem, users, items), "valkey": load(val, users, items)}
-        results["reads"] = {
-            "memory": read_bench(mem, users, items, args.reps),
-            "valkey": read_bench(val, users, items, args.reps),
-            "valkey_cluster_path": read_bench(
-                ValkeyOnlineStore(cfg.model_copy(update={"cluster": True})), users, items, args.reps
-            ),
-        }
         params = bloom_params(BloomConfig())
-        results["bloom_300"] = {
-            "memory": bloom_bench(MemoryBloom(params), args.reps),
-            "valkey": bloom_bench(ValkeyBloom(params, val), args.reps),
-        }
+        blooms = {"memory": MemoryBloom(params), "valkey": ValkeyBloom(params, val)}
+        # The serving process's collector policy (strata.serving.pauses): what a read costs there.
+        settle(GcConfig())
+        runs = []
+        for r in range(args.runs):
+            one = {
+                "reads": {
+                    "memory": read_bench(mem, users, items, args.reps),
+                    "valkey": read_bench(val, users, items, args.reps),
+                    "valkey_cluster_path": read_bench(cluster, users, items, args.reps),
+                    "feast_redis": (
+                        {"skipped": True} if args.no_feast
+                        else feast_bench(url, users, items, args.reps)
+                    ),
+                },
+                "bloom_300": {b: bloom_bench(f, args.reps) for b, f in blooms.items()},
+            }  # fmt: skip
+            runs.append(one)
+            v = one["reads"]["valkey"]["items_300"]
+            print(f"run {r + 1}/{args.runs}: valkey 300 items p50 {v['p50_ms']:.3f} "
+                  f"p99 {v['p99_ms']:.3f} ms", flush=True)  # fmt: skip
+        results["runs"] = runs
+        results["reads"] = _median([x["reads"] for x in runs])
+        results["bloom_300"] = _median([x["bloom_300"] for x in runs])
         results["ingest"] = {
             "memory": ingest_bench(settings, MemoryOnlineStore(), args.events, 1000),
             "valkey": ingest_bench(
                 settings.model_copy(update={"online": cfg}), val, args.events, 1000
             ),
         }
-        results["reads"]["feast_redis"] = (
-            {"skipped": True} if args.no_feast else feast_bench(url, users, items, args.reps)
-        )
         keys = list(val.bulk.scan_iter(match=f"{cfg.key_prefix}:*", count=5000))
         for s in range(0, len(keys), 5000):
             val.bulk.unlink(*keys[s : s + 5000])
         val.close()
+        cluster.close()
     shutil.rmtree(home, ignore_errors=True)
 
+    def cell(res: dict, m: str) -> str:
+        lo, hi = res[m.replace("_ms", "_range_ms")]
+        return f"{res[m]:.3f} ({lo:.3f}-{hi:.3f})"
+
+    print(f"median (min-max) of {args.runs} runs x {args.reps} calls")
+    print(f"{'measure':28} {'backend':20} {'p50 ms':>22} {'p99 ms':>22}")
     rows = [("read 1 user row", "user_1"), ("read 300 item rows", "items_300")]
-    print(f"{'measure':28} {'backend':22} {'p50 ms':>9} {'p99 ms':>9}")
     for label, key in rows:
         for backend, res in results["reads"].items():
             if key in res:
-                print(
-                    f"{label:28} {backend:22} {res[key]['p50_ms']:9.3f} {res[key]['p99_ms']:9.3f}"
-                )
+                print(f"{label:28} {backend:20} {cell(res[key], 'p50_ms'):>22} "
+                      f"{cell(res[key], 'p99_ms'):>22}")  # fmt: skip
             else:
-                print(f"{label:28} {backend:22} {'n/a':>9} {'n/a':>9}  {res}")
+                print(f"{label:28} {backend:20} {'n/a':>22} {'n/a':>22}  {res}")
     for backend, res in results["bloom_300"].items():
         label = "Bloom check 300 candidates"
-        print(f"{label:28} {backend:22} {res['p50_ms']:9.3f} {res['p99_ms']:9.3f}")
+        print(f"{label:28} {backend:20} {cell(res, 'p50_ms'):>22} {cell(res, 'p99_ms'):>22}")
     for backend, res in results["ingest"].items():
         print(
-            f"{'event ingest':28} {backend:22} {res['events_per_s']:9.0f} events/s "
+            f"{'event ingest':28} {backend:20} {res['events_per_s']:9.0f} events/s "
             f"(batches of {res['batch']}; single event {res['single_event_ms']:.2f} ms)"
         )
     out_dir = ROOT / "bench" / "results"
