@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import shutil
@@ -39,8 +40,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -49,6 +51,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from strata.config import Settings, TrainingConfig  # noqa: E402
 
+T = TypeVar("T")
 N_CANDIDATES = 300
 P99_BUDGET_MS = 50.0
 
@@ -436,13 +439,32 @@ def gc_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
             "longest_pause_le_ms": longest * 1e3}  # fmt: skip
 
 
+def _without_client_gc(step: Coroutine[Any, Any, T]) -> T:
+    """Run one load step with this process's collector off (collected before and after): the
+    load generator keeps every response of the step, and a full collection of its own heap once
+    stalled it for ~80 ms, which read as a server stall (latency counts from the scheduled send)."""
+    gc.collect()
+    gc.disable()
+    try:
+        return asyncio.run(step)
+    finally:
+        gc.enable()
+        gc.collect()
+
+
 # --- one repetition: a fresh server, the open-loop ladder, a short closed loop --------------------
 
 RATES = (50, 100, 200, 250, 300, 400, 500, 600, 800)
 
 
 def run_rep(
-    s: Settings, ds_name: str, url: str, users: np.ndarray, duration: float, tag: str
+    s: Settings,
+    ds_name: str,
+    url: str,
+    users: np.ndarray,
+    duration: float,
+    tag: str,
+    rates: tuple[int, ...] = RATES,
 ) -> dict[str, Any]:
     """Start a server, warm it, walk the open-loop rates until p99 crosses the budget (100 rps
     is always measured), then closed loops; the server is stopped at the end."""
@@ -454,9 +476,9 @@ def run_rep(
         stages: dict[str, Any] = {}
         slow: list[dict[str, Any]] = []
         best = 0
-        for rate in RATES:
+        for rate in rates:
             before = gc_scrape(port)
-            out = asyncio.run(open_loop(port, users, rate, duration))
+            out = _without_client_gc(open_loop(port, users, rate, duration))
             summ = {"rate": rate, **summarize(out), "gc": gc_delta(before, gc_scrape(port))}
             if rate == 100:
                 stages, slow = stage_breakdown(out), slowest(out)
@@ -475,7 +497,7 @@ def run_rep(
                 break
         closed = []
         for conc in (1, 8):
-            out, el = asyncio.run(closed_loop(port, users, conc, min(duration, 10.0)))
+            out, el = _without_client_gc(closed_loop(port, users, conc, min(duration, 10.0)))
             summ = {"concurrency": conc, **summarize(out, el)}
             closed.append(summ)
             print(f"[{tag}] closed c={conc}: {summ['rps']:.0f} rps p50 {summ['p50_ms']:.2f} "
@@ -492,7 +514,9 @@ def _med(values: list[float]) -> dict[str, float]:
             "max": float(max(values))}  # fmt: skip
 
 
-def run_size(size: str, base: Path, duration: float, reps: int) -> dict[str, Any]:
+def run_size(
+    size: str, base: Path, duration: float, reps: int, rates: tuple[int, ...] = RATES
+) -> dict[str, Any]:
     home = base / size
     home.mkdir(parents=True, exist_ok=True)
     s, ds_name = prepare_ml100k(home) if size == "ml100k" else prepare_1m(home)
@@ -510,13 +534,13 @@ def run_size(size: str, base: Path, duration: float, reps: int) -> dict[str, Any
         users = pd.read_parquet(
             Registry(s.registry_dir, ds_name).path() / USER_FEATURES_FILE, columns=["user_id"]
         )["user_id"].to_numpy(np.int64)
-        runs = [run_rep(s, ds_name, url, users, duration, f"{size} rep {r + 1}/{reps}")
+        runs = [run_rep(s, ds_name, url, users, duration, f"{size} rep {r + 1}/{reps}", rates)
                 for r in range(reps)]  # fmt: skip
     finally:
         vk.terminate()
         vk.wait(timeout=10)
     by_rate: dict[int, dict[str, Any]] = {}
-    for rate in RATES:
+    for rate in rates:
         steps = [next((o for o in r["open_loop"] if o["rate"] == rate), None) for r in runs]
         if any(x is None for x in steps):
             continue
@@ -561,11 +585,19 @@ def main() -> None:
         help="seconds per open-loop step (30 s holds several collections)",
     )
     ap.add_argument("--reps", type=int, default=3, help="repetitions, each on a fresh server")
+    ap.add_argument(
+        "--rates",
+        default=",".join(map(str, RATES)),
+        help="open-loop ladder (must include 100, the reference step)",
+    )
     ap.add_argument("--work", type=Path, default=Path("/tmp/strata-bench-serve"))
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serve_load.json")
     a = ap.parse_args()  # fmt: skip
     sizes = ["ml100k", "1m"] if a.size == "both" else [a.size]
-    results = [run_size(sz, a.work, a.duration, a.reps) for sz in sizes]
+    rates = tuple(int(r) for r in a.rates.split(","))
+    if 100 not in rates:
+        ap.error("--rates must include 100 (the reference step)")
+    results = [run_size(sz, a.work, a.duration, a.reps, rates) for sz in sizes]
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(results, indent=2))
 

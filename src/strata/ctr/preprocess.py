@@ -181,27 +181,6 @@ class CtrPreprocessor:
 
     def transform(self, df: pd.DataFrame, require_label: bool = False) -> CtrBatch:
         """Raw Criteo rows (label?, I1..I13, C1..C26) -> a `CtrBatch`; unseen values -> OOV."""
-        n = len(df)
-        dense = np.zeros((n, self.n_dense), dtype=np.float32)
-        k = len(INT_COLUMNS)
-        for j, col in enumerate(INT_COLUMNS):
-            st = self.int_stats[col]
-            x = _int_values(df, col)
-            miss = np.isnan(x)
-            v = np.log1p(np.clip(np.nan_to_num(x, nan=0.0), 0.0, None))
-            z = (np.minimum(v, st["clip"]) - st["mean"]) / st["std"]
-            dense[:, j] = np.where(miss, 0.0, z)
-            dense[:, k + j] = miss
-        cats = np.empty((n, len(CAT_COLUMNS)), dtype=np.int64)
-        for j, col in enumerate(CAT_COLUMNS):
-            strs, miss = _cat_values(df, col)
-            spec = self.cat_specs[col]
-            if spec["mode"] == "vocab":
-                pos = _vocab_positions(self._index[col], strs)
-                idx = np.where(pos < 0, OOV, pos + _RESERVED)
-            else:
-                idx = (_stable_hash(strs) % np.uint64(spec["buckets"])).astype(np.int64) + _RESERVED
-            cats[:, j] = np.where(miss, MISSING, idx)
         labels = None
         if LABEL in df.columns:
             y = pd.to_numeric(df[LABEL], errors="coerce").to_numpy(
@@ -212,11 +191,50 @@ class CtrPreprocessor:
             labels = y.astype(np.float32)
         elif require_label:
             raise ValidationError(LABEL, "column is missing")
-        return CtrBatch(dense, cats, labels)
+        return self._encode(
+            len(df),
+            {c: _int_values(df, c) for c in INT_COLUMNS},
+            {c: _cat_values(df, c) for c in CAT_COLUMNS},
+            labels,
+        )
 
     def transform_records(self, rows: Sequence[Mapping[str, Any]]) -> CtrBatch:
-        """JSON rows (dicts keyed I1..I13, C1..C26, optional label) -> a `CtrBatch`."""
-        return self.transform(records_to_frame(rows))
+        """JSON rows (dicts keyed I1..I13, C1..C26, optional label) -> a `CtrBatch`, the same
+        encoding as `transform` without building a DataFrame (the online path: a pandas frame
+        of one row cost more than the model)."""
+        parsed = parse_records(rows)
+        return self._encode(len(rows), parsed.ints, parsed.cats, parsed.labels)
+
+    def _encode(
+        self,
+        n: int,
+        ints: Mapping[str, np.ndarray],
+        cats_in: Mapping[str, tuple[np.ndarray, np.ndarray]],
+        labels: np.ndarray | None,
+    ) -> CtrBatch:
+        """Dense (normalised values + missing flags) and categorical ids from raw columns:
+        `ints[c]` float64 with NaN for missing, `cats_in[c]` = (strings, missing mask)."""
+        dense = np.zeros((n, self.n_dense), dtype=np.float32)
+        k = len(INT_COLUMNS)
+        for j, col in enumerate(INT_COLUMNS):
+            st = self.int_stats[col]
+            x = ints[col]
+            miss = np.isnan(x)
+            v = np.log1p(np.clip(np.nan_to_num(x, nan=0.0), 0.0, None))
+            z = (np.minimum(v, st["clip"]) - st["mean"]) / st["std"]
+            dense[:, j] = np.where(miss, 0.0, z)
+            dense[:, k + j] = miss
+        cats = np.empty((n, len(CAT_COLUMNS)), dtype=np.int64)
+        for j, col in enumerate(CAT_COLUMNS):
+            strs, miss = cats_in[col]
+            spec = self.cat_specs[col]
+            if spec["mode"] == "vocab":
+                pos = _vocab_positions(self._index[col], strs)
+                idx = np.where(pos < 0, OOV, pos + _RESERVED)
+            else:
+                idx = (_stable_hash(strs) % np.uint64(spec["buckets"])).astype(np.int64) + _RESERVED
+            cats[:, j] = np.where(miss, MISSING, idx)
+        return CtrBatch(dense, cats, labels)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable description of every fitted statistic."""
@@ -252,8 +270,19 @@ class CtrPreprocessor:
 _KNOWN_KEYS = frozenset((LABEL, *INT_COLUMNS, *CAT_COLUMNS))
 
 
-def records_to_frame(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
-    """Validate JSON rows into a raw frame; unknown keys and non-numeric integers are errors."""
+@dataclass(frozen=True)
+class ParsedRecords:
+    """JSON rows as raw columns: integers float64 (NaN = missing), categoricals as (strings,
+    missing mask), labels float32 or None."""
+
+    ints: dict[str, np.ndarray]
+    cats: dict[str, tuple[np.ndarray, np.ndarray]]
+    labels: np.ndarray | None
+
+
+def parse_records(rows: Sequence[Mapping[str, Any]]) -> ParsedRecords:
+    """Validate JSON rows into raw columns; unknown keys and non-numeric integers are errors
+    naming the field (`rows[3].I5`)."""
     if not isinstance(rows, Sequence) or isinstance(rows, str | bytes):
         raise ValidationError("rows", "expected a list of objects")
     ints = {c: np.full(len(rows), np.nan) for c in INT_COLUMNS}
@@ -287,13 +316,21 @@ def records_to_frame(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
             if lab not in (0, 1) or (isinstance(lab, float) and lab not in (0.0, 1.0)):
                 raise ValidationError(f"rows[{i}].{LABEL}", "labels must be 0 or 1")
             labels.append(float(lab))
-    data: dict[str, Any] = {}
-    if labels:
-        if len(labels) != len(rows):
-            raise ValidationError(LABEL, "present on some rows but not all")
-        data[LABEL] = np.asarray(labels, dtype=np.float32)
-    data.update(ints)
-    data.update({c: np.asarray(v, dtype=object) for c, v in cats.items()})
+    if labels and len(labels) != len(rows):
+        raise ValidationError(LABEL, "present on some rows but not all")
+    cat_cols = {}
+    for c, values in cats.items():
+        strs = np.asarray(values, dtype=object)
+        cat_cols[c] = (strs, strs == "")
+    return ParsedRecords(ints, cat_cols, np.asarray(labels, dtype=np.float32) if labels else None)
+
+
+def records_to_frame(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """Validated JSON rows as a raw Criteo frame (label?, I1..I13, C1..C26)."""
+    parsed = parse_records(rows)
+    data: dict[str, Any] = {} if parsed.labels is None else {LABEL: parsed.labels}
+    data.update(parsed.ints)
+    data.update({c: strs for c, (strs, _) in parsed.cats.items()})
     return pd.DataFrame(data)
 
 
