@@ -36,11 +36,11 @@ import numpy as np
 import pandas as pd
 
 from strata.config import BloomConfig, Settings, ValkeyOnlineConfig
+from strata.features.bloom import BloomFilter, MemoryBloom, ValkeyBloom, bloom_params
 from strata.features.events import EventIngestor
 from strata.features.online import OnlineStore
 from strata.features.online.memory import MemoryOnlineStore
 from strata.features.online.valkey import ValkeyOnlineStore
-from strata.serving.bloom import BloomFilter, MemoryBloom, ValkeyBloom, bloom_params
 
 ROOT = Path(__file__).resolve().parents[1]
 PEERS_PY = ROOT / "bench" / ".venv-peers" / "bin" / "python"

@@ -170,7 +170,7 @@ def model_compute_ms(s: Settings, ds_name: str, reps: int = 300) -> dict[str, fl
     """Pure model compute: query tower (1 row) + ranker (N rows) through ONNX Runtime, p50."""
     from strata.models.inputs import ITEM_INPUTS, QUERY_INPUTS
     from strata.serving.backends import create_backend
-    from strata.serving.service import UserSnapshot
+    from strata.serving.catalog import UserSnapshot
     from strata.training.data import FeatureSpace, query_features_from_rows
     from strata.training.registry import Registry
 
@@ -231,11 +231,11 @@ def materialize_users(s: Settings, ds_name: str, url: str) -> int:
     """The version's user snapshot into Valkey (what `features materialize` would write)."""
     import pandas as pd
 
+    from strata.artifacts import USER_FEATURES_FILE
     from strata.config import ValkeyOnlineConfig
     from strata.features.materialize import materialize_frame
     from strata.features.online.valkey import ValkeyOnlineStore
     from strata.training.registry import Registry
-    from strata.training.train import USER_FEATURES_FILE
 
     path = Registry(s.registry_dir, ds_name).path()
     snap = pd.read_parquet(path / USER_FEATURES_FILE)
@@ -528,8 +528,8 @@ def run_size(
         n_users = materialize_users(s, ds_name, url)
         import pandas as pd
 
+        from strata.artifacts import USER_FEATURES_FILE
         from strata.training.registry import Registry
-        from strata.training.train import USER_FEATURES_FILE
 
         users = pd.read_parquet(
             Registry(s.registry_dir, ds_name).path() / USER_FEATURES_FILE, columns=["user_id"]

@@ -294,7 +294,7 @@ def recommend_cmd(
     version: Annotated[str | None, typer.Option(help="Model version (default: serving).")] = None,
 ) -> None:
     """Write top-k recommendations per user as JSON lines."""
-    from strata.training.recommender import recommend_file
+    from strata.serving.batch import recommend_file
 
     if stage not in ("retrieval", "full"):
         raise typer.BadParameter("expected retrieval or full", param_hint="--stage")

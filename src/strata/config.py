@@ -82,7 +82,7 @@ class BloomConfig(_Strict):
     fp_rate: float = Field(default=0.01, gt=0.0, lt=1.0)
     window_s: int = Field(default=7 * 86400, ge=1)
     # Rotating generations: an item stays "recent" for between window_s and
-    # window_s * generations / (generations - 1) (see strata.serving.bloom).
+    # window_s * generations / (generations - 1) (see strata.features.bloom).
     generations: int = Field(default=2, ge=2, le=16)
 
 

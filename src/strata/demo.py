@@ -150,7 +150,8 @@ def _samples(
     the cut and for a user with no history then (cold start)."""
     import numpy as np
 
-    from strata.serving.service import OnlineLink, RecommendationPipeline
+    from strata.serving.online import OnlineLink
+    from strata.serving.service import RecommendationPipeline
 
     inter = ds.interactions
     before = inter[inter["ts"] < cut]

@@ -9,6 +9,7 @@ import pytest
 
 from strata.config import BloomConfig, ValkeyOnlineConfig
 from strata.errors import StoreUnavailableError, ValidationError
+from strata.features.bloom import BloomFilter, MemoryBloom, ValkeyBloom, bloom_params
 from strata.features.online import (
     ActivityEvents,
     ActivityStore,
@@ -17,7 +18,6 @@ from strata.features.online import (
 )
 from strata.features.online.memory import MemoryOnlineStore
 from strata.features.online.valkey import ValkeyOnlineStore
-from strata.serving.bloom import BloomFilter, MemoryBloom, ValkeyBloom, bloom_params
 
 BACKENDS = [
     "memory",

@@ -13,6 +13,7 @@ import pytest
 from strata.config import OnnxRuntimeConfig, Settings, TritonBackendConfig, TritonExportConfig
 from strata.errors import DataError, MissingExtraError, NotFoundError, ValidationError
 from strata.serving.backends import (
+    TRITON_TO_NUMPY,
     InferenceBackend,
     InferenceUnavailableError,
     OnnxRuntimeBackend,
@@ -20,7 +21,6 @@ from strata.serving.backends import (
     create_backend,
 )
 from strata.serving.triton import (
-    TRITON_TO_NUMPY,
     check_repository,
     export_triton,
     parse_pbtxt,

@@ -9,7 +9,7 @@ import pytest
 
 from strata.config import BloomConfig
 from strata.errors import ValidationError
-from strata.serving.bloom import (
+from strata.features.bloom import (
     BloomFilter,
     MemoryBloom,
     base_hashes,

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from strata.config import DriftConfig
+from strata.ctr.drift import FeatureDriftReference
 from strata.ctr.preprocess import CtrBatch
 from strata.errors import ValidationError
-from strata.monitoring.drift import FeatureDriftReference, RollingAucMonitor, psi
+from strata.monitoring.drift import RollingAucMonitor, psi
 from strata.monitoring.trigger import RetrainTrigger
 
 

@@ -11,9 +11,10 @@ import pandas as pd
 import pytest
 
 from strata.config import FreshConfig, ServeConfig, Settings
+from strata.engine.stages import fresh_order, fresh_pool, fresh_slots, interleave_fresh
 from strata.features.online.memory import MemoryOnlineStore
-from strata.serving.pipeline import fresh_order, fresh_pool, fresh_slots, interleave_fresh
-from strata.serving.service import OnlineLink, RecommendationPipeline
+from strata.serving.online import OnlineLink
+from strata.serving.service import RecommendationPipeline
 
 from .tiny_world import fast_settings, tiny_dataset
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from strata.engine import stages
 from strata.errors import DataError, NotFoundError, ValidationError
 from strata.serving import index as ann
-from strata.serving import pipeline
 from strata.serving.index import (
     AnnIndex,
     FaissIndex,
@@ -209,14 +209,14 @@ def test_pipeline_retrieve_stage_accepts_ann_index(
 ) -> None:
     ids, x, q = data
     users = np.arange(len(q), dtype=np.int64)
-    exact = pipeline.ExactIndex(ids, x)
+    exact = stages.ExactIndex(ids, x)
     flat: AnnIndex = build_index(ids, x, "flat")
-    want = pipeline.run(users, q, exact, k=10, n=100)
-    got = pipeline.run(users, q, flat, k=10, n=100)
+    want = stages.run(users, q, exact, k=10, n=100)
+    got = stages.run(users, q, flat, k=10, n=100)
     np.testing.assert_allclose(got[1], want[1], atol=1e-5)
     assert (got[0] == want[0]).mean() > 0.99
     # The approximate index drops into the same stages; its top-10 mostly agrees with exact.
-    approx = pipeline.run(users, q, ivf, k=10, n=100)
+    approx = stages.run(users, q, ivf, k=10, n=100)
     assert recall_at_k(approx[0], want[0]) >= 0.9
 
 

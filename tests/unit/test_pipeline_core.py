@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from strata.serving import pipeline
-from strata.serving.pipeline import Candidates, ExactIndex, PairSetFilter
+from strata.engine import stages
+from strata.engine.stages import Candidates, ExactIndex, PairSetFilter
 
 
 def test_exact_index_matches_full_sort() -> None:
@@ -27,7 +27,7 @@ def test_seen_filter_and_counts() -> None:
     assert seen.tolist() == [[True, False], [False, True], [False, False]]
     assert f.count(np.array([1, 2, 3])).tolist() == [2, 1, 0]
     c = Candidates(np.array([[10, 12, 11]]), np.array([[3.0, 2.0, 1.0]], np.float32))
-    out = pipeline.filter_seen(c, np.array([1]), f)
+    out = stages.filter_seen(c, np.array([1]), f)
     assert out.ids.tolist() == [[-1, 12, -1]] and np.isinf(out.scores[0, 0])
 
 
@@ -38,11 +38,11 @@ class _ReverseScorer:
 
 def test_rank_and_order_with_padding() -> None:
     c = Candidates(np.array([[5, 6, -1]]), np.array([[0.9, 0.5, -np.inf]], np.float32))
-    ranked = pipeline.rank(c, np.array([1]), _ReverseScorer())
-    ids, sc = pipeline.order(ranked, 4)
+    ranked = stages.rank(c, np.array([1]), _ReverseScorer())
+    ids, sc = stages.order(ranked, 4)
     assert ids.tolist() == [[6, 5, -1, -1]]
     assert sc[0, 0] > sc[0, 1] and np.isinf(sc[0, 2])
-    ids2, _ = pipeline.order(pipeline.rank(c, np.array([1]), None), 2)
+    ids2, _ = stages.order(stages.rank(c, np.array([1]), None), 2)
     assert ids2.tolist() == [[5, 6]]
 
 
@@ -54,6 +54,6 @@ def test_run_never_returns_seen_items() -> None:
     q = rng.normal(size=(2, 4)).astype(np.float32)
     top = index.search(q, 3)[0]
     seen = PairSetFilter(np.repeat(users, 3), top.ravel())
-    ids, _ = pipeline.run(users, q, index, k=5, n=20, seen=seen)
+    ids, _ = stages.run(users, q, index, k=5, n=20, seen=seen)
     for u in range(2):
         assert not set(ids[u]) & set(top[u]) and len(set(ids[u])) == 5

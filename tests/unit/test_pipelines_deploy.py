@@ -76,9 +76,11 @@ def test_manifests_parse_and_reference_each_other() -> None:
     )["rules"]
     (rule,) = [r for r in rules if r["name"]["as"] == pods_metrics[0]]
     # The adapter reads the histogram the serving app exports, on the /recommend route.
-    src = (ROOT / "src" / "strata" / "serving" / "app.py").read_text()
+    from strata.serving.metrics import ServingMetrics
+
+    exported = {m.name: m.type for m in ServingMetrics.create().registry.collect()}
     hist = re.search(r"\^(\w+)_bucket\$", rule["name"]["matches"])
-    assert hist and f'"{hist.group(1)}"' in src
+    assert hist and exported.get(hist.group(1)) == "histogram"
     assert 'endpoint="/recommend"' in rule["metricsQuery"]
     annotations = pod["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"

@@ -17,8 +17,8 @@ from .tiny_world import fast_settings, tiny_dataset
 def test_incremental_promotes_only_after_the_index_exists(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from strata.artifacts import INDEX_DIR
     from strata.pipelines import steps
-    from strata.serving.index import INDEX_DIR
 
     home = tmp_path / "storage"
     s = fast_settings(home)

@@ -9,19 +9,13 @@ import pandas as pd
 import pytest
 
 from strata.config import DiversityConfig, ValkeyOnlineConfig
+from strata.engine.order import genre_capped, sampled, top_k
 from strata.errors import StoreUnavailableError, ValidationError
 from strata.features.events import EventIngestor
 from strata.features.materialize import materialize_frame
 from strata.features.online.memory import MemoryOnlineStore
-from strata.serving.service import (
-    STAGES,
-    OnlineLink,
-    RecommendationPipeline,
-    StoreBreaker,
-    genre_capped,
-    sampled,
-    top_k,
-)
+from strata.serving.online import OnlineLink, StoreBreaker
+from strata.serving.service import STAGES, RecommendationPipeline
 from strata.training.data import query_features_from_rows
 
 from .serving_support import DATASET, serving_settings, tiny_world

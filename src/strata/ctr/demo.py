@@ -99,10 +99,10 @@ def run_ctr_demo(
     """Run the whole story and write `rolling_auc.png`, `decisions.jsonl` and `report.json`."""
     import pandas as pd
 
+    from strata.ctr.drift import FeatureDriftReference
     from strata.ctr.service import CtrService, ServedModel, make_retrain
     from strata.ctr.train import CtrSource, publish, train_ctr
     from strata.datasets.synthetic import criteo_like
-    from strata.monitoring.drift import FeatureDriftReference
     from strata.monitoring.trigger import RetrainTrigger
     from strata.training.metrics import auc
     from strata.training.registry import Registry

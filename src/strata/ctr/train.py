@@ -23,6 +23,7 @@ import pandas as pd
 
 from strata.atomic import atomic_write_text
 from strata.config import CtrConfig, CtrModelConfig, Settings
+from strata.ctr.drift import FeatureDriftReference
 from strata.ctr.preprocess import (
     LABEL,
     CtrBatch,
@@ -30,7 +31,6 @@ from strata.ctr.preprocess import (
     fit_preprocessor,
 )
 from strata.errors import DataError
-from strata.monitoring.drift import FeatureDriftReference
 
 if TYPE_CHECKING:
     from strata.ctr.model import CtrModel

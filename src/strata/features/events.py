@@ -75,7 +75,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from strata.config import Settings
-    from strata.serving.bloom import BloomFilter
+    from strata.features.bloom import BloomFilter
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -270,7 +270,7 @@ class EventIngestor:
         log_name: str = "events",
         consumer: str | None = None,
     ) -> None:
-        from strata.serving.bloom import open_bloom
+        from strata.features.bloom import open_bloom
 
         self.settings = settings
         self.config = settings.events

@@ -120,10 +120,19 @@ FUNCTIONS = (
 )
 
 
+def require_kfp() -> Any:
+    """`kfp.dsl`, or MissingExtraError naming the `pipelines` extra."""
+    from strata.errors import MissingExtraError
+
+    try:
+        from kfp import dsl
+    except ImportError:
+        raise MissingExtraError("kfp", "pipelines") from None
+    return dsl
+
+
 def make_components(image: str) -> dict[str, Any]:
     """KFP components for every function above, running in `image` (kfp must be installed)."""
-    from strata.pipelines.pipelines import require_kfp
-
     dsl = require_kfp()
     # The image carries strata and kfp already: no pip install at container start.
     return {

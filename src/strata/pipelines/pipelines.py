@@ -13,24 +13,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from strata.errors import MissingExtraError
+from strata.pipelines.components import make_components, require_kfp
 
 PIPELINES = ("initial", "incremental", "ctr-retrain")
-
-
-def require_kfp() -> Any:
-    """`kfp.dsl`, or MissingExtraError naming the `pipelines` extra."""
-    try:
-        from kfp import dsl
-    except ImportError:
-        raise MissingExtraError("kfp", "pipelines") from None
-    return dsl
 
 
 def make_pipelines(image: str) -> dict[str, Callable[..., Any]]:
     """The three KFP pipeline objects, with components running in `image`."""
     dsl = require_kfp()
-    from strata.pipelines.components import make_components
 
     c = make_components(image)
 

@@ -234,7 +234,7 @@ def materialize_online(storage_uri: str, dataset: str) -> dict[str, Any]:
 def publish(storage_uri: str, dataset: str, decision: dict[str, Any]) -> dict[str, Any]:
     """Point the registry's `serving` at the accepted version once its ANN index exists; a
     rejected one stays unpublished."""
-    from strata.serving.index import INDEX_DIR
+    from strata.artifacts import INDEX_DIR
     from strata.training.registry import Registry
 
     version = decision.get("version")

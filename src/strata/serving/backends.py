@@ -23,6 +23,24 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# The Triton model-config parameter naming the registry version (written by strata.serving.triton).
+VERSION_PARAM = "strata_version"
+# Triton data types -> NumPy dtype names (the client backend checks and converts with these).
+TRITON_TO_NUMPY = {
+    "TYPE_FP32": "float32",
+    "TYPE_UINT8": "uint8",
+    "TYPE_INT8": "int8",
+    "TYPE_UINT16": "uint16",
+    "TYPE_INT16": "int16",
+    "TYPE_INT32": "int32",
+    "TYPE_INT64": "int64",
+    "TYPE_STRING": "object",
+    "TYPE_BOOL": "bool",
+    "TYPE_FP16": "float16",
+    "TYPE_FP64": "float64",
+    "TYPE_UINT32": "uint32",
+    "TYPE_UINT64": "uint64",
+}
 # The registry files that serve online, by model name (also the Triton model names).
 MODEL_FILES = {"query_tower": "query_tower.onnx", "ranker": "ranker.onnx"}
 
@@ -220,8 +238,6 @@ class _TritonIO:
 
 def _triton_io(cfg: dict[str, Any]) -> _TritonIO:
     """Specs from a Triton model config (HTTP JSON), `reshape` applied."""
-    from strata.serving.triton import TRITON_TO_NUMPY
-
     batched = int(cfg.get("max_batch_size", 0) or 0) > 0
     lead = (-1,) if batched else ()
 
@@ -314,8 +330,6 @@ class TritonBackend:
             params = self._model_io(self._models[0]).params
         except InferenceUnavailableError:
             return ""
-        from strata.serving.triton import VERSION_PARAM
-
         return params.get(VERSION_PARAM) or f"triton:{self._triton_version or 'latest'}"
 
     def inputs(self, model: str) -> tuple[IOSpec, ...]:

@@ -45,8 +45,9 @@ from strata.errors import NotFoundError, StrataError, ValidationError
 from strata.serving import pauses
 
 if TYPE_CHECKING:
+    from strata.ctr.drift import FeatureDriftReference
     from strata.ctr.service import CtrService
-    from strata.monitoring.drift import DriftDecision, FeatureDriftReference
+    from strata.monitoring.drift import DriftDecision
     from strata.monitoring.trigger import RetrainTrigger
     from strata.training.registry import Registry
 
@@ -146,8 +147,8 @@ class CtrRuntime:
     def _drift_reference(self, version: str, path: Any) -> FeatureDriftReference | None:
         import json
 
+        from strata.ctr.drift import FeatureDriftReference
         from strata.ctr.train import DRIFT_REF
-        from strata.monitoring.drift import FeatureDriftReference
 
         with self._ref_lock:
             if version not in self._drift_refs:

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
+from strata.artifacts import INDEX_DIR, ITEM_EMBEDDINGS_FILE, ITEM_IDS_FILE
 from strata.atomic import atomic_write_bytes
 from strata.errors import DataError, NotFoundError, ValidationError
 
@@ -57,7 +58,6 @@ Kind = Literal["flat", "ivf", "hnsw"]
 KINDS: tuple[str, ...] = ("flat", "ivf", "hnsw")
 FORMAT = "strata-ann/1"
 MANIFEST = "manifest.json"
-INDEX_DIR = "index"  # sub-folder of a registry version that holds its index
 # Exact search up to here (measurements in the module docstring): <= ~1 ms per query even on a
 # loaded machine; above it a flat scan grows memory-bound (15 ms at 100k under load).
 FLAT_MAX_ITEMS = 50_000
@@ -525,7 +525,7 @@ def _index_from_files(
     `settings.index.kind`); `tune_queries` is called only when the kind needs tuning."""
     from strata.atomic import sha256_file
 
-    emb_path, ids_path = folder / "item_embeddings.npy", folder / "item_ids.npy"
+    emb_path, ids_path = folder / ITEM_EMBEDDINGS_FILE, folder / ITEM_IDS_FILE
     for p in (emb_path, ids_path):
         if not p.is_file():
             raise DataError(p, "missing; no exported item embeddings here")
@@ -571,7 +571,7 @@ def build_version_index(
 def build_staged_index(settings: Settings, stage_dir: Path, kind: str | None = None) -> dict:
     """Build the index of a two-tower staging folder's item embeddings (`train_two_tower`) and
     save it in `stage_dir/index`, which `train_ranker` copies into the version it commits."""
-    from strata.training.train import STAGE_INDEX, STAGE_META, STAGE_QUERIES
+    from strata.artifacts import STAGE_INDEX, STAGE_META, STAGE_QUERIES
 
     stage_dir = Path(stage_dir)
     meta_path = stage_dir / STAGE_META
@@ -619,7 +619,7 @@ def load_version_index(settings: Settings, dataset: str, version: str | None = N
     manifest = reg.manifest(vdir.name)
     dim = manifest.get("models", {}).get("embedding_dim")
     index = load_index(vdir / INDEX_DIR, dim=int(dim) if dim is not None else None)
-    want = manifest.get("files", {}).get("item_embeddings.npy")
+    want = manifest.get("files", {}).get(ITEM_EMBEDDINGS_FILE)
     got = index.info.get("source", {}).get("item_embeddings_sha256")
     if want is not None and got != want:
         raise DataError(vdir / INDEX_DIR, "index was built from other item embeddings; rebuild it")

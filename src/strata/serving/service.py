@@ -14,11 +14,10 @@ One request walks the stages of DESIGN.md, each timed:
     rank           all candidates in one ranker batch through the InferenceBackend
     order          top-k, optionally diversified (per-genre cap or softmax sampling)
 
-Online-store failures never fail a request: every store call goes through `StoreBreaker`, which
-fails fast while the store is known to be down, lets one caller probe it again after a backoff
-that doubles from `store_backoff_min_s` to `store_backoff_max_s`, and closes on the first success.
-While it is open, user features come from the snapshot/defaults, the Bloom filter is skipped
-(fail open) and the result says `degraded` with the reasons.
+Online-store failures never fail a request: every store call goes through the `StoreBreaker` of
+`strata.serving.online`, which fails fast while the store is known to be down and lets one caller
+probe it again after a backoff. While it is open, user features come from the snapshot/defaults,
+the Bloom filter is skipped (fail open) and the result says `degraded` with the reasons.
 
 The pipeline of one model version is immutable once built, so a hot reload builds a new one and
 swaps a reference; requests that already hold the old one finish on it.
@@ -27,9 +26,8 @@ swaps a reference; requests that already hold the old one finish on it.
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -37,15 +35,17 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
 
+from strata.artifacts import ITEM_EMBEDDINGS_FILE, ITEM_IDS_FILE
+from strata.engine.order import genre_capped, sampled, top_k
+from strata.engine.stages import ExactIndex, PairSetFilter, Retriever
 from strata.errors import DataError, NotFoundError, StoreUnavailableError, ValidationError
 from strata.models.inputs import QUERY_INPUTS
-from strata.serving.pipeline import ExactIndex, PairSetFilter, Retriever
+from strata.serving.catalog import CatalogCache, UserSnapshot
+from strata.serving.online import OnlineLink
 
 if TYPE_CHECKING:
-    from strata.config import DiversityConfig, Settings
-    from strata.features.online import ActivityStore, FeatureRows, OnlineStore
+    from strata.config import Settings
     from strata.serving.backends import InferenceBackend
-    from strata.serving.bloom import BloomFilter
     from strata.training.batch import ItemFeatures, QueryFeatures
     from strata.training.data import FeatureSpace
 
@@ -64,278 +64,6 @@ STAGES = (
 )
 Stage = Literal["retrieval", "full"]
 UserSource = Literal["online", "snapshot", "cold", "anonymous"]
-_CATALOG_CHUNK = 5000  # rows per store read when the catalog cache reloads item features
-
-
-# --- store breaker ----------------------------------------------------------------------------
-
-
-class StoreBreaker:
-    """Fail-fast guard for online-store calls with exponential backoff and a single probe.
-
-    Closed: calls pass. After a `StoreUnavailableError` it opens for a backoff (doubling from
-    `min_s` to `max_s`); calls then raise at once without touching the network. When the backoff
-    has passed, exactly one caller probes the store; success closes the breaker, failure reopens
-    it with a longer backoff. So a returning store is used again within `max_s` plus one timeout.
-    """
-
-    def __init__(
-        self, min_s: float, max_s: float, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self.min_s, self.max_s = min_s, max_s
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._failures = 0
-        self._open_until = 0.0
-        self._probing = False
-        self._last_error = ""
-
-    @property
-    def is_open(self) -> bool:
-        """True while calls are being skipped (the store failed and has not recovered)."""
-        return self._failures > 0
-
-    @property
-    def last_error(self) -> str:
-        """The message of the failure that opened the breaker ('' when closed)."""
-        return self._last_error
-
-    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run `fn` unless the store is known to be down; StoreUnavailableError when skipped."""
-        with self._lock:
-            probe = self._failures > 0
-            if probe and (self._probing or self._clock() < self._open_until):
-                raise StoreUnavailableError(f"online store skipped: {self._last_error}")
-            self._probing = probe
-        ok = False
-        try:
-            out = fn(*args, **kwargs)
-            ok = True
-            return out
-        except StoreUnavailableError as exc:
-            with self._lock:
-                self._failures += 1
-                backoff = min(self.max_s, self.min_s * 2 ** min(self._failures - 1, 30))
-                self._open_until = self._clock() + backoff
-                if self._failures == 1:
-                    log.warning("online store unavailable, serving degraded: %s", exc)
-                self._last_error = str(exc)
-            raise
-        finally:
-            with self._lock:
-                self._probing = False
-                if ok and self._failures:
-                    log.warning("online store is back after %d failed attempts", self._failures)
-                    self._failures = 0
-                    self._last_error = ""
-
-
-@dataclass
-class OnlineLink:
-    """The online side shared by every pipeline version: feature store, live activity, Bloom
-    filters, and the breaker that guards them (built once per process)."""
-
-    store: OnlineStore
-    activity: ActivityStore
-    bloom: BloomFilter
-    breaker: StoreBreaker
-
-    @classmethod
-    def open(cls, settings: Settings, store: OnlineStore | None = None) -> OnlineLink:
-        """Open the configured online store (or use `store`) with its activity store and Bloom."""
-        from strata.features.online import open_activity_store, open_online_store
-        from strata.serving.bloom import open_bloom
-
-        st = store if store is not None else open_online_store(settings.online)
-        cfg = settings.serve
-        return cls(
-            st,
-            open_activity_store(st),
-            open_bloom(settings.bloom, st),
-            StoreBreaker(cfg.store_backoff_min_s, cfg.store_backoff_max_s),
-        )
-
-    def health(self) -> None:
-        """Ping the store through the breaker (StoreUnavailableError when down)."""
-        self.breaker.call(self.store.health)
-
-    def close(self) -> None:
-        """Release store connections (Valkey pools); a no-op for the memory store."""
-        closer = getattr(self.store, "close", None)
-        if closer is not None:
-            closer()
-
-
-# --- catalog ----------------------------------------------------------------------------------
-
-
-class ItemCategories(Mapping[int, int]):
-    """Item id -> primary genre index as a read-only mapping over sorted arrays (no 1M-key dict);
-    handed to `EventIngestor` for the users' top-category counters."""
-
-    def __init__(self, item_ids: np.ndarray, genre: np.ndarray) -> None:
-        self._ids, self._genre = item_ids, genre
-
-    def __getitem__(self, key: int) -> int:
-        pos = int(np.searchsorted(self._ids, key))
-        if pos >= len(self._ids) or self._ids[pos] != key or self._genre[pos] < 0:
-            raise KeyError(key)
-        return int(self._genre[pos])
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self._ids[self._genre >= 0].tolist())
-
-    def __len__(self) -> int:
-        return int((self._genre >= 0).sum())
-
-
-class CatalogCache:
-    """In-process item catalog: the version's item ids and genres, plus the online store's item
-    features cached whole (popularity feeds the ranker; the rest answers GET /items) and reloaded
-    when the store's item feature version changes."""
-
-    def __init__(self, space: FeatureSpace, link: OnlineLink) -> None:
-        self.item_ids = space.item_ids  # sorted
-        self.genre_names: list[str] = list(space.meta["genres"])
-        mh = space.t["genres"][1:]  # (I, G) multi-hot; row r = item_ids[r]
-        self.primary_genre = np.where(mh.sum(1) > 0, mh.argmax(1), -1).astype(np.int64)
-        self._mh = mh
-        self._link = link
-        # (version, found (I,), {feature: (I,) values}) swapped as one tuple: readers never mix.
-        self._online: tuple[str | None, np.ndarray, dict[str, np.ndarray]] = (
-            None,
-            np.zeros(len(self.item_ids), bool),
-            {},
-        )
-        self._refresh_lock = threading.Lock()
-
-    def __len__(self) -> int:
-        return len(self.item_ids)
-
-    @property
-    def feature_version(self) -> str | None:
-        """The online item feature version held in the cache (None before the first load)."""
-        return self._online[0]
-
-    def positions(self, item_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Row of each id in `item_ids` order and whether it is in the catalog."""
-        ids = np.asarray(item_ids, dtype=np.int64)
-        if not len(self.item_ids):
-            return np.zeros(len(ids), np.int64), np.zeros(len(ids), bool)
-        pos = np.searchsorted(self.item_ids, ids).clip(0, len(self.item_ids) - 1)
-        return pos, self.item_ids[pos] == ids
-
-    def categories(self) -> ItemCategories:
-        """Item -> primary genre mapping for event ingestion."""
-        return ItemCategories(self.item_ids, self.primary_genre)
-
-    def popularity(self, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-        """Live `item_n_events` of catalog rows `pos` and where the store had them (or None)."""
-        _, found, table = self._online
-        pop = table.get("item_n_events")
-        if pop is None:
-            return None
-        return pop[pos], found[pos]
-
-    def refresh(self) -> bool:
-        """Reload the online item features if their active version changed; True if reloaded."""
-        store, breaker = self._link.store, self._link.breaker
-        with self._refresh_lock:
-            version = breaker.call(store.active_version, "item")
-            if version == self._online[0]:
-                return False
-            if version is None or not len(self.item_ids):
-                self._online = (version, np.zeros(len(self.item_ids), bool), {})
-                return True
-            from strata.features.schema import ITEM_FEATURES
-
-            names = list(self._read_known([f.name for f in ITEM_FEATURES]).values)
-            parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
-            found: list[np.ndarray] = []
-            for start in range(0, len(self.item_ids), _CATALOG_CHUNK):
-                chunk = self.item_ids[start : start + _CATALOG_CHUNK]
-                rows = breaker.call(store.read, "item", chunk, names)
-                if rows.version != version:  # switched mid-reload: the next poll redoes it
-                    return False
-                found.append(rows.found)
-                for n in names:
-                    parts[n].append(rows.values[n])
-            table = {n: np.concatenate(v) for n, v in parts.items()}
-            self._online = (version, np.concatenate(found), table)
-            log.info("catalog cache: item features %s (%d items)", version, int(found[0].size))
-            return True
-
-    def _read_known(self, names: list[str]) -> FeatureRows:
-        """Read one row with `names`, dropping features the stored version does not have."""
-        store, breaker = self._link.store, self._link.breaker
-        probe = self.item_ids[:1]
-        for _ in range(len(names) + 1):
-            try:
-                return breaker.call(store.read, "item", probe, names)
-            except ValidationError as exc:
-                if exc.field not in names:
-                    raise
-                names = [n for n in names if n != exc.field]
-        raise DataError("item", "no readable item features in the online store")
-
-    def item(self, item_id: int) -> dict[str, Any] | None:
-        """Everything the service knows about one item, or None when it is not in the catalog."""
-        pos, found = self.positions(np.array([item_id]))
-        if not found[0]:
-            return None
-        r = int(pos[0])
-        version, have, table = self._online
-        features = {n: _jsonable(v[r]) for n, v in table.items()} if have[r] else {}
-        return {
-            "item_id": int(item_id),
-            "genres": [self.genre_names[g] for g in np.flatnonzero(self._mh[r])],
-            "features": features,
-            "feature_version": version,
-        }
-
-
-class UserSnapshot:
-    """The version's user feature rows as of its training cut (offline store), in the online
-    store's encoding: the fallback for users the online store does not hold or cannot serve."""
-
-    def __init__(self, user_ids: np.ndarray, columns: dict[str, np.ndarray]) -> None:
-        order = np.argsort(user_ids, kind="stable")
-        self.ids = np.asarray(user_ids, np.int64)[order]
-        self.columns = {n: np.asarray(c)[order] for n, c in columns.items()}
-
-    @classmethod
-    def load(cls, path: Path) -> UserSnapshot:
-        """Read `user_features.parquet` of a registry version (empty when the file is absent)."""
-        from strata.training.data import USER_INPUT_FEATURES, frame_rows
-        from strata.training.train import USER_FEATURES_FILE
-
-        f = path / USER_FEATURES_FILE
-        if not f.exists():
-            log.warning("%s: no %s; users without online features start cold", path, f.name)
-            return cls(np.zeros(0, np.int64), {})
-        import pandas as pd
-
-        df = pd.read_parquet(f)
-        from strata.features.schema import USER_KEY
-
-        return cls(df[USER_KEY].to_numpy(np.int64), frame_rows(df, USER_INPUT_FEATURES))
-
-    def row(self, user_id: int) -> dict[str, np.ndarray] | None:
-        """One user's columns as 1-row arrays, or None when the snapshot does not have them."""
-        if not len(self.ids):
-            return None
-        pos = int(np.searchsorted(self.ids, user_id))
-        if pos >= len(self.ids) or self.ids[pos] != user_id:
-            return None
-        return {n: c[pos : pos + 1] for n, c in self.columns.items()}
-
-
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    if isinstance(v, np.generic):
-        return v.item()
-    return v
 
 
 # --- results ----------------------------------------------------------------------------------
@@ -425,7 +153,7 @@ class RecommendationPipeline:
         self.fresh_year = space.t["year"][rows].astype(np.float64)
         self.fresh_emb = np.zeros((len(rows), 0), np.float32)
         if len(rows):
-            emb = np.load(path / "item_embeddings.npy", mmap_mode="r", allow_pickle=False)
+            emb = np.load(path / ITEM_EMBEDDINGS_FILE, mmap_mode="r", allow_pickle=False)
             self.fresh_emb = np.ascontiguousarray(emb[rows - 1], dtype=np.float32)
         self.ranker_score_weight = float(
             manifest.get("models", {}).get("ranker", {}).get("score_weight", 0.0)
@@ -569,14 +297,14 @@ class RecommendationPipeline:
         """Up to `fresh.pool` fresh items (no interactions in training) for the reserved slots:
         the newest, nearest first within a year, or the nearest (`FreshConfig.order`); their
         ids (F,) and retrieval scores (F,)."""
-        from strata.serving import pipeline
+        from strata.engine import stages
 
         cfg = self.config.fresh
         if not len(self.fresh_ids):
             return self.fresh_ids, np.zeros(0, np.float32)
         near = self.fresh_emb @ np.asarray(qvec, np.float32)  # (F,)
         none = np.zeros((1, len(near)), bool)  # seen items are filtered with the candidates
-        pick = pipeline.fresh_pool(near[None], self.fresh_year[None], none, cfg.order, cfg.pool)[0]
+        pick = stages.fresh_pool(near[None], self.fresh_year[None], none, cfg.order, cfg.pool)[0]
         return self.fresh_ids[pick], near[pick].astype(np.float32)
 
     def _with_fresh(
@@ -593,16 +321,16 @@ class RecommendationPipeline:
         score carries no interaction signal; the popularity prior stays, so a fresh item that
         is picking up events comes first); fresh scores are their fused probabilities. Returns
         ids, scores, retrieval scores and how many fresh items went in."""
-        from strata.serving import pipeline
+        from strata.engine import stages
 
         cfg = self.config.fresh
         rows, _ = self.space.item_rows(f_ids)
         net = f_logit - self.ranker_score_weight * f_scores
         valid = np.ones((1, len(f_ids)), bool)
         year = self.space.t["year"][rows][None]
-        by = pipeline.fresh_order(valid, net[None], year, cfg.order)[0]
+        by = stages.fresh_order(valid, net[None], year, cfg.order)[0]
         f_ids, f_scores, f_prob = f_ids[by], f_scores[by], _sigmoid(f_logit[by])
-        take = pipeline.interleave_fresh(ids[None], f_ids[None], cfg.start, cfg.every)[0]
+        take = stages.interleave_fresh(ids[None], f_ids[None], cfg.start, cfg.every)[0]
         take = take[take >= 0]
         k = len(ids)
         return (
@@ -773,62 +501,6 @@ class RecommendationPipeline:
         return sampled(scores, k, div, logits)
 
 
-def open_batch_pipeline(
-    settings: Settings, dataset: str, version: str | None = None, k: int | None = None
-) -> RecommendationPipeline:
-    """The serving pipeline for offline use (`strata recommend`): same stages and stores as
-    HTTP; `k` may exceed the HTTP limit `serve.k_max`."""
-    if k is not None and k > settings.serve.k_max:
-        serve = settings.serve.model_copy(update={"k_max": k})
-        settings = settings.model_copy(update={"serve": serve})
-    return RecommendationPipeline.load(settings, dataset, version)
-
-
-# --- order-stage helpers ------------------------------------------------------------------------
-
-
-def top_k(scores: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k best scores, best first (stable on ties)."""
-    n = len(scores)
-    if n > k:
-        part = np.argpartition(-scores, k - 1)[:k]
-        return part[np.lexsort((part, -scores[part]))]
-    return np.argsort(-scores, kind="stable")
-
-
-def genre_capped(scores: np.ndarray, genre: np.ndarray, k: int, cap: int) -> np.ndarray:
-    """Best-first top-k with at most `cap` items per genre; fills from the rest if short.
-
-    Vectorised: each candidate's rank within its genre (in score order) comes from one lexsort;
-    candidates beyond the cap move behind all others, order is kept otherwise. Items without a
-    genre (-1) are never capped.
-    """
-    n = len(scores)
-    order = np.argsort(-scores, kind="stable")
-    g = genre[order]
-    pos = np.arange(n)
-    by_genre = np.lexsort((pos, g))
-    gs = g[by_genre]
-    starts = np.r_[0, np.flatnonzero(np.diff(gs)) + 1]
-    run_start = np.repeat(starts, np.diff(np.r_[starts, n]))
-    occ = np.empty(n, dtype=np.int64)
-    occ[by_genre] = pos - run_start
-    over = (occ >= cap) & (g >= 0)
-    return order[np.lexsort((pos, over))[:k]]
-
-
-def sampled(scores: np.ndarray, k: int, cfg: DiversityConfig, logits: bool = False) -> np.ndarray:
-    """k items sampled without replacement from softmax(logit / T) (Gumbel top-k); `scores`
-    are probabilities, or log-odds already with `logits`."""
-    if logits:
-        logit = scores.astype(np.float64)
-    else:
-        p = np.clip(scores.astype(np.float64), 1e-9, 1 - 1e-9)
-        logit = np.log(p) - np.log1p(-p)
-    g = np.random.default_rng().gumbel(size=len(scores))
-    return top_k(logit / cfg.temperature + g, k)
-
-
 # --- helpers ------------------------------------------------------------------------------------
 
 
@@ -857,7 +529,7 @@ def _load_history(path: Path) -> PairSetFilter:
     """The (user, item) pairs before the version's cut-off (exact seen filter)."""
     from safetensors.numpy import load_file
 
-    from strata.training.train import SEEN_FILE
+    from strata.artifacts import SEEN_FILE
 
     f = path / SEEN_FILE
     if not f.exists():
@@ -884,7 +556,7 @@ def _load_index(
         log.info("%s/%s: no ANN index (%s); using exact search", dataset, path.name, exc)
     except DataError as exc:
         log.warning("%s/%s: unusable ANN index (%s); using exact search", dataset, path.name, exc)
-    emb = np.load(path / "item_embeddings.npy", allow_pickle=False)
-    ids_file = path / "item_ids.npy"
+    emb = np.load(path / ITEM_EMBEDDINGS_FILE, allow_pickle=False)
+    ids_file = path / ITEM_IDS_FILE
     ids = np.load(ids_file, allow_pickle=False) if ids_file.exists() else space.item_ids
     return ExactIndex(ids, emb), {"kind": "exact"}

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from strata.errors import DataError
-from strata.serving.backends import MODEL_FILES
+from strata.serving.backends import MODEL_FILES, VERSION_PARAM
 
 if TYPE_CHECKING:
     from strata.config import Settings, TritonExportConfig
@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CONFIG = "config.pbtxt"
-VERSION_PARAM = "strata_version"
 DATASET_PARAM = "strata_dataset"
 
 # onnx.TensorProto element types -> Triton data types (ints so onnx is imported lazily).
@@ -46,22 +45,6 @@ _ONNX_TO_TRITON = {
     12: "TYPE_UINT32",
     13: "TYPE_UINT64",
     16: "TYPE_BF16",
-}
-# Triton data types -> NumPy dtype names (the client backend checks and converts with these).
-TRITON_TO_NUMPY = {
-    "TYPE_FP32": "float32",
-    "TYPE_UINT8": "uint8",
-    "TYPE_INT8": "int8",
-    "TYPE_UINT16": "uint16",
-    "TYPE_INT16": "int16",
-    "TYPE_INT32": "int32",
-    "TYPE_INT64": "int64",
-    "TYPE_STRING": "object",
-    "TYPE_BOOL": "bool",
-    "TYPE_FP16": "float16",
-    "TYPE_FP64": "float64",
-    "TYPE_UINT32": "uint32",
-    "TYPE_UINT64": "uint64",
 }
 
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from strata.artifacts import ITEM_EMBEDDINGS_FILE, ITEM_IDS_FILE
 from strata.errors import DataError
 from strata.models.inputs import ITEM_INPUTS, QUERY_INPUTS
 
@@ -75,9 +76,9 @@ def write_item_embeddings(folder: Path, item_ids: np.ndarray, emb: np.ndarray) -
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    npy = folder / "item_embeddings.npy"
+    npy = folder / ITEM_EMBEDDINGS_FILE
     np.save(npy, emb.astype(np.float32), allow_pickle=False)
-    ids = folder / "item_ids.npy"
+    ids = folder / ITEM_IDS_FILE
     np.save(ids, item_ids.astype(np.int64), allow_pickle=False)
     table = pa.table(
         {

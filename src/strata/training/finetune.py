@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from strata.engine.stages import PairSetFilter
 from strata.errors import ValidationError
-from strata.serving.pipeline import PairSetFilter
 from strata.training.loops import RetrievalData
 
 if TYPE_CHECKING:

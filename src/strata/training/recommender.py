@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from strata.artifacts import ITEM_EMBEDDINGS_FILE
+from strata.engine import stages
+from strata.engine.stages import Candidates, ExactIndex, PairSetFilter
 from strata.errors import DataError, ValidationError
-from strata.serving import pipeline
-from strata.serving.pipeline import Candidates, ExactIndex, PairSetFilter
 from strata.training.batch import QueryFeatures, RankBatch
 from strata.training.data import FeatureSpace
 
@@ -30,7 +31,7 @@ _CHUNK = 64  # users per ranking chunk: bounds (users x candidates) feature memo
 
 
 class _RankerScorer:
-    """`pipeline.Scorer` over the DCN-v2 ranker for one chunk of users' query features (scores
+    """`stages.Scorer` over the DCN-v2 ranker for one chunk of users' query features (scores
     are logits: the order is the same as by probability, without float32 saturation ties)."""
 
     def __init__(self, rec: Recommender, queries: QueryFeatures) -> None:
@@ -125,15 +126,15 @@ class Recommender:
             q_emb = embed_queries(self.two_tower, qc)
             # Exact search: fetch enough that k (or N) unseen items survive the filter.
             depth = max(self.n_candidates, k) + int(self._seen_counts(seen, u).max(initial=0))
-            cands = pipeline.filter_seen(pipeline.retrieve(self.index, q_emb, depth), u, seen)
+            cands = stages.filter_seen(stages.retrieve(self.index, q_emb, depth), u, seen)
             if stage == "retrieval":
-                ids, sc = pipeline.order(cands, k)
+                ids, sc = stages.order(cands, k)
             else:
                 n = max(self.n_candidates, k)
-                top_ids, top_sc = pipeline.order(cands, n)
+                top_ids, top_sc = stages.order(cands, n)
                 scorer = _RankerScorer(self, qc)
-                ranked = pipeline.rank(Candidates(top_ids, top_sc), u, scorer)
-                ids, sc = pipeline.order(ranked, k)
+                ranked = stages.rank(Candidates(top_ids, top_sc), u, scorer)
+                ids, sc = stages.order(ranked, k)
                 fresh = self.fresh
                 if fresh is not None and fresh.enabled and k > fresh.start and len(self.fresh_rows):
                     ids, sc = self._with_fresh(u, q_emb, ids, sc, seen, scorer)
@@ -160,17 +161,17 @@ class Recommender:
         year = np.broadcast_to(self.space.t["year"][rows].astype(np.float64), f_ids.shape)
         r_sc = q_emb @ self.index.emb[rows - 1].T  # (U, F)
         drop = seen.seen(users, f_ids)
-        pick = pipeline.fresh_pool(r_sc, year, drop, cfg.order, cfg.pool)
+        pick = stages.fresh_pool(r_sc, year, drop, cfg.order, cfg.pool)
         p_ids = np.where(np.take_along_axis(drop, pick, 1), -1, np.take_along_axis(f_ids, pick, 1))
         p_sc = np.take_along_axis(r_sc, pick, 1).astype(np.float32)
         valid = p_ids >= 0
         fused = scorer.score(users, Candidates(p_ids, p_sc))  # (U, P) logits
         net = fused - self.ranker.cfg.score_weight * p_sc
         year_p = np.take_along_axis(year, pick, 1)
-        by = pipeline.fresh_order(valid, net, year_p, cfg.order, self._fresh_rng)
+        by = stages.fresh_order(valid, net, year_p, cfg.order, self._fresh_rng)
         f_best = np.take_along_axis(np.where(valid, p_ids, -1), by, axis=1)
         f_fused = np.take_along_axis(np.where(valid, fused, -np.inf), by, axis=1)
-        take = pipeline.interleave_fresh(ids, f_best, cfg.start, cfg.every)
+        take = stages.interleave_fresh(ids, f_best, cfg.start, cfg.every)
         all_ids = np.concatenate([ids, f_best], axis=1)
         all_sc = np.concatenate([sc, f_fused.astype(np.float32)], axis=1)
         empty = take < 0
@@ -198,12 +199,12 @@ def load_recommender(settings: Settings, dataset: str, version: str | None = Non
     import pandas as pd
     from safetensors.numpy import load_file
 
+    from strata.artifacts import SEEN_FILE, USER_FEATURES_FILE
     from strata.models.dcn import DCNConfig, DCNRanker
     from strata.models.two_tower import TwoTower, TwoTowerConfig
     from strata.training.data import query_features_from_frame
     from strata.training.export import load_state
     from strata.training.registry import Registry
-    from strata.training.train import SEEN_FILE, USER_FEATURES_FILE
 
     reg = Registry(settings.registry_dir, dataset)
     path = reg.path(version)
@@ -224,63 +225,9 @@ def load_recommender(settings: Settings, dataset: str, version: str | None = Non
         raise DataError(path / USER_FEATURES_FILE, "snapshot lacks users of the feature space")
     as_of = int(manifest["data_range"]["until"])
     queries = query_features_from_frame(space, by_user, np.full(len(by_user), as_of), "unknown")
-    emb = np.load(path / "item_embeddings.npy", allow_pickle=False)
+    emb = np.load(path / ITEM_EMBEDDINGS_FILE, allow_pickle=False)
     return Recommender(
         path, manifest, space, tt, rk, emb, queries,
         PairSetFilter(seen["user"], seen["item"]), settings.training.candidates,
         settings.serve.fresh,
     )  # fmt: skip
-
-
-def read_user_ids(path: Path) -> np.ndarray:
-    """User ids from a text file, one per line (blank lines ignored); DataError on a bad line."""
-    if not Path(path).is_file():
-        raise DataError(path, "users file does not exist")
-    ids = []
-    for n, line in enumerate(Path(path).read_text().splitlines(), start=1):
-        text = line.strip()
-        if not text:
-            continue
-        if not text.lstrip("-").isdigit():
-            raise DataError(path, f"line {n}: expected an integer user id, got {text!r}")
-        ids.append(int(text))
-    return np.asarray(ids, dtype=np.int64)
-
-
-def recommend_file(
-    settings: Settings,
-    dataset: str,
-    users_file: Path,
-    k: int,
-    out: Path,
-    stage: Stage = "full",
-    version: str | None = None,
-) -> int:
-    """Write one JSON line per user {"user_id", "items", "scores"} to `out` (atomically)."""
-    import json
-    import os
-    import tempfile
-
-    from strata.serving.service import open_batch_pipeline
-
-    users = read_user_ids(users_file)
-    # The same pipeline object that serves HTTP (online features when configured, else the
-    # version's snapshot; context = the version's cut-off).
-    results = open_batch_pipeline(settings, dataset, version, k).recommend_many(users, k, stage)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            for u, res in zip(users, results, strict=True):
-                rec_line = {
-                    "user_id": int(u),
-                    "items": res.item_ids.tolist(),
-                    "scores": [round(float(x), 6) for x in res.scores],
-                }
-                f.write(json.dumps(rec_line) + "\n")
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return len(users)

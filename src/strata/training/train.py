@@ -15,8 +15,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from strata.artifacts import (
+    INDEX_DIR,
+    ITEM_EMBEDDINGS_FILE,
+    SEEN_FILE,
+    STAGE_INDEX,
+    STAGE_META,
+    STAGE_QUERIES,
+    STAGE_RNG,
+    USER_FEATURES_FILE,
+)
+from strata.engine.stages import PairSetFilter
 from strata.errors import ValidationError
-from strata.serving.pipeline import PairSetFilter
 from strata.training.batch import QueryFeatures, RankBatch, RetrievalBatch
 from strata.training.data import LOG_COUNT_SCALE, POP_COL, FeatureSpace, query_features_from_frame
 from strata.training.loops import RetrievalData
@@ -32,9 +42,6 @@ if TYPE_CHECKING:
     from strata.training.loops import Negatives
 
 log = logging.getLogger(__name__)
-
-USER_FEATURES_FILE = "user_features.parquet"  # the version's user snapshot (offline store)
-SEEN_FILE = "seen.safetensors"  # (user, item) pairs before the cut-off, for the seen filter
 
 
 @dataclass(frozen=True)
@@ -386,12 +393,6 @@ class TrainResult:
     metrics: dict[str, float]
 
 
-STAGE_META = "two_tower_stage.json"  # what the ranker phase needs besides the saved arrays
-STAGE_RNG = "torch_rng.safetensors"  # torch's generator after the two-tower fit (see below)
-STAGE_INDEX = "index"  # an ANN index built from the staged embeddings, copied into the version
-STAGE_QUERIES = "tune_queries.npy"  # query-tower vectors of sampled training rows (index tuning)
-
-
 def train_two_tower(
     settings: Settings,
     dataset: str,
@@ -507,7 +508,7 @@ def train_ranker(
     tt.eval()
     # Restored after building the two-tower, whose random init would otherwise consume it.
     torch.set_rng_state(load_file(str(stage_dir / STAGE_RNG))["state"])
-    item_emb = np.load(stage_dir / "item_embeddings.npy", allow_pickle=False)
+    item_emb = np.load(stage_dir / ITEM_EMBEDDINGS_FILE, allow_pickle=False)
 
     rng = np.random.default_rng(seed + 1)
     users = rows["user_id"].to_numpy(np.int64)
@@ -735,8 +736,6 @@ def write_version(
             },
         }
         if index_dir is not None:
-            from strata.serving.index import INDEX_DIR
-
             shutil.copytree(index_dir, tmp / INDEX_DIR)
         version = reg.commit(tmp, full)
     return version, reg.dir / version

@@ -10,7 +10,7 @@ scripts (Bloom, activity) are cluster safe:
                                      `_layout`: the row layout's feature order (JSON list)
     P:active:<entity>         string the version readers see (switched with one SET)
     P:versions:<entity>       list   stored versions, oldest first (older ones get deleted)
-    P:{user:42}:bloom         string Bloom generations of recently interacted items (serving/bloom)
+    P:{user:42}:bloom         string Bloom generations of recently interacted items (features/bloom)
     P:{user:42}:seen          set    event_ids already applied (idempotency; TTL = window)
     P:{user:42}:act           hash   behavioural counters n_<type>, n_events, last_ts, c:<cat>
     P:{user:42}:recent        list   recent item ids, newest first, capped
