@@ -72,7 +72,7 @@ def load_criteo_8k() -> pd.DataFrame:
 
 def load_synthetic(n: int) -> pd.DataFrame:
     """`criteo_like` rows without the teacher's probability."""
-    from strata.datasets.synthetic import criteo_like
+    from strata.datasets.criteo_synthetic import criteo_like
 
     return criteo_like(n, seed=2024).drop(columns=["p_true"])
 

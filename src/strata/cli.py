@@ -242,7 +242,7 @@ def events_ingest(
     online: OnlineOpt = None,
 ) -> None:
     """Ingest events (idempotent by event_id): durable log, live features, Bloom filters."""
-    from strata.features.events import ingest_file
+    from strata.features.event_files import ingest_file
 
     print_json(ingest_file(_with_online(online), file))
 
@@ -252,7 +252,7 @@ def events_land(
     dataset: Annotated[str, typer.Option("--dataset", help="Offline dataset to append to.")],
 ) -> None:
     """Append logged events that are not yet in the offline store (idempotent)."""
-    from strata.features.events import land_events
+    from strata.features.event_files import land_events
 
     print_json({"dataset": dataset, "landed": land_events(settings(), dataset)})
 

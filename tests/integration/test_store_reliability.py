@@ -151,7 +151,7 @@ def test_redelivery_after_a_lost_group_stays_idempotent(
     """A group lost while the stream survives is recreated from the stream's start: old entries
     come again, are logged again, but counted once live and landed once offline."""
     from strata.datasets.synthetic import recsys_world
-    from strata.features.events import land_events
+    from strata.features.event_files import land_events
     from strata.features.offline import OfflineStore
 
     world = recsys_world(n_users=20, n_items=30, n_events=200, seed=1)

@@ -38,7 +38,7 @@ def tiny_cfg(model: str = "dcn", **drift: float | int | None) -> CtrConfig:
 
 def synthetic_frame(n: int, seed: int = 0, drift: bool = False) -> pd.DataFrame:
     """Synthetic Criteo rows without the teacher's probability."""
-    from strata.datasets.synthetic import criteo_like
+    from strata.datasets.criteo_synthetic import criteo_like
 
     return criteo_like(n, seed=seed, drift=drift).drop(columns=["p_true"])
 

@@ -138,7 +138,7 @@ def test_hashed_lr_baseline_learns(tmp_path: Path) -> None:
 
 def test_cli_train_evaluate_and_errors(tmp_path: Path, strata_home: Path, monkeypatch) -> None:
     from strata.cli import app, main
-    from strata.datasets.synthetic import write_criteo_tsv
+    from strata.datasets.criteo_synthetic import write_criteo_tsv
 
     tsv = tmp_path / "small.tsv"
     write_criteo_tsv(synthetic_frame(1500, seed=4), tsv)

@@ -22,7 +22,7 @@ from strata.datasets.criteo import (
     iter_criteo_batches,
     read_manifest,
 )
-from strata.datasets.synthetic import criteo_like, write_criteo_tsv
+from strata.datasets.criteo_synthetic import criteo_like, write_criteo_tsv
 from strata.errors import DataError
 
 

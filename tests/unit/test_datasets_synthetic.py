@@ -10,13 +10,12 @@ from strata.config import Settings
 from strata.datasets import RecDataset, load
 from strata.datasets.base import INTERACTION_COLUMNS, ITEM_COLUMNS, USER_COLUMNS
 from strata.datasets.criteo import CAT_COLUMNS, CRITEO_COLUMNS, INT_COLUMNS
+from strata.datasets.criteo_synthetic import criteo_like, criteo_teacher_proba
 from strata.datasets.synthetic import (
     CATEGORIES,
     CATEGORY_WORDS,
     EVENT_DEVICES,
     SyntheticWorld,
-    criteo_like,
-    criteo_teacher_proba,
     recsys_world,
 )
 from strata.errors import ConfigError

@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 from strata.cli import app
 from strata.config import Settings
 from strata.errors import ValidationError
-from strata.features.events import EventIngestor, EventLog, events_frame, ingest_file, parse_event
+from strata.features.event_files import events_frame, ingest_file
+from strata.features.events import EventIngestor, EventLog, parse_event
 from strata.features.online.memory import MemoryOnlineStore
 
 
@@ -202,7 +203,7 @@ def test_ingest_file_reports(strata_home: Path, tmp_path: Path) -> None:
 
 def test_logged_events_land_in_the_offline_store_once(strata_home: Path) -> None:
     from strata.datasets.synthetic import recsys_world
-    from strata.features.events import land_events
+    from strata.features.event_files import land_events
     from strata.features.offline import OfflineStore
 
     world = recsys_world(n_users=20, n_items=30, n_events=200, seed=1)

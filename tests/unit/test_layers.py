@@ -1,105 +1,58 @@
-"""The package's import graph, function-local imports included, has no cycle: not between
-modules, not between subpackages (DESIGN.md, "Layers"). Read with `ast`, nothing is imported."""
+"""MLP, cross networks and embedding helpers."""
 
 from __future__ import annotations
 
-import ast
-from collections import defaultdict
-from pathlib import Path
+import pytest
+import torch
 
-SRC = Path(__file__).resolve().parents[2] / "src"
-
-
-def _module_name(path: Path) -> str:
-    parts = list(path.relative_to(SRC).with_suffix("").parts)
-    if parts[-1] == "__init__":
-        parts.pop()
-    return ".".join(parts)
+from strata.models.layers import MLP, CrossNet, CrossNetConfig, CrossNetV2, MLPConfig, masked_mean
 
 
-def import_graph() -> dict[str, set[str]]:
-    """strata module -> the strata modules it imports anywhere in its body."""
-    modules = {_module_name(p): p for p in (SRC / "strata").rglob("*.py")}
-    graph: dict[str, set[str]] = defaultdict(set)
-    for name, path in modules.items():
-        graph[name]
-        package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            targets: list[str] = []
-            if isinstance(node, ast.Import):
-                targets = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                base = node.module or ""
-                if node.level:  # relative import: climb level - 1 packages from this one
-                    up = package.split(".")
-                    up = up[: len(up) - node.level + 1]
-                    base = ".".join([*up, base] if base else up)
-                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base
-                           for a in node.names]  # fmt: skip
-            for t in targets:
-                while t and t not in modules:
-                    t = t.rpartition(".")[0]
-                if t.startswith("strata") and t != name and t != "strata":
-                    graph[name].add(t)
-    return graph
+def test_mlp_shapes_and_output_dim() -> None:
+    m = MLP(10, MLPConfig(hidden=(16, 8), dropout=0.1, layer_norm=True), out_dim=3)
+    assert m(torch.randn(4, 10)).shape == (4, 3)
+    assert MLP(10, MLPConfig(hidden=(16, 8))).out_dim == 8
 
 
-def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
-    """Strongly connected components with more than one node (Tarjan)."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    on: set[str] = set()
-    out: list[list[str]] = []
-
-    def visit(v: str) -> None:
-        index[v] = low[v] = len(index)
-        stack.append(v)
-        on.add(v)
-        for w in graph.get(v, ()):
-            if w not in index:
-                visit(w)
-                low[v] = min(low[v], low[w])
-            elif w in on:
-                low[v] = min(low[v], index[w])
-        if low[v] == index[v]:
-            comp = []
-            while True:
-                w = stack.pop()
-                on.discard(w)
-                comp.append(w)
-                if w == v:
-                    break
-            if len(comp) > 1:
-                out.append(sorted(comp))
-
-    for v in list(graph):
-        if v not in index:
-            visit(v)
-    return out
+@pytest.mark.parametrize("kind", ["full", "low_rank", "mixture"])
+def test_cross_v2_shapes_and_gradients(kind: str) -> None:
+    torch.manual_seed(0)
+    net = CrossNetV2(12, CrossNetConfig(num_layers=3, kind=kind, rank=4, num_experts=3))
+    x = torch.randn(5, 12, requires_grad=True)
+    y = net(x)
+    assert y.shape == (5, 12)
+    y.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
 
 
-def _package(module: str) -> str:
-    """`strata.serving.app` -> `strata.serving`; a top-level module (`strata.config`,
-    `strata.cli`) is a unit of its own."""
-    return ".".join(module.split(".")[:2])
+def test_cross_v2_full_is_feature_crossing() -> None:
+    # With W = 0 and b = 1 one layer gives x0 * 1 + x0 = 2 x0: the residual + Hadamard form.
+    net = CrossNetV2(4, CrossNetConfig(num_layers=1, kind="full"))
+    with torch.no_grad():
+        net.w[0].weight.zero_()
+        net.w[0].bias.fill_(1.0)
+    x = torch.randn(3, 4)
+    assert torch.allclose(net(x), 2 * x)
+    # With W = I and b = 0: x0 * x0 + x0, a true second-order term.
+    with torch.no_grad():
+        net.w[0].weight.copy_(torch.eye(4))
+        net.w[0].bias.zero_()
+    assert torch.allclose(net(x), x * x + x)
 
 
-def test_no_module_cycles() -> None:
-    assert cycles(import_graph()) == []
+def test_cross_v1_formula() -> None:
+    net = CrossNet(3, num_layers=1)
+    with torch.no_grad():
+        net.w[0].copy_(torch.tensor([1.0, 0.0, 0.0]))
+        net.b[0].copy_(torch.tensor([0.5, 0.5, 0.5]))
+    x = torch.tensor([[2.0, 3.0, 4.0]])
+    # x0 * (x . w) + b + x = [2,3,4]*2 + 0.5 + [2,3,4]
+    assert torch.allclose(net(x), torch.tensor([[6.5, 9.5, 12.5]]))
 
 
-def test_no_subpackage_cycles() -> None:
-    packages: dict[str, set[str]] = defaultdict(set)
-    for src, targets in import_graph().items():
-        for t in targets:
-            if _package(src) != _package(t):
-                packages[_package(src)].add(_package(t))
-    assert cycles(packages) == []
-
-
-def test_the_checker_sees_function_local_imports_and_cycles() -> None:
-    graph = import_graph()
-    # A function-local import (recommend_file's callers import it inside a function).
-    assert "strata.serving.batch" in graph["strata.cli"]
-    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+def test_masked_mean_ignores_padding_and_empty_rows() -> None:
+    emb = torch.tensor([[[1.0], [3.0], [100.0]], [[5.0], [7.0], [9.0]]])
+    ids = torch.tensor([[4, 2, 0], [0, 0, 0]])
+    out = masked_mean(emb, ids)
+    assert out[0, 0].item() == pytest.approx(2.0)
+    assert out[1, 0].item() == 0.0

@@ -102,7 +102,7 @@ def run_ctr_demo(
     from strata.ctr.drift import FeatureDriftReference
     from strata.ctr.service import CtrService, ServedModel, make_retrain
     from strata.ctr.train import CtrSource, publish, train_ctr
-    from strata.datasets.synthetic import criteo_like
+    from strata.datasets.criteo_synthetic import criteo_like
     from strata.monitoring.trigger import RetrainTrigger
     from strata.training.metrics import auc
     from strata.training.registry import Registry

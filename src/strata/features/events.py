@@ -50,7 +50,7 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -58,22 +58,17 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from pydantic import ValidationError as PydanticValidationError
-from rich.progress import TaskID
 
-from strata.errors import DataError, StoreUnavailableError, ValidationError
+from strata.errors import StoreUnavailableError, ValidationError
 from strata.features.online import (
     ActivityEvents,
     ActivityStore,
     OnlineStore,
-    bulk_config,
     open_activity_store,
     open_online_store,
 )
-from strata.progress import task
 
 if TYPE_CHECKING:
-    import pandas as pd
-
     from strata.config import Settings
     from strata.features.bloom import BloomFilter
 
@@ -442,88 +437,6 @@ class EventIngestor:
         return n
 
 
-# --- files and the offline store ----------------------------------------------------------------
-
-
-def iter_jsonl(path: Path, report: IngestReport) -> Iterator[Any]:
-    """Objects from a JSONL file; unparsable lines are counted as rejected (field `json`)."""
-    if not Path(path).exists():
-        raise DataError(path, "no such file")
-    with Path(path).open("rb") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError as exc:
-                report.reject(f"line {lineno}", ValidationError("json", exc.msg))
-
-
-def ingest_file(settings: Settings, path: Path, ingestor: EventIngestor | None = None) -> dict:
-    """Ingest a JSONL file of events in batches with a progress bar; returns the report dict."""
-    # A batch job, off the request path: Valkey calls may take the bulk timeout.
-    ing = ingestor or EventIngestor(settings, store=open_online_store(bulk_config(settings.online)))
-    if ingestor is None and ing._stream is None:
-        # Embedded mode starts empty in every process: rebuild the idempotency marks first.
-        ing.recover()
-    report = IngestReport()
-    batch: list[Any] = []
-    size = ing.config.batch_size
-    with task(f"ingest {Path(path).name}") as (bar, tid):
-        for obj in iter_jsonl(path, report):
-            batch.append(obj)
-            if len(batch) >= size:
-                report.merge(ing.ingest(batch))
-                bar.advance(TaskID(tid), len(batch))
-                batch = []
-        if batch:
-            report.merge(ing.ingest(batch))
-            bar.advance(TaskID(tid), len(batch))
-    return report.as_dict()
-
-
-def events_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
-    """Log records as an interactions table (contract columns of `strata.datasets.base`)."""
-    import pandas as pd
-
-    df = pd.DataFrame(
-        {
-            "event_id": pd.Series([r["event_id"] for r in records], dtype=object),
-            "user_id": np.array([r["user_id"] for r in records], dtype=np.int64),
-            "item_id": np.array([r["item_id"] for r in records], dtype=np.int64),
-            "event_type": pd.Series([r["type"] for r in records], dtype=object),
-            "value": np.array([r.get("value", 1.0) for r in records], dtype=np.float32),
-            "ts": np.array([r["ts"] for r in records], dtype=np.int64),
-            "device": pd.Series(
-                [str(r.get("context", {}).get("device", "unknown")) for r in records], dtype=object
-            ),
-        }
-    )
-    return df.drop_duplicates("event_id", keep="first").reset_index(drop=True)
-
-
-def land_events(settings: Settings, dataset: str, log_name: str = "events") -> int:
-    """Append logged events not yet landed to the offline store; returns rows handed over.
-
-    The landed byte offset is kept in `<events_dir>/<log_name>.landed-<dataset>` and replaced
-    atomically after `OfflineStore.append_events` (idempotent by event_id) succeeded, so a crash
-    in between only re-sends events the offline store then ignores.
-    """
-    from strata.features.offline import OfflineStore
-
-    elog = EventLog(settings.events_dir / f"{log_name}.jsonl")
-    mark = settings.events_dir / f"{log_name}.landed-{dataset}"
-    offset = int(mark.read_text()) if mark.exists() else 0
-    records, end = elog.read(offset)
-    if not records:
-        return 0
-    OfflineStore(settings).append_events(dataset, events_frame(records))
-    tmp = mark.with_suffix(".tmp")
-    tmp.write_text(str(end))
-    os.replace(tmp, mark)
-    return len(records)
-
-
 __all__ = [
     "Event",
     "EventIngestor",
@@ -531,8 +444,5 @@ __all__ = [
     "EventsNotDurableError",
     "IngestReport",
     "StoreUnavailableError",
-    "events_frame",
-    "ingest_file",
-    "land_events",
     "parse_event",
 ]

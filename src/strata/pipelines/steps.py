@@ -296,7 +296,7 @@ def deploy(published: dict[str, Any], serving_url: str = "") -> dict[str, Any]:
 @step
 def land(storage_uri: str, dataset: str) -> dict[str, Any]:
     """Append logged events that are not yet in the offline store (idempotent)."""
-    from strata.features.events import land_events
+    from strata.features.event_files import land_events
 
     with workspace(storage_uri) as s:
         return {"dataset": dataset, "landed": land_events(s, dataset)}
