@@ -1,6 +1,6 @@
 """ANN index benchmark: build time, memory, recall@100 vs exact and single-query latency.
 
-Catalogue: `--n` clustered unit vectors (default 1M x 64, `strata.serving.index.
+Catalogue: `--n` clustered unit vectors (default 1M x 64, `strata.engine.index.
 synthetic_embeddings`: Zipf-sized clusters with a decaying spectrum, like trained item
 embeddings). Each kind is built through `build_index` exactly as `strata index build` does (so the
 approximate kinds tune their knob to recall@100 >= 0.95 on their own tuning queries), then
@@ -28,8 +28,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from strata.errors import DataError
-from strata.serving.index import (
+from strata.engine.index import (
     FaissIndex,
     build_index,
     load_index,
@@ -37,6 +36,7 @@ from strata.serving.index import (
     synthetic_embeddings,
     synthetic_queries,
 )
+from strata.errors import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
 K = 100

@@ -45,7 +45,7 @@ from strata.config import (
 )
 from strata.ctr.preprocess import CAT_COLUMNS, INT_COLUMNS, LABEL
 from strata.ctr.train import CtrSource, publish, temporal_split, train_ctr
-from strata.training.registry import Registry
+from strata.registry import Registry
 
 ROOT = Path(__file__).resolve().parents[1]
 FUXI_PY = ROOT / "bench" / ".venv-fuxictr" / "bin" / "python"

@@ -61,7 +61,7 @@ P99_BUDGET_MS = 50.0
 
 def prepare_ml100k(home: Path) -> tuple[Settings, str]:
     """Train a quick ML-100K version (reused when the home already has one)."""
-    from strata.training.registry import Registry
+    from strata.registry import Registry
 
     ds_name = "movielens-100k"
     s = Settings(home=home, training=TrainingConfig(epochs=2, ranker_epochs=1))
@@ -80,7 +80,7 @@ def prepare_ml100k(home: Path) -> tuple[Settings, str]:
 
 def prepare_1m(home: Path, n_items: int = 1_000_000, n_users: int = 20_000) -> tuple[Settings, str]:
     """A random-weight version over the synthetic world's 1M-item catalogue."""
-    from strata.training.registry import Registry
+    from strata.registry import Registry
 
     ds_name = "synthetic-1m"
     s = Settings(home=home)
@@ -154,8 +154,9 @@ def prepare_1m(home: Path, n_items: int = 1_000_000, n_users: int = 20_000) -> t
 
 def ensure_index(s: Settings, ds_name: str) -> dict[str, Any]:
     """Build the version's ANN index once (flat or IVF by catalogue size)."""
+    from strata.engine.index import load_version_index
     from strata.errors import DataError, NotFoundError
-    from strata.serving.index import build_version_index, load_version_index
+    from strata.training.index_build import build_version_index
 
     try:
         return dict(load_version_index(s, ds_name).info)
@@ -169,10 +170,10 @@ def ensure_index(s: Settings, ds_name: str) -> dict[str, Any]:
 def model_compute_ms(s: Settings, ds_name: str, reps: int = 300) -> dict[str, float]:
     """Pure model compute: query tower (1 row) + ranker (N rows) through ONNX Runtime, p50."""
     from strata.models.inputs import ITEM_INPUTS, QUERY_INPUTS
+    from strata.registry import Registry
     from strata.serving.backends import create_backend
     from strata.serving.catalog import UserSnapshot
     from strata.training.data import FeatureSpace, query_features_from_rows
-    from strata.training.registry import Registry
 
     path = Registry(s.registry_dir, ds_name).path()
     space = FeatureSpace.load(path)
@@ -235,7 +236,7 @@ def materialize_users(s: Settings, ds_name: str, url: str) -> int:
     from strata.config import ValkeyOnlineConfig
     from strata.features.materialize import materialize_frame
     from strata.features.online.valkey import ValkeyOnlineStore
-    from strata.training.registry import Registry
+    from strata.registry import Registry
 
     path = Registry(s.registry_dir, ds_name).path()
     snap = pd.read_parquet(path / USER_FEATURES_FILE)
@@ -529,7 +530,7 @@ def run_size(
         import pandas as pd
 
         from strata.artifacts import USER_FEATURES_FILE
-        from strata.training.registry import Registry
+        from strata.registry import Registry
 
         users = pd.read_parquet(
             Registry(s.registry_dir, ds_name).path() / USER_FEATURES_FILE, columns=["user_id"]

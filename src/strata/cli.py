@@ -441,7 +441,7 @@ def index_build(
     ] = None,
 ) -> None:
     """Build, tune (recall@100 >= target) and save the ANN index next to a version's embeddings."""
-    from strata.serving.index import build_version_index
+    from strata.training.index_build import build_version_index
 
     print_json(build_version_index(settings(), dataset, version, kind))
 

@@ -64,8 +64,8 @@ def run_demo(
     from strata.features.materialize import materialize
     from strata.features.offline import OfflineStore, ingest_dataset
     from strata.features.online import open_online_store
-    from strata.serving.index import build_version_index
     from strata.training.evaluate import quantile_ts
+    from strata.training.index_build import build_version_index
     from strata.training.train import train
 
     report = DemoReport(dataset)

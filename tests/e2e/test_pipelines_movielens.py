@@ -18,7 +18,7 @@ import httpx
 import numpy as np
 import pytest
 
-from strata.training.registry import Registry
+from strata.registry import Registry
 
 pytestmark = pytest.mark.e2e
 

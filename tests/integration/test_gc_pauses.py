@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from strata.config import GcConfig
+from strata.registry import Registry
 from strata.serving.app import create_app
-from strata.training.registry import Registry
 from tests.unit.serving_support import DATASET, TOKEN, LiveServer, copy_version, serving_settings
 
 pytestmark = pytest.mark.integration

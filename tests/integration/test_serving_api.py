@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from strata.registry import Registry
 from strata.serving.app import create_app
-from strata.training.registry import Registry
 from tests.unit.serving_support import (
     DATASET,
     TOKEN,

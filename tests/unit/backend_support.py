@@ -30,10 +30,10 @@ def register_small_models(home: Path, dataset: str = "tiny") -> Version:
 
     from strata.models.dcn import DCNConfig, DCNRanker
     from strata.models.two_tower import TwoTower, TwoTowerConfig
+    from strata.registry import Registry
     from strata.training.batch import RankBatch, synthetic_items, synthetic_queries
     from strata.training.export import RANKER_INPUTS, export_onnx
     from strata.training.loops import rank_inputs
-    from strata.training.registry import Registry
 
     torch.manual_seed(0)
     tower = TwoTower(DIMS, TwoTowerConfig(out_dim=16)).query_tower.eval()

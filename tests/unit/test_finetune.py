@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from strata.errors import ValidationError
+from strata.registry import Registry
 from strata.training.finetune import finetune
 from strata.training.recommender import load_recommender
-from strata.training.registry import Registry
 from strata.training.train import Tables, train
 
 from .tiny_world import fast_settings, tiny_dataset

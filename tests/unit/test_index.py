@@ -11,10 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from strata.engine import index as ann
 from strata.engine import stages
-from strata.errors import DataError, NotFoundError, ValidationError
-from strata.serving import index as ann
-from strata.serving.index import (
+from strata.engine.index import (
     AnnIndex,
     FaissIndex,
     build_index,
@@ -24,6 +23,7 @@ from strata.serving.index import (
     synthetic_embeddings,
     synthetic_queries,
 )
+from strata.errors import DataError, NotFoundError, ValidationError
 
 N, D = 20_000, 64
 STRATA = Path(sys.executable).parent / "strata"
@@ -225,8 +225,8 @@ def test_pipeline_retrieve_stage_accepts_ann_index(
 
 def _fake_version(home: Path, dataset: str, n: int = 3000) -> tuple[np.ndarray, np.ndarray]:
     """A registry version holding only exported item embeddings (what the index needs)."""
+    from strata.registry import Registry
     from strata.training.export import write_item_embeddings
-    from strata.training.registry import Registry
 
     x = synthetic_embeddings(n, D, n_clusters=50, seed=5)
     ids = np.arange(n, dtype=np.int64) + 1
@@ -249,7 +249,8 @@ def _cli(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
 
 def test_version_index_build_and_stale_check(strata_home: Path) -> None:
     from strata.config import Settings
-    from strata.serving.index import build_version_index, load_version_index
+    from strata.engine.index import load_version_index
+    from strata.training.index_build import build_version_index
 
     ids, x = _fake_version(strata_home, "toy")
     s = Settings()

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from strata.training.registry import Registry
+from strata.registry import Registry
 from strata.training.train import Tables, train
 
 from .tiny_world import fast_settings, tiny_dataset

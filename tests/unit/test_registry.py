@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from strata.errors import DataError, NotFoundError, ValidationError
-from strata.training.registry import Registry, sha256_file
+from strata.registry import Registry, sha256_file
 
 
 def _commit(reg: Registry, payload: str) -> str:

@@ -104,8 +104,8 @@ def run_ctr_demo(
     from strata.ctr.train import CtrSource, publish, train_ctr
     from strata.datasets.criteo_synthetic import criteo_like
     from strata.monitoring.trigger import RetrainTrigger
+    from strata.registry import Registry
     from strata.training.metrics import auc
-    from strata.training.registry import Registry
 
     cfg = cfg or demo_config()
     out_dir.mkdir(parents=True, exist_ok=True)

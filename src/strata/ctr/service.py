@@ -25,7 +25,7 @@ from strata.errors import DataError, ValidationError
 from strata.monitoring.drift import DriftDecision, RollingAucMonitor
 
 if TYPE_CHECKING:
-    from strata.training.registry import Registry
+    from strata.registry import Registry
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ from strata.errors import DataError
 
 if TYPE_CHECKING:
     from strata.ctr.model import CtrModel
-    from strata.training.registry import Registry
+    from strata.registry import Registry
 
 log = logging.getLogger(__name__)
 MAX_EVAL_ROWS = 200_000  # validation rows kept in memory for early stopping
@@ -460,7 +460,7 @@ def write_artifacts(result: CtrTrainResult, out_dir: Path) -> dict[str, Any]:
 
 def ctr_registry(settings: Settings) -> Registry:
     """The registry of CTR versions: `<registry_dir>/<ctr.registry_name>/`."""
-    from strata.training.registry import Registry
+    from strata.registry import Registry
 
     return Registry(settings.registry_dir, settings.ctr.registry_name)
 

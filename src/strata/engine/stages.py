@@ -28,7 +28,7 @@ class Candidates:
 
 class Retriever(Protocol):
     """Nearest-neighbour search over item embeddings: `ExactIndex` here, or any
-    `strata.serving.index.AnnIndex` (FAISS flat / IVF / HNSW), which pads short results with
+    `strata.engine.index.AnnIndex` (FAISS flat / IVF / HNSW), which pads short results with
     id -1 and score -inf like the other stages."""
 
     def search(self, queries: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

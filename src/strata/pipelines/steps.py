@@ -22,7 +22,7 @@ from strata.errors import StrataError
 from strata.pipelines.storage import workspace
 
 if TYPE_CHECKING:
-    from strata.training.registry import Registry
+    from strata.registry import Registry
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -164,7 +164,7 @@ def build_index(storage_uri: str, dataset: str, candidate: dict[str, Any], kind:
     """Build the ANN index of the staged two-tower (initial pipeline: `candidate` names a
     `stage`) or of the candidate version (incremental; nothing to do when there is none)."""
     if candidate.get("stage"):
-        from strata.serving.index import build_staged_index
+        from strata.engine.index import build_staged_index
 
         with workspace(storage_uri) as s:
             info = build_staged_index(s, _stage_dir(s, dataset), kind or None)
@@ -172,7 +172,7 @@ def build_index(storage_uri: str, dataset: str, candidate: dict[str, Any], kind:
     version = candidate.get("version")
     if not version:
         return {"dataset": dataset, "version": None, "skipped": True}
-    from strata.serving.index import build_version_index
+    from strata.training.index_build import build_version_index
 
     with workspace(storage_uri) as s:
         info = build_version_index(s, dataset, version, kind or None)
@@ -183,7 +183,7 @@ def build_index(storage_uri: str, dataset: str, candidate: dict[str, Any], kind:
 def gate(storage_uri: str, dataset: str, candidate: dict[str, Any]) -> dict[str, Any]:
     """Accept the candidate if its ranker beats the AUC floor and, when the serving version was
     trained on the same cut, its holdout NDCG@10 is not worse than serving's (within tolerance)."""
-    from strata.training.registry import Registry
+    from strata.registry import Registry
 
     version = candidate["version"]
     with workspace(storage_uri) as s:
@@ -235,7 +235,7 @@ def publish(storage_uri: str, dataset: str, decision: dict[str, Any]) -> dict[st
     """Point the registry's `serving` at the accepted version once its ANN index exists; a
     rejected one stays unpublished."""
     from strata.artifacts import INDEX_DIR
-    from strata.training.registry import Registry
+    from strata.registry import Registry
 
     version = decision.get("version")
     if not decision.get("accepted") or not version:
@@ -313,8 +313,8 @@ def finetune_serving(storage_uri: str, dataset: str) -> dict[str, Any]:
     an accepted version is written unpromoted (publish promotes it once its index exists). Too
     few new events is a recorded skip, not a failure (schedules run often)."""
     from strata.features.offline import OfflineStore
+    from strata.registry import Registry
     from strata.training.finetune import finetune
-    from strata.training.registry import Registry
 
     with workspace(storage_uri) as s:
         reg = Registry(s.registry_dir, dataset)

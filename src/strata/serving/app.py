@@ -518,7 +518,7 @@ def serve(
     `store` hands over an already-filled online store (the embedded demo)."""
     import uvicorn
 
-    from strata.training.registry import Registry
+    from strata.registry import Registry
 
     Registry(settings.registry_dir, settings.serve.dataset).path(None)  # NotFoundError -> exit 2
     cfg = settings.serve

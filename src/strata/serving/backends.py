@@ -175,7 +175,7 @@ class OnnxRuntimeBackend:
     ) -> OnnxRuntimeBackend:
         """Sessions for the online models of a registry version (default: the serving one)."""
         from strata.config import OnnxRuntimeConfig
-        from strata.training.registry import Registry
+        from strata.registry import Registry
 
         cfg = cfg or OnnxRuntimeConfig()
         path = Registry(settings.registry_dir, dataset).path(version)

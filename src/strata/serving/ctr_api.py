@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from strata.ctr.service import CtrService
     from strata.monitoring.drift import DriftDecision
     from strata.monitoring.trigger import RetrainTrigger
-    from strata.training.registry import Registry
+    from strata.registry import Registry
 
 log = logging.getLogger(__name__)
 

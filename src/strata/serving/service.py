@@ -174,9 +174,9 @@ class RecommendationPipeline:
         link: OnlineLink | None = None,
     ) -> RecommendationPipeline:
         """Load `version` (default: the registry's serving one) with its backend and index."""
+        from strata.registry import Registry
         from strata.serving.backends import create_backend
         from strata.training.data import FeatureSpace
-        from strata.training.registry import Registry
 
         ds = dataset or settings.serve.dataset
         reg = Registry(settings.registry_dir, ds)
@@ -548,7 +548,7 @@ def _load_index(
 ) -> tuple[Retriever, dict[str, Any]]:
     """The version's saved ANN index, else exact search over its item embeddings."""
     try:
-        from strata.serving.index import load_version_index
+        from strata.engine.index import load_version_index
 
         ann = load_version_index(settings, dataset, path.name)
         return ann, {"kind": ann.kind, **ann.params}

@@ -196,7 +196,7 @@ def export_triton(
     settings: Settings, dataset: str, out: Path, version: str | None = None
 ) -> TritonExport:
     """Export a registry version (default: serving) of `dataset` as a Triton model repository."""
-    from strata.training.registry import Registry
+    from strata.registry import Registry
 
     reg = Registry(settings.registry_dir, dataset)
     path = reg.path(version)

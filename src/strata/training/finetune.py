@@ -62,9 +62,9 @@ def finetune(
 ) -> FinetuneResult:
     """Fine-tune the serving version on events since `since` and, if the gate passes, write it
     (promoted unless `promote=False`: pipelines promote only after its ANN index is built)."""
+    from strata.registry import Registry
     from strata.training.loops import embed_queries, seed_everything
     from strata.training.recommender import load_recommender
-    from strata.training.registry import Registry
     from strata.training.train import (
         fit_ranker,
         fit_two_tower,

@@ -202,9 +202,9 @@ def load_recommender(settings: Settings, dataset: str, version: str | None = Non
     from strata.artifacts import SEEN_FILE, USER_FEATURES_FILE
     from strata.models.dcn import DCNConfig, DCNRanker
     from strata.models.two_tower import TwoTower, TwoTowerConfig
+    from strata.registry import Registry
     from strata.training.data import query_features_from_frame
     from strata.training.export import load_state
-    from strata.training.registry import Registry
 
     reg = Registry(settings.registry_dir, dataset)
     path = reg.path(version)

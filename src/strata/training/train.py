@@ -589,7 +589,7 @@ def train_ranker(
         metrics.update(holdout_metrics(rec, data, store.events(dataset), k=10))
         _update_metrics(path, metrics)
     if promote:
-        from strata.training.registry import Registry
+        from strata.registry import Registry
 
         Registry(settings.registry_dir, dataset).promote(version)
     log.info("trained %s %s: %s", dataset, version, metrics)
@@ -624,7 +624,7 @@ def _update_metrics(path: Path, metrics: dict[str, float]) -> None:
     import os
     import tempfile
 
-    from strata.training.registry import MANIFEST
+    from strata.registry import MANIFEST
 
     m = json.loads((path / MANIFEST).read_text())
     m["metrics"] = metrics
@@ -677,11 +677,11 @@ def write_version(
     from strata.features import schema
     from strata.features.schema import USER_KEY
     from strata.models.inputs import ITEM_INPUTS, QUERY_INPUTS
+    from strata.registry import Registry
     from strata.training.batch import synthetic_items, synthetic_queries
     from strata.training.data import USER_INPUT_FEATURES
     from strata.training.export import RANKER_INPUTS, export_onnx, save_state, write_item_embeddings
     from strata.training.loops import rank_inputs
-    from strata.training.registry import Registry
 
     reg = Registry(settings.registry_dir, dataset)
     two_tower.cpu().eval()

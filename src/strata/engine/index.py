@@ -162,7 +162,7 @@ def synthetic_queries(items: np.ndarray, n: int, seed: int = 1) -> np.ndarray:
 
 
 def _faiss() -> Any:
-    """Import FAISS on first use (it is heavy and only serving/indexing needs it)."""
+    """Import FAISS on first use (it is heavy and only retrieval and index building need it)."""
     try:
         import faiss
     except ImportError:  # pragma: no cover - faiss-cpu is a pinned dependency
@@ -509,12 +509,12 @@ def _read_checked(path: Path, sha: str) -> bytes:
 
 def version_index_dir(settings: Settings, dataset: str, version: str | None = None) -> Path:
     """`<registry>/<dataset>/<version>/index` of `version` (default: the serving one)."""
-    from strata.training.registry import Registry
+    from strata.registry import Registry
 
     return Registry(settings.registry_dir, dataset).path(version) / INDEX_DIR
 
 
-def _index_from_files(
+def index_from_files(
     settings: Settings,
     folder: Path,
     kind: str | None,
@@ -549,25 +549,6 @@ def _index_from_files(
     return index
 
 
-def build_version_index(
-    settings: Settings, dataset: str, version: str | None = None, kind: str | None = None
-) -> dict[str, Any]:
-    """Build the index of a registry version's item embeddings (default: the serving version;
-    kind default: `settings.index.kind`) and save it in the version's `index/` folder."""
-    from strata.training.registry import Registry
-
-    vdir = Registry(settings.registry_dir, dataset).path(version)
-    index = _index_from_files(
-        settings, vdir, kind,
-        lambda: _model_queries(settings, dataset, vdir.name, settings.index.tune_queries,
-                               settings.seed),
-        {"dataset": dataset, "version": vdir.name},
-    )  # fmt: skip
-    out = vdir / INDEX_DIR
-    index.save(out)
-    return {"path": str(out), **index.info}
-
-
 def build_staged_index(settings: Settings, stage_dir: Path, kind: str | None = None) -> dict:
     """Build the index of a two-tower staging folder's item embeddings (`train_two_tower`) and
     save it in `stage_dir/index`, which `train_ranker` copies into the version it commits."""
@@ -584,7 +565,7 @@ def build_staged_index(settings: Settings, stage_dir: Path, kind: str | None = N
         q = stage_dir / STAGE_QUERIES
         return np.load(q, allow_pickle=False).astype(np.float32) if q.is_file() else None
 
-    index = _index_from_files(
+    index = index_from_files(
         settings, stage_dir, kind, queries, {"dataset": dataset, "version": None}
     )
     out = stage_dir / STAGE_INDEX
@@ -592,27 +573,9 @@ def build_staged_index(settings: Settings, stage_dir: Path, kind: str | None = N
     return {"path": str(out), **index.info}
 
 
-def _model_queries(
-    settings: Settings, dataset: str, version: str, n: int, seed: int
-) -> np.ndarray | None:
-    """Query-tower vectors of up to `n` sampled users of a version, so tuning sees the real query
-    distribution; None when the version has no trained two-tower (embeddings only)."""
-    from strata.training.registry import Registry
-
-    files = Registry(settings.registry_dir, dataset).manifest(version).get("files", {})
-    if "two_tower.safetensors" not in files:
-        return None
-    from strata.training.recommender import load_recommender
-
-    rec = load_recommender(settings, dataset, version)
-    users = rec.space.user_ids
-    pick = np.random.default_rng(seed).choice(users, min(n, len(users)), replace=False)
-    return np.asarray(rec.query_embeddings(pick), dtype=np.float32)
-
-
 def load_version_index(settings: Settings, dataset: str, version: str | None = None) -> FaissIndex:
     """The saved index of a registry version, checked against that version's embeddings."""
-    from strata.training.registry import Registry
+    from strata.registry import Registry
 
     reg = Registry(settings.registry_dir, dataset)
     vdir = reg.path(version)
