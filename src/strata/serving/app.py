@@ -52,6 +52,7 @@ from starlette.concurrency import run_in_threadpool
 
 from strata.errors import NotFoundError, StoreUnavailableError, StrataError, ValidationError
 from strata.serving import pauses
+from strata.serving.errors import error_response, validation_response
 from strata.serving.metrics import RequestMetrics, ServingMetrics
 from strata.serving.online import OnlineLink
 from strata.serving.service import Recommendation, RecommendationPipeline
@@ -127,55 +128,30 @@ class RecommendBody(BaseModel):
 # --- errors --------------------------------------------------------------------------------------
 
 
-def _error(
-    status: int,
-    field: str | None,
-    msg: str,
-    loc: list[Any] | None = None,
-    headers: dict[str, str] | None = None,
-) -> JSONResponse:
-    detail: dict[str, Any] = {"msg": msg, "type": "value_error"}
-    if field is not None:
-        detail |= {"field": field, "loc": loc or [field]}
-    return JSONResponse({"detail": [detail]}, status_code=status, headers=headers)
-
-
-def _field_of(loc: tuple[Any, ...] | list[Any]) -> str:
-    """FastAPI location -> field name: ('query', 'k') -> 'k', ('body', 0, 'ts') -> '[0].ts'."""
-    parts = list(loc[1:] if loc and loc[0] in ("query", "body", "path", "header") else loc)
-    out = ""
-    for p in parts:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
-    return out or "body"
-
-
 def _install_errors(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _request_invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errs = []
-        for e in exc.errors():
-            loc = list(e.get("loc", ()))
-            errs.append({"field": _field_of(loc), "loc": loc, "msg": e.get("msg", "invalid"),
-                         "type": e.get("type", "value_error")})  # fmt: skip
-        return JSONResponse({"detail": errs}, status_code=422)
+        return validation_response(exc)
 
     @app.exception_handler(ValidationError)
     async def _invalid(_: Request, exc: ValidationError) -> JSONResponse:
-        return _error(422, exc.field, exc.problem)
+        return error_response(422, exc.field, exc.problem)
 
     @app.exception_handler(NotFoundError)
     async def _missing(_: Request, exc: NotFoundError) -> JSONResponse:
-        return _error(404, None, str(exc))
+        return error_response(404, None, str(exc))
 
     @app.exception_handler(StoreUnavailableError)
     async def _unavailable(_: Request, exc: StoreUnavailableError) -> JSONResponse:
-        return _error(503, None, str(exc), headers={"Retry-After": str(RETRY_AFTER_S)})
+        return error_response(503, None, str(exc), headers={"Retry-After": str(RETRY_AFTER_S)})
 
     @app.exception_handler(StrataError)
     async def _strata(_: Request, exc: StrataError) -> JSONResponse:
         from strata.serving.backends import InferenceUnavailableError
 
-        return _error(503 if isinstance(exc, InferenceUnavailableError) else 400, None, str(exc))
+        return error_response(
+            503 if isinstance(exc, InferenceUnavailableError) else 400, None, str(exc)
+        )
 
 
 # --- responses -----------------------------------------------------------------------------------
@@ -472,7 +448,9 @@ def _install_routes(app: FastAPI) -> None:
             except StrataError as exc:
                 state.metrics.reloads.labels("failed").inc()
                 log.warning("reload failed, still serving %s: %s", old.version, exc)
-                return _error(409, None, f"reload failed, still serving {old.version}: {exc}")
+                return error_response(
+                    409, None, f"reload failed, still serving {old.version}: {exc}"
+                )
             state.pipeline = new  # the atomic swap; in-flight requests keep `old`
             state.ingestor.categories = new.catalog.categories()
             state.metrics.set_model(new)

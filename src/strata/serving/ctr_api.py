@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
@@ -43,6 +42,7 @@ from pydantic import BaseModel, Field
 from strata.config import Settings
 from strata.errors import NotFoundError, StrataError, ValidationError
 from strata.serving import pauses
+from strata.serving.errors import body_loc, validation_response
 
 if TYPE_CHECKING:
     from strata.ctr.drift import FeatureDriftReference
@@ -266,16 +266,7 @@ def create_ctr_app(settings: Settings, registry: CollectorRegistry | None = None
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         # FastAPI's shape plus `field` (`rows[3]`), as the main app and the domain errors have it.
-        errs = [
-            {
-                "field": _field_name(list(e.get("loc", ()))),
-                "loc": list(e.get("loc", ())),
-                "msg": e.get("msg", "invalid"),
-                "type": e.get("type", "value_error"),
-            }
-            for e in exc.errors()
-        ]
-        return JSONResponse({"detail": errs}, status_code=422)
+        return validation_response(exc)
 
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:
@@ -355,31 +346,12 @@ class FeedbackRequest(BaseModel):
     labels: list[int]
 
 
-_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
-
-
-def _loc(field_path: str) -> list[str | int]:
-    """`rows[3].I5` -> ["body", "rows", 3, "I5"] (FastAPI's location format)."""
-    out: list[str | int] = ["body"]
-    for name, index in _PART.findall(field_path):
-        out.append(int(index) if index else name)
-    return out
-
-
-def _field_name(loc: list[Any]) -> str:
-    """["body", "rows", 3, "I5"] -> `rows[3].I5` (the inverse of `_loc`)."""
-    out = ""
-    for part in loc[1:] if loc[:1] == ["body"] else loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
 def _unprocessable(exc: ValidationError) -> HTTPException:
     return HTTPException(
         status_code=422,
         detail=[
             {
-                "loc": _loc(exc.field),
+                "loc": body_loc(exc.field),
                 "field": exc.field,
                 "msg": exc.problem,
                 "type": "value_error",

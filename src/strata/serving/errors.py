@@ -1,0 +1,55 @@
+"""Error bodies of both HTTP apps, in one shape: FastAPI's `{"detail": [...]}` with each entry
+naming the offending field (`k`, `[3].item_id`, `rows[3].I5`) next to FastAPI's `loc`."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+_SOURCES = ("query", "body", "path", "header")
+
+
+def field_of(loc: tuple[Any, ...] | list[Any]) -> str:
+    """FastAPI location -> field name: ('query', 'k') -> 'k', ('body', 0, 'ts') -> '[0].ts',
+    ('body', 'rows', 3, 'I5') -> 'rows[3].I5'."""
+    parts = list(loc[1:] if loc and loc[0] in _SOURCES else loc)
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "body"
+
+
+def body_loc(field_path: str) -> list[str | int]:
+    """`rows[3].I5` -> ["body", "rows", 3, "I5"] (FastAPI's location of a body field)."""
+    out: list[str | int] = ["body"]
+    for name, index in _PART.findall(field_path):
+        out.append(int(index) if index else name)
+    return out
+
+
+def validation_response(exc: RequestValidationError) -> JSONResponse:
+    """422 for a request FastAPI could not parse: every error with its field named."""
+    errs = []
+    for e in exc.errors():
+        loc = list(e.get("loc", ()))
+        errs.append({"field": field_of(loc), "loc": loc, "msg": e.get("msg", "invalid"),
+                     "type": e.get("type", "value_error")})  # fmt: skip
+    return JSONResponse({"detail": errs}, status_code=422)
+
+
+def error_response(
+    status: int,
+    field: str | None,
+    msg: str,
+    loc: list[Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    """One error entry; `field` None for errors that are not about one input."""
+    detail: dict[str, Any] = {"msg": msg, "type": "value_error"}
+    if field is not None:
+        detail |= {"field": field, "loc": loc or [field]}
+    return JSONResponse({"detail": [detail]}, status_code=status, headers=headers)
