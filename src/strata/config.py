@@ -322,7 +322,7 @@ class FreshConfig(_Strict):
 class GcConfig(_Strict):
     """Garbage-collector policy of a serving process (`strata.serving.pauses`): freeze what is
     loaded at start-up and on reload out of every collection, and collect young objects less
-    often than CPython's default (700, 10, 10) so one request does not pay several collections.
+    often than CPython's default (700, 10, 10).
     Chosen with `bench/serve_load.py` (README, "Tail latency")."""
 
     freeze: bool = True

@@ -2,20 +2,23 @@
 
 CPython's cyclic collector stops every thread while it walks a generation. A full (generation 2)
 collection walks every container object the process ever kept: after FastAPI, pydantic, NumPy,
-pandas and ONNX Runtime are imported and a model version is loaded that is hundreds of thousands
-of objects, and one such walk took 18-81 ms on the 2-core benchmark machine, long enough to queue
-a dozen requests behind it and set the p99 of `/recommend`. Two measures keep it out of serving:
+pandas and ONNX Runtime are imported and a model version is loaded that is about 116k objects
+(the catalogue itself is NumPy arrays), and one such walk took 18-81 ms on the 2-core benchmark
+machine, long enough to queue a dozen requests behind it and set the p99 of `/recommend`. Two
+measures keep it out of serving:
 
 - `settle()` after start-up and after every hot reload: one full collection (garbage from
   loading), then `gc.freeze()` moves every surviving object into the permanent generation, which
   no later collection walks. What a request allocates is short-lived and dies young.
-- Larger collection thresholds (`GcConfig`): a request allocates a few thousand container objects,
-  so the default threshold of 700 runs several young collections per request; the first threshold
-  is raised so young collections run every few requests, and each still finds little alive.
+- A larger young threshold (`GcConfig`, 10,000 instead of 700): thresholds count net allocations
+  (allocations minus frees), and the request path leaves few objects alive (8 young collections
+  in 3,000 requests at 700), so young collections become rarer still and each walks only what
+  was allocated since the last one.
 
 On a reload the previous version's objects sit in the permanent generation; `settle()` first
-unfreezes them so one full collection can free whatever of them is cyclic garbage (a reload is
-rare, and the collection runs once, off the request path's hot loop), then freezes again.
+unfreezes them so one full collection can free whatever of them is cyclic garbage, then freezes
+again. That collection does pause requests, once per reload (44-62 ms measured); skipping it
+would keep the old version's cyclic garbage for the life of the process.
 
 `GcPauseCollector` times every collection through `gc.callbacks` and exposes them on a
 Prometheus registry as `strata_gc_pause_seconds{generation}` (histogram) and
