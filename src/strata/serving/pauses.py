@@ -55,16 +55,11 @@ GENERATIONS = (0, 1, 2)
 _settle_lock = threading.Lock()
 
 
-def configure(cfg: GcConfig) -> None:
-    """Apply the configured collection thresholds (process-wide)."""
-    gc.set_threshold(cfg.threshold0, cfg.threshold1, cfg.threshold2)
-
-
 def settle(cfg: GcConfig) -> dict[str, float]:
     """After loading long-lived state: collect once, then freeze the survivors out of every later
     collection (when `cfg.freeze`); returns what it did, for the log and the tests."""
     with _settle_lock:
-        configure(cfg)
+        gc.set_threshold(cfg.threshold0, cfg.threshold1, cfg.threshold2)  # process-wide
         t0 = time.perf_counter()
         if cfg.freeze:
             gc.unfreeze()  # a reload: let the previous version's cyclic garbage be found
@@ -119,10 +114,6 @@ class GcPauseCollector:
         if self._installed:
             gc.callbacks.remove(self._on_gc)
             self._installed = False
-
-    def counts(self) -> dict[int, int]:
-        """Collections seen per generation."""
-        return {g: sum(self._buckets[g]) for g in GENERATIONS}
 
     def describe(self) -> list[Metric]:
         """Metric families without values (lets the registry check names on register)."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -36,26 +37,28 @@ MAX_FIXED = 0xFFFF  # bytes of fixed-width values per row (u16 header)
 
 @dataclass(frozen=True)
 class RowLayout:
-    """The byte layout of one entity version's rows (see the module docstring)."""
+    """The byte layout of one entity version's rows (see the module docstring); the derived
+    parts are computed once per layout, which the store caches per version."""
 
     names: tuple[str, ...]
     specs: Mapping[str, FeatureSpec]
 
-    @property
+    @cached_property
     def fixed(self) -> tuple[str, ...]:
         """Fixed-width features in layout order."""
         return tuple(n for n in self.names if self.specs[n].dtype != "string")
 
-    @property
+    @cached_property
     def strings(self) -> tuple[str, ...]:
         """String features in layout order."""
         return tuple(n for n in self.names if self.specs[n].dtype == "string")
 
-    @property
+    @cached_property
     def width(self) -> int:
         """Bytes of the fixed-width part of a full row."""
         return sum(self.specs[n].width for n in self.fixed)
 
+    @cached_property
     def dtype(self) -> np.dtype:
         """Structured little-endian dtype of the fixed-width part."""
         names, formats, offsets, off = [], [], [], 0
@@ -82,7 +85,7 @@ def encode(layout: RowLayout, n: int, values: Mapping[str, Any]) -> list[bytes]:
     width = layout.width
     if width > MAX_FIXED:
         raise ValueError(f"fixed-width part of {width} bytes exceeds {MAX_FIXED}")
-    rec = np.zeros(n, dtype=layout.dtype())
+    rec = np.zeros(n, dtype=layout.dtype)
     for name in layout.fixed:
         if name in values:
             rec[name] = values[name]
@@ -115,7 +118,7 @@ def decode(
             w = 0 if r is None else _HEAD.unpack_from(r)[0]
             parts.append(zeros if r is None else r[2 : 2 + w] + zeros[w:])
         buf = b"".join(parts)
-    rec = np.frombuffer(buf, dtype=layout.dtype(), count=n) if width else None
+    rec = np.frombuffer(buf, dtype=layout.dtype, count=n) if width else None
     out: dict[str, np.ndarray] = {}
     wanted_strings = [f for f in features if layout.specs[f].dtype == "string"]
     strings = _strings(layout, raw, wanted_strings) if wanted_strings else {}

@@ -47,7 +47,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from strata.errors import StoreUnavailableError
+from strata.errors import StoreUnavailableError, ValidationError
 from strata.features.online import (
     ActivityEvents,
     FeatureRows,
@@ -169,13 +169,9 @@ class ValkeyOnlineStore:
         before = self._load_meta(entity, version)
         for name, (spec, _) in parsed.items():
             if name in before.specs and before.specs[name] != spec:
-                from strata.errors import ValidationError
-
                 raise ValidationError(name, f"stored as {before.specs[name]}, got {spec}")
         layout = before.extended({name: spec for name, (spec, _) in parsed.items()})
         if layout.width > MAX_FIXED:
-            from strata.errors import ValidationError
-
             raise ValidationError(next(iter(parsed)), f"rows over {MAX_FIXED} bytes")
         kept = [n for n in layout.names if n not in parsed]  # read back and kept per row
         ttl = self.config.ttl_s
