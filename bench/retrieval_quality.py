@@ -189,7 +189,7 @@ def run_split(
             serve = settings.serve.model_copy(update={"fresh": fresh})
             rec = load_recommender(settings.model_copy(update={"serve": serve}), name)
             systems.append(System(f"model-full-{label}", rec, "full"))
-        from strata.training.data import LOG_COUNT_SCALE, POP_COL
+        from strata.models.space import LOG_COUNT_SCALE, POP_COL
 
         for w in priors:
             rec = load_recommender(settings, name)

@@ -91,9 +91,9 @@ def prepare_1m(home: Path, n_items: int = 1_000_000, n_users: int = 20_000) -> t
 
     from strata.datasets.synthetic import recsys_world
     from strata.models.dcn import DCNConfig, DCNRanker
+    from strata.models.infer import embed_items
+    from strata.models.space import FeatureSpace
     from strata.models.two_tower import TwoTower, TwoTowerConfig
-    from strata.training.data import FeatureSpace
-    from strata.training.loops import embed_items
     from strata.training.train import write_version
 
     t0 = time.perf_counter()
@@ -169,11 +169,11 @@ def ensure_index(s: Settings, ds_name: str) -> dict[str, Any]:
 
 def model_compute_ms(s: Settings, ds_name: str, reps: int = 300) -> dict[str, float]:
     """Pure model compute: query tower (1 row) + ranker (N rows) through ONNX Runtime, p50."""
+    from strata.engine.version import UserSnapshot
     from strata.models.inputs import ITEM_INPUTS, QUERY_INPUTS
+    from strata.models.space import FeatureSpace, query_features_from_rows
     from strata.registry import Registry
     from strata.serving.backends import create_backend
-    from strata.serving.catalog import UserSnapshot
-    from strata.training.data import FeatureSpace, query_features_from_rows
 
     path = Registry(s.registry_dir, ds_name).path()
     space = FeatureSpace.load(path)

@@ -22,14 +22,14 @@ def main() -> None:
     """Measure steady-state training samples/s for both models at a few batch sizes."""
     import torch
 
-    from strata.models.dcn import DCNConfig, DCNRanker
-    from strata.models.inputs import FeatureDims
-    from strata.models.two_tower import TwoTower, TwoTowerConfig
-    from strata.training.batch import (
+    from strata.models.batch import (
         synthetic_batches,
         synthetic_items,
         synthetic_rank_batches,
     )
+    from strata.models.dcn import DCNConfig, DCNRanker
+    from strata.models.inputs import FeatureDims
+    from strata.models.two_tower import TwoTower, TwoTowerConfig
     from strata.training.loops import Negatives, seed_everything, train_ranker, train_two_tower
 
     ap = argparse.ArgumentParser()

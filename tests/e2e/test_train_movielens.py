@@ -54,8 +54,8 @@ def test_train_beats_baselines_on_warm_users(ml100k_dir: Path, tmp_path: Path) -
     # Items never seen in training get the unknown id, so their vectors come from content and
     # metadata alone: distinct per item, spread like the warm items'. (Whether content then ranks
     # them well is measured, not asserted: near random among fresh items, see README.)
+    from strata.models.infer import embed_items
     from strata.training.evaluate import temporal_split
-    from strata.training.loops import embed_items
 
     split = temporal_split(load(DATASET, path=ml100k_dir, settings=s), until)
     is_cold = np.isin(rec.space.item_ids, split.cold_items)

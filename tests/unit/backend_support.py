@@ -28,12 +28,12 @@ def register_small_models(home: Path, dataset: str = "tiny") -> Version:
     """Export a fresh two-tower's query tower and a DCN-v2 ranker and commit them as a version."""
     import torch
 
+    from strata.models.batch import RankBatch, synthetic_items, synthetic_queries
     from strata.models.dcn import DCNConfig, DCNRanker
+    from strata.models.infer import rank_inputs
     from strata.models.two_tower import TwoTower, TwoTowerConfig
     from strata.registry import Registry
-    from strata.training.batch import RankBatch, synthetic_items, synthetic_queries
     from strata.training.export import RANKER_INPUTS, export_onnx
-    from strata.training.loops import rank_inputs
 
     torch.manual_seed(0)
     tower = TwoTower(DIMS, TwoTowerConfig(out_dim=16)).query_tower.eval()

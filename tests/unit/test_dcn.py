@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from strata.models.batch import synthetic_rank_batches
 from strata.models.dcn import DCNConfig, DCNRanker
+from strata.models.infer import rank_inputs, score_ranker
 from strata.models.inputs import FeatureDims
 from strata.models.layers import CrossNetConfig, MLPConfig
-from strata.training.batch import synthetic_rank_batches
-from strata.training.loops import rank_inputs, score_ranker, seed_everything, train_ranker
+from strata.training.loops import seed_everything, train_ranker
 from strata.training.metrics import auc
 
 DIMS = FeatureDims(n_users=30, n_items=40, text_dim=4, image_dim=4, hist_len=4)

@@ -11,18 +11,13 @@ import pytest
 import torch
 
 from strata.errors import DataError
+from strata.models.batch import RankBatch, synthetic_items, synthetic_queries
 from strata.models.dcn import DCNConfig, DCNRanker
+from strata.models.infer import rank_inputs
 from strata.models.inputs import QUERY_INPUTS, FeatureDims
 from strata.models.two_tower import TwoTower, TwoTowerConfig
-from strata.training.batch import RankBatch, synthetic_items, synthetic_queries
-from strata.training.export import (
-    RANKER_INPUTS,
-    export_onnx,
-    load_state,
-    save_state,
-    write_item_embeddings,
-)
-from strata.training.loops import rank_inputs
+from strata.models.weights import load_state, save_state
+from strata.training.export import RANKER_INPUTS, export_onnx, write_item_embeddings
 
 DIMS = FeatureDims(n_users=20, n_items=30, text_dim=8, image_dim=6, hist_len=4)
 

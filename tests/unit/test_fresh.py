@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from strata.config import FreshConfig, ServeConfig, Settings
@@ -16,7 +15,7 @@ from strata.features.online.memory import MemoryOnlineStore
 from strata.serving.online import OnlineLink
 from strata.serving.service import RecommendationPipeline
 
-from .tiny_world import fast_settings, tiny_dataset
+from .tiny_world import fast_settings, fresh_tables
 
 DATASET = "tinyfresh"
 N_FRESH = 6
@@ -71,30 +70,12 @@ def test_fresh_pool_takes_newest_or_nearest_and_puts_seen_last() -> None:
 # --- a trained version with never-seen items ---------------------------------------------------
 
 
-def _tables() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, int]:
-    ds = tiny_dataset()
-    n = len(ds.items)
-    extra = pd.DataFrame(
-        {
-            "item_id": np.arange(n + 1, n + N_FRESH + 1, dtype=np.int64),
-            "title": [f"new {i}" for i in range(N_FRESH)],
-            "year": pd.array([2001, 2005, 2003, 2005, 1980, None], dtype="Int16"),
-            "genres": [["Action"], ["Comedy"], ["Drama"], ["Horror"], ["Action"], ["Drama"]],
-            "description": [""] * N_FRESH,
-            "image_path": [None] * N_FRESH,
-        }
-    )
-    items = pd.concat([ds.items, extra], ignore_index=True)
-    ts = np.sort(ds.interactions["ts"].to_numpy())
-    return ds.users, items, ds.interactions, int(ts[int(len(ts) * 0.6)])
-
-
 @pytest.fixture(scope="module")
 def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from strata.training.train import Tables, train
 
     path = tmp_path_factory.mktemp("fresh")
-    users, items, events, until = _tables()
+    users, items, events, until = fresh_tables(N_FRESH)
     train(fast_settings(path), DATASET, until=until, tables=Tables(users, items, events, None))
     return path
 
@@ -107,7 +88,7 @@ def _settings(home: Path, **fresh: object) -> Settings:
 
 def _fresh_ids(home: Path) -> set[int]:
     """Items 81..86 (years 2001, 2005, 2003, 2005, 1980, unknown): in no event at all."""
-    _, items, _, _ = _tables()
+    _, items, _, _ = fresh_tables(N_FRESH)
     return set(items["item_id"].tail(N_FRESH).tolist())
 
 
@@ -156,7 +137,11 @@ def test_serving_pipeline_matches_the_batch_recommender(home: Path) -> None:
     assert plain.candidates["fresh"] == 0
     assert rec.item_ids[:10].tolist() == plain.item_ids[:10].tolist()
     assert len(set(rec.item_ids.tolist())) == 30
-    assert rec.ranker_scores is not None and np.all((rec.ranker_scores > 0) & (rec.scores <= 1))
+    # Scores are fused ranker logits (not probabilities that saturate at 1.0): finite, and
+    # strictly ordered along the ranked head.
+    assert rec.ranker_scores is not None and np.array_equal(rec.ranker_scores, rec.scores)
+    assert np.isfinite(rec.scores).all() and np.all(np.diff(rec.scores[:10]) <= 0)
+    assert rec.scores.max() > 1.0
     # "ranker" order: the network picks among all fresh items, the slots still hold fresh ones.
     by_net = _settings(home, order="ranker")
     pipe2 = RecommendationPipeline.load(

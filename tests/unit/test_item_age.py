@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from strata.training.data import AGE_COL, POP_COL, FeatureSpace
+from strata.models.space import AGE_COL, POP_COL, FeatureSpace
 
 YEAR_S = 365.2425 * 86400
 
@@ -51,8 +51,8 @@ def test_space_without_age_column_is_unchanged() -> None:
 
 
 def test_random_negatives_are_featurised_as_of_each_querys_time() -> None:
-    from strata.training.batch import RetrievalBatch, synthetic_queries
-    from strata.training.data import log_count
+    from strata.models.batch import RetrievalBatch, synthetic_queries
+    from strata.models.space import log_count
     from strata.training.train import PopularitySnapshots, random_negatives
 
     space = _space()

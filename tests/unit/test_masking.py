@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from strata.models.batch import synthetic_items, synthetic_queries
 from strata.models.inputs import FeatureDims
-from strata.training.batch import synthetic_items, synthetic_queries
 from strata.training.masking import mask_item, mask_query
 
 DIMS = FeatureDims(n_users=50, n_items=40, text_dim=6, image_dim=5)

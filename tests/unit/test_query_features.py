@@ -12,8 +12,8 @@ from strata.errors import ValidationError
 from strata.features.materialize import materialize_frame
 from strata.features.offline import OfflineStore, ingest_dataset
 from strata.features.online.memory import MemoryOnlineStore
-from strata.training.batch import QueryFeatures
-from strata.training.data import (
+from strata.models.batch import QueryFeatures
+from strata.models.space import (
     USER_INPUT_FEATURES,
     FeatureSpace,
     query_features_from_frame,

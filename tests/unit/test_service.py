@@ -14,9 +14,9 @@ from strata.errors import StoreUnavailableError, ValidationError
 from strata.features.events import EventIngestor
 from strata.features.materialize import materialize_frame
 from strata.features.online.memory import MemoryOnlineStore
+from strata.models.space import query_features_from_rows
 from strata.serving.online import OnlineLink, StoreBreaker
 from strata.serving.service import STAGES, RecommendationPipeline
-from strata.training.data import query_features_from_rows
 
 from .serving_support import DATASET, serving_settings, tiny_world
 
@@ -219,7 +219,7 @@ def test_catalog_cache_follows_the_item_feature_version(pipe: RecommendationPipe
     assert pipe.catalog.feature_version == store.active_version("item")
     # The ranker now sees live popularity: features differ from the as-of-cut table.
     ids = np.array([3, 4])
-    live = pipe._item_features(ids).item_num
+    live = pipe.engine.items.features(ids).item_num
     base = pipe.space.items(pipe.space.item_rows(ids)[0]).item_num
     assert not np.allclose(live, base)
     assert pipe.catalog.item(10**9) is None

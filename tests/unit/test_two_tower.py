@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from strata.models.batch import synthetic_batches, synthetic_items, synthetic_queries
+from strata.models.infer import embed_items, embed_queries
 from strata.models.inputs import FeatureDims
 from strata.models.layers import MLPConfig
 from strata.models.two_tower import TwoTower, TwoTowerConfig
-from strata.training.batch import synthetic_batches, synthetic_items, synthetic_queries
-from strata.training.loops import embed_items, embed_queries, seed_everything, train_two_tower
+from strata.training.loops import seed_everything, train_two_tower
 from strata.training.masking import mask_query
 
 DIMS = FeatureDims(n_users=40, n_items=60, text_dim=8, image_dim=6, hist_len=5)

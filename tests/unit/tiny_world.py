@@ -76,3 +76,25 @@ def fast_settings(home: object) -> Settings:
             ranker_popularity_prior=0.0,
         ),
     )
+
+
+def fresh_tables(n_fresh: int = 6) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, int]:
+    """The tiny world plus `n_fresh` (<= 6) items that occur in no event (years 2001, 2005,
+    2003, 2005, 1980, unknown): users, items, events and a cut-off at 60% of the events."""
+    ds = tiny_dataset()
+    n = len(ds.items)
+    extra = pd.DataFrame(
+        {
+            "item_id": np.arange(n + 1, n + n_fresh + 1, dtype=np.int64),
+            "title": [f"new {i}" for i in range(n_fresh)],
+            "year": pd.array([2001, 2005, 2003, 2005, 1980, None][:n_fresh], dtype="Int16"),
+            "genres": [["Action"], ["Comedy"], ["Drama"], ["Horror"], ["Action"], ["Drama"]][
+                :n_fresh
+            ],
+            "description": [""] * n_fresh,
+            "image_path": [None] * n_fresh,
+        }
+    )
+    items = pd.concat([ds.items, extra], ignore_index=True)
+    ts = np.sort(ds.interactions["ts"].to_numpy())
+    return ds.users, items, ds.interactions, int(ts[int(len(ts) * 0.6)])

@@ -423,7 +423,8 @@ def write_artifacts(result: CtrTrainResult, out_dir: Path) -> dict[str, Any]:
     import torch
 
     from strata.ctr.model import ProbModel
-    from strata.training.export import export_onnx, save_state
+    from strata.models.weights import save_state
+    from strata.training.export import export_onnx
 
     out_dir.mkdir(parents=True, exist_ok=True)
     model = result.model.eval()
@@ -503,7 +504,7 @@ def reference_auc(metrics: dict[str, Any]) -> float | None:
 def load_version_model(version_dir: Path) -> tuple[CtrModel, CtrPreprocessor, dict[str, Any]]:
     """Torch model (for warm start), preprocessing and metadata of a written version."""
     from strata.ctr.model import CtrModel
-    from strata.training.export import load_state
+    from strata.models.weights import load_state
 
     meta_path = version_dir / CTR_META
     if not meta_path.exists():

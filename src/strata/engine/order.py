@@ -41,13 +41,19 @@ def genre_capped(scores: np.ndarray, genre: np.ndarray, k: int, cap: int) -> np.
     return order[np.lexsort((pos, over))[:k]]
 
 
-def sampled(scores: np.ndarray, k: int, cfg: DiversityConfig, logits: bool = False) -> np.ndarray:
-    """k items sampled without replacement from softmax(logit / T) (Gumbel top-k); `scores`
-    are probabilities, or log-odds already with `logits`."""
+def sampled(
+    scores: np.ndarray,
+    k: int,
+    cfg: DiversityConfig,
+    logits: bool = False,
+    rng: np.random.Generator | None = None,
+) -> np.ndarray:
+    """k items sampled without replacement from softmax(logit / T) (Gumbel top-k), drawn from
+    `rng` (fresh entropy without one); `scores` are probabilities, or log-odds with `logits`."""
     if logits:
         logit = scores.astype(np.float64)
     else:
         p = np.clip(scores.astype(np.float64), 1e-9, 1 - 1e-9)
         logit = np.log(p) - np.log1p(-p)
-    g = np.random.default_rng().gumbel(size=len(scores))
+    g = (rng or np.random.default_rng()).gumbel(size=len(scores))
     return top_k(logit / cfg.temperature + g, k)

@@ -7,6 +7,7 @@ without touching the stages. Invalid slots carry id -1 and score -inf.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -159,14 +160,17 @@ def fresh_order(
     net: np.ndarray,
     year: np.ndarray | None,
     how: str,
-    rng: np.random.Generator | None = None,
+    rng: np.random.Generator | Sequence[np.random.Generator] | None = None,
 ) -> np.ndarray:
     """(U, P) column order of fresh candidates, best first, invalid slots last: by the ranker
     network's logit `net` ("ranker"), newest release `year` first with `net` breaking ties
     ("newest"; unknown years after known ones), or uniformly at random ("random": unbiased
-    exploration, drawn from `rng`)."""
+    exploration, drawn from `rng`, or row r from `rng[r]` given one generator per row)."""
     if how == "random":
-        net = (rng or np.random.default_rng()).random(net.shape)
+        if isinstance(rng, Sequence):
+            net = np.stack([g.random(net.shape[1]) for g in rng]).reshape(net.shape)
+        else:
+            net = (rng or np.random.default_rng()).random(net.shape)
     net = np.where(valid, net, -np.inf)
     if how in ("ranker", "random") or year is None:
         return np.argsort(-net, axis=1, kind="stable")

@@ -1,7 +1,7 @@
 """Input schema shared by the towers and the ranker: vocabulary sizes and tensor input names.
 
 Models take plain tensors in a fixed order (so they export to ONNX with named inputs); the
-`training.batch` dataclasses carry the same fields in the same order.
+`models.batch` dataclasses carry the same fields in the same order.
 """
 
 from __future__ import annotations

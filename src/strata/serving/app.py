@@ -4,7 +4,7 @@ Artifacts load in the lifespan into `app.state.serving` (a `ServingState`); hand
 through dependencies, so nothing lives at module level and two apps in one process (tests) never
 share a client, a model or a metric. Endpoints:
 
-    GET  /recommend?user_id=&k=&device=&ts=&stage=   POST /recommend (JSON; user_id optional)
+    GET  /recommend?user_id=&k=&device=&ts=&stage=&seed=   POST /recommend (JSON)
     POST /events            one event object or a JSON array of them (online-layer semantics)
     GET  /items/{item_id}   GET /healthz (process up)   GET /readyz (models + store reachable)
     GET  /metrics           Prometheus, one CollectorRegistry per app
@@ -65,7 +65,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_S = 1  # Retry-After of a 503: about when the breaker has probed the store again
-GET_RECOMMEND_PARAMS = frozenset({"user_id", "k", "device", "ts", "stage"})
+GET_RECOMMEND_PARAMS = frozenset({"user_id", "k", "device", "ts", "stage", "seed"})
 
 
 # --- state -------------------------------------------------------------------------------------
@@ -123,6 +123,7 @@ class RecommendBody(BaseModel):
     device: StrictStr = "unknown"
     ts: StrictInt | None = Field(default=None, ge=0)
     stage: Literal["retrieval", "full"] = "full"
+    seed: StrictInt | None = Field(default=None, ge=0, le=2**63 - 1)
 
 
 # --- errors --------------------------------------------------------------------------------------
@@ -196,6 +197,7 @@ async def _serve_recommend(
     device: str,
     ts: int | None,
     stage: Literal["retrieval", "full"],
+    seed: int | None,
 ) -> JSONResponse:
     """Run the pipeline on the event loop itself (`serve.dispatch`, default for in-process
     inference) or in the threadpool (a remote inference server, whose round trip should not
@@ -205,10 +207,10 @@ async def _serve_recommend(
     switch interval once requests queue (bench/serve_load.py, README "Tail latency")."""
     kk = pipe.config.k_default if k is None else k
     if state.inline:
-        rec = pipe.recommend(user_id, kk, ts=ts, device=device, stage=stage)
+        rec = pipe.recommend(user_id, kk, ts=ts, device=device, stage=stage, seed=seed)
     else:
         rec = await run_in_threadpool(pipe.recommend, user_id, kk, ts=ts, device=device,
-                                      stage=stage)  # fmt: skip
+                                      stage=stage, seed=seed)  # fmt: skip
     state.metrics.observe(rec)
     return JSONResponse(recommendation_json(rec, kk))
 
@@ -353,12 +355,13 @@ def _install_routes(app: FastAPI) -> None:
         device: Annotated[str, Query()] = "unknown",
         ts: Annotated[int | None, Query(ge=0)] = None,
         stage: Annotated[Literal["retrieval", "full"], Query()] = "full",
+        seed: Annotated[int | None, Query(ge=0, le=2**63 - 1)] = None,
     ) -> JSONResponse:
         """Top-k for a user (omit user_id for an anonymous request with context only)."""
         unknown = sorted(set(request.query_params) - GET_RECOMMEND_PARAMS)
         if unknown:
             raise ValidationError(unknown[0], "unknown query parameter")
-        return await _serve_recommend(state, pipe, user_id, k, device, ts, stage)
+        return await _serve_recommend(state, pipe, user_id, k, device, ts, stage, seed)
 
     @app.post("/recommend")
     async def recommend_post(
@@ -366,7 +369,7 @@ def _install_routes(app: FastAPI) -> None:
     ) -> JSONResponse:
         """Top-k from a JSON body (unknown fields and wrong types are rejected)."""
         return await _serve_recommend(state, pipe, body.user_id, body.k, body.device, body.ts,
-                                      body.stage)  # fmt: skip
+                                      body.stage, body.seed)  # fmt: skip
 
     @app.post("/events")
     async def events(request: Request, state: StateDep) -> JSONResponse:

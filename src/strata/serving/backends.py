@@ -17,9 +17,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from strata.errors import MissingExtraError, NotFoundError, StrataError, ValidationError
+from strata.models.inputs import ITEM_INPUTS, QUERY_INPUTS
 
 if TYPE_CHECKING:
     from strata.config import OnnxRuntimeConfig, Settings, TritonBackendConfig
+    from strata.models.batch import ItemFeatures, QueryFeatures
 
 log = logging.getLogger(__name__)
 
@@ -419,3 +421,24 @@ def create_backend(
 
 def _triton(cfg: TritonBackendConfig) -> TritonBackend:
     return TritonBackend(cfg.url, timeout_s=cfg.timeout_s, model_version=cfg.model_version)
+
+
+class BackendModels:
+    """The engine's `Models` part over an `InferenceBackend`: the exported query tower and
+    ranker (ONNX Runtime in process, or Triton)."""
+
+    def __init__(self, backend: InferenceBackend) -> None:
+        self.backend = backend
+
+    def encode(self, queries: QueryFeatures) -> np.ndarray:
+        inputs = {n: np.ascontiguousarray(getattr(queries, n)) for n in QUERY_INPUTS}
+        return np.asarray(self.backend.infer("query_tower", inputs)["query_embedding"], np.float32)
+
+    def logits(
+        self, queries: QueryFeatures, items: ItemFeatures, retrieval: np.ndarray
+    ) -> np.ndarray:
+        inputs = {n: np.ascontiguousarray(getattr(queries, n)) for n in QUERY_INPUTS}
+        for n in ITEM_INPUTS:
+            inputs[n] = np.ascontiguousarray(getattr(items, n))
+        inputs["retrieval_score"] = np.ascontiguousarray(retrieval, dtype=np.float32)
+        return self.backend.infer("ranker", inputs)["logit"].reshape(len(retrieval))

@@ -50,29 +50,24 @@ def recommend_file(
     stage: Stage = "full",
     version: str | None = None,
 ) -> int:
-    """Write one JSON line per user {"user_id", "items", "scores"} to `out` (atomically)."""
+    """Write one JSON line per user {"user_id", "items", "scores"} to `out` (atomically);
+    scores are the engine's (fused ranker logits, or retrieval scores) at float32 precision."""
     import json
-    import os
-    import tempfile
+
+    from strata.atomic import atomic_path
 
     users = read_user_ids(users_file)
     # The same pipeline object that serves HTTP (online features when configured, else the
-    # version's snapshot; context = the version's cut-off).
+    # version's snapshot; context = the version's cut-off; seed 0).
     results = open_batch_pipeline(settings, dataset, version, k).recommend_many(users, k, stage)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            for u, res in zip(users, results, strict=True):
-                rec_line = {
-                    "user_id": int(u),
-                    "items": res.item_ids.tolist(),
-                    "scores": [round(float(x), 6) for x in res.scores],
-                }
-                f.write(json.dumps(rec_line) + "\n")
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(out) as tmp, open(tmp, "w") as f:
+        for u, res in zip(users, results, strict=True):
+            line = {
+                "user_id": int(u),
+                "items": res.item_ids.tolist(),
+                "scores": [float(x) for x in res.scores],
+            }
+            f.write(json.dumps(line) + "\n")
     return len(users)

@@ -1,24 +1,25 @@
 """What a serving process holds of a model version's catalogue and users, in NumPy arrays: item
-ids and genres with the online item features cached whole (`CatalogCache`), and the users'
-feature rows as of the training cut (`UserSnapshot`, the fallback for users the online store
-does not hold)."""
+ids and genres with the online item features cached whole (`CatalogCache`), and the engine's
+item inputs with live popularity from that cache (`LiveItems`)."""
 
 from __future__ import annotations
 
 import logging
 import threading
 from collections.abc import Iterator, Mapping
-from pathlib import Path
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from strata.engine.recommend import VersionItems
 from strata.errors import DataError, ValidationError
 
 if TYPE_CHECKING:
     from strata.features.online import FeatureRows
+    from strata.models.batch import ItemFeatures
+    from strata.models.space import FeatureSpace
     from strata.serving.online import OnlineLink
-    from strata.training.data import FeatureSpace
 
 log = logging.getLogger(__name__)
 _CATALOG_CHUNK = 5000  # rows per store read when the catalog cache reloads item features
@@ -149,45 +150,35 @@ class CatalogCache:
         }
 
 
-class UserSnapshot:
-    """The version's user feature rows as of its training cut (offline store), in the online
-    store's encoding: the fallback for users the online store does not hold or cannot serve."""
-
-    def __init__(self, user_ids: np.ndarray, columns: dict[str, np.ndarray]) -> None:
-        order = np.argsort(user_ids, kind="stable")
-        self.ids = np.asarray(user_ids, np.int64)[order]
-        self.columns = {n: np.asarray(c)[order] for n, c in columns.items()}
-
-    @classmethod
-    def load(cls, path: Path) -> UserSnapshot:
-        """Read `user_features.parquet` of a registry version (empty when the file is absent)."""
-        from strata.artifacts import USER_FEATURES_FILE
-        from strata.training.data import USER_INPUT_FEATURES, frame_rows
-
-        f = path / USER_FEATURES_FILE
-        if not f.exists():
-            log.warning("%s: no %s; users without online features start cold", path, f.name)
-            return cls(np.zeros(0, np.int64), {})
-        import pandas as pd
-
-        df = pd.read_parquet(f)
-        from strata.features.schema import USER_KEY
-
-        return cls(df[USER_KEY].to_numpy(np.int64), frame_rows(df, USER_INPUT_FEATURES))
-
-    def row(self, user_id: int) -> dict[str, np.ndarray] | None:
-        """One user's columns as 1-row arrays, or None when the snapshot does not have them."""
-        if not len(self.ids):
-            return None
-        pos = int(np.searchsorted(self.ids, user_id))
-        if pos >= len(self.ids) or self.ids[pos] != user_id:
-            return None
-        return {n: c[pos : pos + 1] for n, c in self.columns.items()}
-
-
 def _jsonable(v: Any) -> Any:
     if isinstance(v, np.ndarray):
         return v.tolist()
     if isinstance(v, np.generic):
         return v.item()
     return v
+
+
+class LiveItems(VersionItems):
+    """The engine's `ItemSource` in a serving process: the version's item table with the
+    catalogue cache's live popularity where the online store has it (as of the training cut
+    otherwise)."""
+
+    def __init__(self, space: FeatureSpace, catalog: CatalogCache) -> None:
+        super().__init__(space)
+        self.catalog = catalog
+
+    def features(self, item_ids: np.ndarray) -> ItemFeatures:
+        from strata.models.space import POP_COL, log_count
+
+        pos, found = self.catalog.positions(item_ids)
+        rows = np.where(found, pos + 1, 0)
+        items = self.space.items(rows)
+        live = self.catalog.popularity(pos)
+        if live is not None:
+            pop, have = live
+            have = have & (rows > 0)
+            if have.any():
+                num = items.item_num.copy()
+                num[have, POP_COL] = log_count(pop[have])
+                items = replace(items, item_num=num)
+        return items

@@ -49,7 +49,7 @@ DEFAULT_KS: tuple[int, ...] = (1, 5, 10, 20, 50, 100)
 SLICES = ("all", "warm_users", "cold_users", "cold_items")
 
 
-class Recommender(Protocol):
+class SystemUnderTest(Protocol):
     """What the harness evaluates: top-k item ids and scores per user (contract 4)."""
 
     def recommend(
@@ -417,14 +417,14 @@ class System:
     """A named recommender and the stage to evaluate it at."""
 
     name: str
-    recommender: Recommender
+    recommender: SystemUnderTest
     stage: Stage = "full"
     fit_s: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
 def recommend_all(
-    rec: Recommender,
+    rec: SystemUnderTest,
     users: np.ndarray,
     k: int,
     stage: Stage,

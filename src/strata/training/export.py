@@ -91,20 +91,3 @@ def write_item_embeddings(folder: Path, item_ids: np.ndarray, emb: np.ndarray) -
     pq_path = folder / "item_embeddings.parquet"
     pq.write_table(table, pq_path)
     return [npy, ids, pq_path]
-
-
-def save_state(module: torch.nn.Module, path: Path) -> Path:
-    """Weights as safetensors (never pickles)."""
-    from safetensors.torch import save_file
-
-    save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}, str(path))
-    return path
-
-
-def load_state(module: torch.nn.Module, path: Path) -> None:
-    """Load safetensors weights into `module` (strict)."""
-    from safetensors.torch import load_file
-
-    if not path.exists():
-        raise DataError(path, "model weights are missing")
-    module.load_state_dict(load_file(str(path)), strict=True)

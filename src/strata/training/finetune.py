@@ -39,7 +39,7 @@ def gate_metrics(
 ) -> dict[str, float]:
     """Hit rate@k of each gate event's item among all items, and ranker AUC on fixed gate rows
     (`rows`: the same positives and negatives for both models, rescored with each query tower)."""
-    from strata.training.loops import embed_queries, score_ranker
+    from strata.models.infer import embed_queries, score_ranker
     from strata.training.metrics import auc
     from strata.training.train import RankData
 
@@ -62,8 +62,9 @@ def finetune(
 ) -> FinetuneResult:
     """Fine-tune the serving version on events since `since` and, if the gate passes, write it
     (promoted unless `promote=False`: pipelines promote only after its ANN index is built)."""
+    from strata.models.infer import embed_queries
     from strata.registry import Registry
-    from strata.training.loops import embed_queries, seed_everything
+    from strata.training.loops import seed_everything
     from strata.training.recommender import load_recommender
     from strata.training.train import (
         fit_ranker,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from strata.training.batch import ItemFeatures, QueryFeatures
+from strata.models.batch import ItemFeatures, QueryFeatures
 
 
 def mask_query(q: QueryFeatures, p_user: float, rng: np.random.Generator) -> QueryFeatures:

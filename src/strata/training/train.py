@@ -27,8 +27,8 @@ from strata.artifacts import (
 )
 from strata.engine.stages import PairSetFilter
 from strata.errors import ValidationError
-from strata.training.batch import QueryFeatures, RankBatch, RetrievalBatch
-from strata.training.data import LOG_COUNT_SCALE, POP_COL, FeatureSpace, query_features_from_frame
+from strata.models.batch import QueryFeatures, RankBatch, RetrievalBatch
+from strata.models.space import LOG_COUNT_SCALE, POP_COL, FeatureSpace, query_features_from_frame
 from strata.training.loops import RetrievalData
 
 if TYPE_CHECKING:
@@ -413,9 +413,11 @@ def train_two_tower(
     import torch
     from safetensors.torch import save_file
 
+    from strata.models.infer import embed_items, embed_queries
     from strata.models.two_tower import TwoTower, TwoTowerConfig
-    from strata.training.export import save_state, write_item_embeddings
-    from strata.training.loops import embed_items, embed_queries, seed_everything
+    from strata.models.weights import save_state
+    from strata.training.export import write_item_embeddings
+    from strata.training.loops import seed_everything
 
     if stage_dir is None:
         raise ValidationError("stage_dir", "a staging folder is required")
@@ -478,9 +480,10 @@ def train_ranker(
 
     from strata.errors import DataError
     from strata.models.dcn import DCNConfig, DCNRanker
+    from strata.models.infer import embed_queries, score_ranker
     from strata.models.two_tower import TwoTower, TwoTowerConfig
-    from strata.training.export import load_state
-    from strata.training.loops import embed_queries, score_ranker, seed_everything
+    from strata.models.weights import load_state
+    from strata.training.loops import seed_everything
     from strata.training.masking import mask_query_rows
     from strata.training.metrics import auc
 
@@ -676,12 +679,13 @@ def write_version(
 
     from strata.features import schema
     from strata.features.schema import USER_KEY
+    from strata.models.batch import synthetic_items, synthetic_queries
+    from strata.models.infer import rank_inputs
     from strata.models.inputs import ITEM_INPUTS, QUERY_INPUTS
+    from strata.models.space import USER_INPUT_FEATURES
+    from strata.models.weights import save_state
     from strata.registry import Registry
-    from strata.training.batch import synthetic_items, synthetic_queries
-    from strata.training.data import USER_INPUT_FEATURES
-    from strata.training.export import RANKER_INPUTS, export_onnx, save_state, write_item_embeddings
-    from strata.training.loops import rank_inputs
+    from strata.training.export import RANKER_INPUTS, export_onnx, write_item_embeddings
 
     reg = Registry(settings.registry_dir, dataset)
     two_tower.cpu().eval()

@@ -25,8 +25,8 @@ import numpy as np
 from strata.datasets.base import DEVICES
 from strata.errors import DataError, ValidationError
 from strata.features.schema import RECENT_ITEMS_N, USER_FEATURES, USER_KEY, defaults
+from strata.models.batch import ItemFeatures, QueryFeatures
 from strata.models.inputs import FeatureDims
-from strata.training.batch import ItemFeatures, QueryFeatures
 
 if TYPE_CHECKING:
     import pandas as pd
