@@ -28,15 +28,14 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from strata.engine.index import (
-    FaissIndex,
+from strata.engine.index import FaissIndex, load_index
+from strata.errors import DataError
+from strata.training.index_build import (
     build_index,
-    load_index,
     recall_at_k,
     synthetic_embeddings,
     synthetic_queries,
 )
-from strata.errors import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
 K = 100

@@ -43,8 +43,10 @@ from strata.config import (
     CtrTrainConfig,
     Settings,
 )
+from strata.ctr.artifacts import publish
+from strata.ctr.data import CtrSource, temporal_split
 from strata.ctr.preprocess import CAT_COLUMNS, INT_COLUMNS, LABEL
-from strata.ctr.train import CtrSource, publish, temporal_split, train_ctr
+from strata.ctr.train import train_ctr
 from strata.registry import Registry
 
 ROOT = Path(__file__).resolve().parents[1]

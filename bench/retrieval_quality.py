@@ -159,7 +159,7 @@ def run_split(
     tables = None
     if kind == "validation":
         from strata.features.offline import OfflineStore
-        from strata.training.train import Tables
+        from strata.training.data import Tables
 
         inter = ds.interactions[ds.interactions["ts"] < cut].reset_index(drop=True)
         ds = RecDataset(f"{dataset}-validation", ds.users, ds.items, inter)

@@ -67,8 +67,9 @@ def prepare_ml100k(home: Path) -> tuple[Settings, str]:
     s = Settings(home=home, training=TrainingConfig(epochs=2, ranker_epochs=1))
     if Registry(s.registry_dir, ds_name).serving() is None:
         from strata.datasets import load
+        from strata.training.data import Tables
         from strata.training.evaluate import quantile_ts
-        from strata.training.train import Tables, train
+        from strata.training.train import train
 
         ds = load(ds_name, path=ROOT.parent / "shared" / "data" / "ml-100k", settings=s)
         t0 = time.perf_counter()

@@ -10,9 +10,10 @@ import pytest
 
 from strata.config import Settings, TrainingConfig
 from strata.features.content import encode_and_store
+from strata.training.data import prepare_store
 from strata.training.evaluate import format_table, quantile_ts, run_evaluation
 from strata.training.recommender import load_recommender
-from strata.training.train import prepare_store, train
+from strata.training.train import train
 
 pytestmark = pytest.mark.e2e
 

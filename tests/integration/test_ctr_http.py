@@ -25,7 +25,9 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, generate_latest
 
 from strata.config import CtrServeConfig, Settings
-from strata.ctr.train import CtrSource, ctr_registry, publish, train_ctr
+from strata.ctr.artifacts import ctr_registry, publish
+from strata.ctr.data import CtrSource
+from strata.ctr.train import train_ctr
 from strata.serving.ctr_api import create_ctr_app, install_ctr
 from tests.unit.ctr_support import synthetic_frame, synthetic_parquet, tiny_cfg
 

@@ -28,7 +28,8 @@ _CACHE: dict[str, Any] = {}
 def trained_registry() -> Path:
     """Registry folder holding a trained, promoted `tiny` v0001 (trained once per session)."""
     if "registry" not in _CACHE:
-        from strata.training.train import Tables, train
+        from strata.training.data import Tables
+        from strata.training.train import train
 
         home = Path(tempfile.mkdtemp(prefix="strata-serving-"))
         ds = tiny_dataset()

@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 
 from strata.config import Settings
+from strata.ctr.artifacts import ctr_registry, publish
+from strata.ctr.data import CtrSource
 from strata.ctr.service import CtrService, ServedModel, load_service, make_retrain
-from strata.ctr.train import CtrSource, ctr_registry, publish, train_ctr
+from strata.ctr.train import train_ctr
 from strata.errors import NotFoundError, ValidationError
 from strata.monitoring.trigger import RetrainTrigger
 from tests.unit.ctr_support import synthetic_frame, synthetic_parquet, tiny_cfg

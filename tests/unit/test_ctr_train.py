@@ -12,20 +12,11 @@ import torch
 from typer.testing import CliRunner
 
 from strata.config import CtrModelConfig, Settings
+from strata.ctr.artifacts import ctr_registry, load_version_model, publish
+from strata.ctr.data import CtrSource, Reservoir, _block_shuffled, temporal_split
 from strata.ctr.model import CtrModel
 from strata.ctr.preprocess import CtrBatch
-from strata.ctr.train import (
-    CtrSource,
-    Reservoir,
-    _block_shuffled,
-    ctr_registry,
-    incremental_train,
-    load_version_model,
-    predict_proba,
-    publish,
-    temporal_split,
-    train_ctr,
-)
+from strata.ctr.train import incremental_train, predict_proba, train_ctr
 from strata.errors import DataError
 from strata.models.layers import CrossNet, CrossNetV2
 from tests.unit.ctr_support import synthetic_frame, synthetic_parquet, tiny_cfg
@@ -175,7 +166,8 @@ def test_cli_train_evaluate_and_errors(tmp_path: Path, strata_home: Path, monkey
 
 def test_criteo_8k_beats_hashed_lr(criteo_8k: Path, tmp_path: Path) -> None:
     """On the real 8k rows, a small regularised DCN is not worse than hashed LR (same split)."""
-    from strata.ctr.train import evaluate_hashed_lr_baseline, resolve_source
+    from strata.ctr.data import resolve_source
+    from strata.ctr.train import evaluate_hashed_lr_baseline
 
     cfg = tiny_cfg()
     cfg = cfg.model_copy(

@@ -14,10 +14,8 @@ import pytest
 
 from strata.datasets.base import RecDataset
 from strata.errors import ValidationError
+from strata.training.baselines import ALSRecommender, ItemKNNRecommender, PopularityRecommender
 from strata.training.evaluate import (
-    ALSRecommender,
-    ItemKNNRecommender,
-    PopularityRecommender,
     System,
     evaluate,
     fit_baselines,

@@ -12,9 +12,10 @@ import pytest
 
 from strata.errors import ValidationError
 from strata.registry import Registry
+from strata.training.data import Tables
 from strata.training.finetune import finetune
 from strata.training.recommender import load_recommender
-from strata.training.train import Tables, train
+from strata.training.train import train
 
 from .tiny_world import fast_settings, tiny_dataset
 

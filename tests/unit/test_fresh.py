@@ -72,7 +72,8 @@ def test_fresh_pool_takes_newest_or_nearest_and_puts_seen_last() -> None:
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from strata.training.train import Tables, train
+    from strata.training.data import Tables
+    from strata.training.train import train
 
     path = tmp_path_factory.mktemp("fresh")
     users, items, events, until = fresh_tables(N_FRESH)

@@ -13,17 +13,14 @@ import pytest
 
 from strata.engine import index as ann
 from strata.engine import stages
-from strata.engine.index import (
-    AnnIndex,
-    FaissIndex,
+from strata.engine.index import AnnIndex, FaissIndex, choose_kind, load_index
+from strata.errors import DataError, NotFoundError, ValidationError
+from strata.training.index_build import (
     build_index,
-    choose_kind,
-    load_index,
     recall_at_k,
     synthetic_embeddings,
     synthetic_queries,
 )
-from strata.errors import DataError, NotFoundError, ValidationError
 
 N, D = 20_000, 64
 STRATA = Path(sys.executable).parent / "strata"

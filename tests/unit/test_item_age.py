@@ -53,7 +53,7 @@ def test_space_without_age_column_is_unchanged() -> None:
 def test_random_negatives_are_featurised_as_of_each_querys_time() -> None:
     from strata.models.batch import RetrievalBatch, synthetic_queries
     from strata.models.space import log_count
-    from strata.training.train import PopularitySnapshots, random_negatives
+    from strata.training.data import PopularitySnapshots, random_negatives
 
     space = _space()
     t0, t1 = int((1995.0 - 1970) * YEAR_S), int((1998.5 - 1970) * YEAR_S)

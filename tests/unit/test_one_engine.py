@@ -31,7 +31,8 @@ DEPTH = 25  # candidates ranked: fewer than the 86 catalogue items, so the seen 
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from strata.training.train import Tables, train
+    from strata.training.data import Tables
+    from strata.training.train import train
 
     path = tmp_path_factory.mktemp("engine")
     users, items, events, until = fresh_tables(6)

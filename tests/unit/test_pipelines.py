@@ -148,8 +148,10 @@ def test_drift_trigger_runs_ctr_retrain_pipeline_locally(
 ) -> None:
     """Drifted traffic -> monitor triggers -> ctr-retrain runs through KFP's local runner (every
     step a subprocess) -> decision logged; a promoted version is hot-reloaded into the service."""
+    from strata.ctr.artifacts import ctr_registry, publish
+    from strata.ctr.data import CtrSource
     from strata.ctr.service import load_service
-    from strata.ctr.train import CtrSource, ctr_registry, publish, train_ctr
+    from strata.ctr.train import train_ctr
     from strata.monitoring.trigger import RetrainTrigger
     from strata.pipelines.runner import make_ctr_retrain
     from tests.unit.ctr_support import synthetic_frame, synthetic_parquet, tiny_cfg

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from strata.registry import Registry
-from strata.training.train import Tables, train
+from strata.training.data import Tables
+from strata.training.train import train
 
 from .tiny_world import fast_settings, tiny_dataset
 

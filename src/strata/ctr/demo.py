@@ -99,9 +99,11 @@ def run_ctr_demo(
     """Run the whole story and write `rolling_auc.png`, `decisions.jsonl` and `report.json`."""
     import pandas as pd
 
+    from strata.ctr.artifacts import publish
+    from strata.ctr.data import CtrSource
     from strata.ctr.drift import FeatureDriftReference
     from strata.ctr.service import CtrService, ServedModel, make_retrain
-    from strata.ctr.train import CtrSource, publish, train_ctr
+    from strata.ctr.train import train_ctr
     from strata.datasets.criteo_synthetic import criteo_like
     from strata.monitoring.trigger import RetrainTrigger
     from strata.registry import Registry

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from strata.config import CtrConfig, Settings
+from strata.ctr.artifacts import CTR_META, MODEL_ONNX, PREPROCESS, reference_auc
 from strata.ctr.preprocess import CtrBatch, CtrPreprocessor
-from strata.ctr.train import CTR_META, MODEL_ONNX, PREPROCESS, reference_auc
 from strata.errors import DataError, ValidationError
 from strata.monitoring.drift import DriftDecision, RollingAucMonitor
 
@@ -250,7 +250,7 @@ def load_service(
     on_decision: Callable[[DriftDecision], object] | None = None,
 ) -> CtrService:
     """A `CtrService` over the registry's serving (or the given) CTR version."""
-    from strata.ctr.train import ctr_registry
+    from strata.ctr.artifacts import ctr_registry
 
     registry = ctr_registry(settings)
     path = registry.path(version)
@@ -262,7 +262,8 @@ def make_retrain(
 ) -> Callable[[], dict[str, Any]]:
     """The trigger's job: warm-start retrain from the served version, publish and hot-reload if
     the gate passes; the gate decision is appended to the registry's decision log."""
-    from strata.ctr.train import incremental_train, publish
+    from strata.ctr.artifacts import publish
+    from strata.ctr.train import incremental_train
 
     def retrain() -> dict[str, Any]:
         served = service.served
@@ -282,7 +283,9 @@ def evaluate_data(
     settings: Settings, data: Path, version: str | None = None, chunk_rows: int = 65_536
 ) -> dict[str, Any]:
     """AUC, logloss and rows of the serving (or given) version's ONNX model over a whole file."""
-    from strata.ctr.train import ctr_registry, evaluate_probs, resolve_source
+    from strata.ctr.artifacts import ctr_registry
+    from strata.ctr.data import resolve_source
+    from strata.ctr.train import evaluate_probs
 
     registry = ctr_registry(settings)
     path = registry.path(version)

@@ -9,20 +9,26 @@ validation sample (capped), a replay reservoir and the test scores are held in m
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from strata.atomic import atomic_write_text
 from strata.config import CtrConfig, CtrModelConfig, Settings
+from strata.ctr.artifacts import REPLAY, CtrTrainResult, ctr_registry, load_version_model, publish
+from strata.ctr.data import (
+    CtrSource,
+    Reservoir,
+    Split,
+    _block_shuffled,
+    resolve_source,
+    temporal_split,
+)
 from strata.ctr.drift import FeatureDriftReference
 from strata.ctr.preprocess import (
     LABEL,
@@ -34,154 +40,9 @@ from strata.errors import DataError
 
 if TYPE_CHECKING:
     from strata.ctr.model import CtrModel
-    from strata.registry import Registry
 
 log = logging.getLogger(__name__)
 MAX_EVAL_ROWS = 200_000  # validation rows kept in memory for early stopping
-_TSV_SUFFIXES = (".tsv", ".txt", ".gz")
-
-
-# --- data ----------------------------------------------------------------------------------
-
-
-class CtrSource:
-    """Criteo rows in Parquet, read as row ranges in file order.
-
-    A folder written by `strata.datasets.criteo.criteo_to_parquet` is read through its manifest
-    and `iter_criteo_batches`; any other Parquet file or folder through a pyarrow dataset.
-    """
-
-    def __init__(self, path: Path) -> None:
-        from strata.datasets.criteo import MANIFEST, read_manifest
-
-        self.path = Path(path)
-        if not self.path.exists():
-            raise DataError(self.path, "no such file or folder")
-        self._criteo = (self.path / MANIFEST).is_file()
-        if self._criteo:
-            self.rows = read_manifest(self.path).rows
-            return
-        import pyarrow.dataset as pads
-
-        try:
-            self._ds = pads.dataset(str(self.path), format="parquet")
-            self.rows = int(self._ds.count_rows())
-        except Exception as exc:  # pyarrow raises several types for unreadable input
-            raise DataError(self.path, f"not readable as Parquet ({exc})") from None
-        if LABEL not in self._ds.schema.names:
-            raise DataError(self.path, "no 'label' column")
-        if self.rows == 0:
-            raise DataError(self.path, "no rows")
-
-    def _frames(self, chunk_rows: int) -> Iterator[pd.DataFrame]:
-        if self._criteo:
-            from strata.datasets.criteo import iter_criteo_batches
-
-            yield from iter_criteo_batches(self.path, chunk_rows)
-        else:
-            for rb in self._ds.to_batches(batch_size=chunk_rows):
-                yield rb.to_pandas()
-
-    def iter_range(self, start: int, stop: int, chunk_rows: int) -> Iterator[pd.DataFrame]:
-        """Raw frames covering rows [start, stop) in file order, at most `chunk_rows` each."""
-        offset = 0
-        for df in self._frames(chunk_rows):
-            n = len(df)
-            lo, hi = max(start - offset, 0), min(stop - offset, n)
-            offset += n
-            if hi > lo:
-                yield df.iloc[lo:hi]
-            if offset >= stop:
-                return
-
-
-def resolve_source(data: Path, settings: Settings) -> CtrSource:
-    """A Parquet path as is; a Criteo TSV is converted once (streaming) into the cache."""
-    from strata.datasets.criteo import MANIFEST, criteo_to_parquet
-
-    data = Path(data)
-    if data.is_file() and data.name.endswith(_TSV_SUFFIXES):
-        st = data.stat()
-        key = hashlib.sha1(f"{data.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()
-        out = settings.home / "ctr" / "parquet" / f"{data.name}-{key[:12]}"
-        if not (out / MANIFEST).is_file():
-            criteo_to_parquet(data, out, overwrite=True)
-        return CtrSource(out)
-    return CtrSource(data)
-
-
-@dataclass(frozen=True)
-class Split:
-    """Row ranges of the temporal train / valid / test split."""
-
-    train: tuple[int, int]
-    valid: tuple[int, int]
-    test: tuple[int, int]
-
-
-def temporal_split(n: int, valid_fraction: float, test_fraction: float) -> Split:
-    """First rows train, then validation, then test (all non-empty)."""
-    n_test = max(1, round(n * test_fraction))
-    n_valid = max(1, round(n * valid_fraction))
-    n_train = n - n_test - n_valid
-    if n_train < 1:
-        raise DataError("<data>", f"{n} rows are too few to split")
-    return Split((0, n_train), (n_train, n_train + n_valid), (n_train + n_valid, n))
-
-
-class Reservoir:
-    """A uniform sample of at most `k` rows of a stream (bottom-k random keys), vectorised."""
-
-    def __init__(self, k: int, seed: int) -> None:
-        self.k = k
-        self._rng = np.random.default_rng(seed)
-        self._keys = np.empty(0)
-        self._batch: CtrBatch | None = None
-
-    def add(self, batch: CtrBatch) -> None:
-        """Offer the rows of `batch`."""
-        if self.k == 0 or len(batch) == 0:
-            return
-        keys = self._rng.random(len(batch))
-        if self._batch is None:
-            merged, all_keys = batch, keys
-        else:
-            merged = CtrBatch.concat([self._batch, batch])
-            all_keys = np.concatenate([self._keys, keys])
-        if len(all_keys) > self.k:
-            keep = np.argpartition(all_keys, self.k)[: self.k]
-            merged, all_keys = merged.take(keep), all_keys[keep]
-        self._batch, self._keys = merged, all_keys
-
-    def sample(self) -> CtrBatch | None:
-        """The rows kept so far."""
-        return self._batch
-
-
-def _block_shuffled(
-    batches: Iterable[CtrBatch], buffer_rows: int, batch_size: int, rng: np.random.Generator
-) -> Iterator[CtrBatch]:
-    """Minibatches from a stream through a shuffle buffer of `buffer_rows` rows."""
-    pending: list[CtrBatch] = []
-    held = 0
-
-    def drain(final: bool) -> Iterator[CtrBatch]:
-        nonlocal pending, held
-        if not pending:
-            return
-        big = CtrBatch.concat(pending).take(rng.permutation(held))
-        full = held if final else held - held % batch_size
-        for s in range(0, full, batch_size):
-            yield big.take(slice(s, min(s + batch_size, full)))
-        pending = [big.take(slice(full, held))] if full < held else []
-        held -= full
-
-    for b in batches:
-        pending.append(b)
-        held += len(b)
-        if held >= buffer_rows:
-            yield from drain(final=False)
-    yield from drain(final=True)
 
 
 # --- model steps ---------------------------------------------------------------------------
@@ -279,19 +140,6 @@ def _fit_epochs(
 
 
 # --- full training -------------------------------------------------------------------------
-
-
-@dataclass
-class CtrTrainResult:
-    """Everything a trained version consists of, before it is written to the registry."""
-
-    model: CtrModel
-    preprocessor: CtrPreprocessor
-    config: CtrConfig
-    metrics: dict[str, Any]
-    replay: CtrBatch | None
-    drift_reference: FeatureDriftReference | None
-    data: dict[str, Any] = field(default_factory=dict)
 
 
 def train_ctr(
@@ -406,117 +254,6 @@ def evaluate_hashed_lr_baseline(source: CtrSource, split: Split, chunk_rows: int
     out["valid_auc"] = valid_auc
     out["lr"] = best_cfg.lr
     return out
-
-
-# --- artifacts -----------------------------------------------------------------------------
-
-MODEL_ONNX = "model.onnx"
-MODEL_WEIGHTS = "model.safetensors"
-PREPROCESS = "preprocess.json"
-REPLAY = "replay.npz"
-DRIFT_REF = "drift_reference.json"
-CTR_META = "ctr.json"
-
-
-def write_artifacts(result: CtrTrainResult, out_dir: Path) -> dict[str, Any]:
-    """Write weights, ONNX (checked against torch), preprocessing, replay and metadata."""
-    import torch
-
-    from strata.ctr.model import ProbModel
-    from strata.models.weights import save_state
-    from strata.training.export import export_onnx
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model = result.model.eval()
-    save_state(model, out_dir / MODEL_WEIGHTS)
-    prep = result.preprocessor
-    rng = np.random.default_rng(0)
-    dense = torch.from_numpy(rng.standard_normal((8, prep.n_dense)).astype(np.float32))
-    cats = torch.from_numpy(
-        np.stack([rng.integers(0, c, 8) for c in prep.cardinalities], axis=1).astype(np.int64)
-    )
-    diff = export_onnx(
-        ProbModel(model), (dense, cats), ("dense", "cats"), out_dir / MODEL_ONNX, "prob"
-    )
-    model.eval()  # the exporter restores the wrapper's (training) mode on the way out
-    prep.save(out_dir / PREPROCESS)
-    if result.replay is not None:
-        result.replay.to_npz(out_dir / REPLAY)
-    if result.drift_reference is not None:
-        atomic_write_text(out_dir / DRIFT_REF, json.dumps(result.drift_reference.to_dict()))
-    meta = {
-        "kind": "ctr",
-        "model": result.config.model.model_dump(mode="json"),
-        "cardinalities": result.model.cardinalities,
-        "n_dense": result.model.n_dense,
-        "metrics": result.metrics,
-        "data": result.data,
-        "reference_auc": reference_auc(result.metrics),
-        "onnx_max_abs_diff": diff,
-        "torch": torch.__version__,
-    }
-    atomic_write_text(out_dir / CTR_META, json.dumps(meta, indent=2, default=_json_default))
-    return meta
-
-
-def ctr_registry(settings: Settings) -> Registry:
-    """The registry of CTR versions: `<registry_dir>/<ctr.registry_name>/`."""
-    from strata.registry import Registry
-
-    return Registry(settings.registry_dir, settings.ctr.registry_name)
-
-
-def publish(result: CtrTrainResult, registry: Registry, promote: bool = True) -> str:
-    """Write a version into the registry (staged, hashed, renamed) and optionally serve it."""
-    with registry.stage() as tmp:
-        meta = write_artifacts(result, tmp)
-        manifest = {
-            "kind": "ctr",
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "model": meta["model"],
-            "metrics": json.loads(json.dumps(result.metrics, default=_json_default)),
-            "data": result.data,
-        }
-        version = registry.commit(tmp, manifest)
-    if promote:
-        registry.promote(version)
-    log.info("ctr: wrote version %s (serving: %s)", version, promote)
-    return version
-
-
-def _json_default(o: object) -> object:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, tuple):
-        return list(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-def reference_auc(metrics: dict[str, Any]) -> float | None:
-    """The AUC the drift monitor compares against: held-out test, else the gate holdout."""
-    if "test" in metrics:
-        return float(metrics["test"]["auc"])
-    if "gate" in metrics:
-        return float(metrics["gate"]["new_auc"])
-    return None
-
-
-def load_version_model(version_dir: Path) -> tuple[CtrModel, CtrPreprocessor, dict[str, Any]]:
-    """Torch model (for warm start), preprocessing and metadata of a written version."""
-    from strata.ctr.model import CtrModel
-    from strata.models.weights import load_state
-
-    meta_path = version_dir / CTR_META
-    if not meta_path.exists():
-        raise DataError(version_dir, "not a CTR model version (no ctr.json)")
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    prep = CtrPreprocessor.load(version_dir / PREPROCESS)
-    model = CtrModel(
-        int(meta["n_dense"]), list(meta["cardinalities"]), CtrModelConfig(**meta["model"])
-    )
-    load_state(model, version_dir / MODEL_WEIGHTS)
-    model.eval()
-    return model, prep, meta
 
 
 # --- incremental ---------------------------------------------------------------------------

@@ -215,8 +215,8 @@ def make_ctr_retrain(
     kfp_host = host or settings.pipelines.kfp_host
 
     def retrain() -> dict[str, Any]:
+        from strata.ctr.artifacts import ctr_registry
         from strata.ctr.service import ServedModel
-        from strata.ctr.train import ctr_registry
 
         recent = service.recent_labelled()
         name = f"recent-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.npz"

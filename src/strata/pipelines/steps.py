@@ -164,7 +164,7 @@ def build_index(storage_uri: str, dataset: str, candidate: dict[str, Any], kind:
     """Build the ANN index of the staged two-tower (initial pipeline: `candidate` names a
     `stage`) or of the candidate version (incremental; nothing to do when there is none)."""
     if candidate.get("stage"):
-        from strata.engine.index import build_staged_index
+        from strata.training.index_build import build_staged_index
 
         with workspace(storage_uri) as s:
             info = build_staged_index(s, _stage_dir(s, dataset), kind or None)
@@ -366,9 +366,11 @@ def ctr_retrain(storage_uri: str, recent_uri: str) -> dict[str, Any]:
     `recent_uri` is a `.npz` batch already in the serving preprocessor's encoding (what the
     drift monitor writes) or raw labelled Criteo rows (TSV or Parquet).
     """
+    from strata.ctr.artifacts import ctr_registry
+    from strata.ctr.data import resolve_source
     from strata.ctr.preprocess import CtrBatch
     from strata.ctr.service import ServedModel
-    from strata.ctr.train import ctr_registry, incremental_train, resolve_source
+    from strata.ctr.train import incremental_train
     from strata.pipelines.storage import fetched
 
     with workspace(storage_uri) as s, fetched(recent_uri) as recent_path:
@@ -394,7 +396,7 @@ def ctr_retrain(storage_uri: str, recent_uri: str) -> dict[str, Any]:
             **res.to_dict(),
         }
         if res.promoted and res.result is not None:
-            from strata.ctr.train import publish as publish_ctr
+            from strata.ctr.artifacts import publish as publish_ctr
 
             out["version"] = publish_ctr(res.result, reg, promote=True)
             out["published"] = True

@@ -147,8 +147,8 @@ class CtrRuntime:
     def _drift_reference(self, version: str, path: Any) -> FeatureDriftReference | None:
         import json
 
+        from strata.ctr.artifacts import DRIFT_REF
         from strata.ctr.drift import FeatureDriftReference
-        from strata.ctr.train import DRIFT_REF
 
         with self._ref_lock:
             if version not in self._drift_refs:
@@ -171,8 +171,8 @@ def build_runtime(
     settings: Settings, metrics: CtrMetrics, version: str | None = None
 ) -> CtrRuntime:
     """Load the serving (or given) CTR version and wire monitor -> trigger -> retrain -> reload."""
+    from strata.ctr.artifacts import ctr_registry
     from strata.ctr.service import CtrService, ServedModel, make_retrain
-    from strata.ctr.train import ctr_registry
     from strata.monitoring.trigger import RetrainTrigger
 
     cfg = settings.ctr
@@ -284,7 +284,7 @@ def serve_ctr(settings: Settings, host: str | None = None, port: int | None = No
     """Run the standalone CTR server with uvicorn (blocks); fails fast without a model."""
     import uvicorn
 
-    from strata.ctr.train import ctr_registry
+    from strata.ctr.artifacts import ctr_registry
 
     ctr_registry(settings).path(None)  # NotFoundError before binding a port: CLI exit 2
     cfg = settings.ctr.serve

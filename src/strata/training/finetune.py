@@ -18,7 +18,7 @@ from strata.training.loops import RetrievalData
 
 if TYPE_CHECKING:
     from strata.config import Settings
-    from strata.training.train import Tables
+    from strata.training.data import Tables
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +40,8 @@ def gate_metrics(
     """Hit rate@k of each gate event's item among all items, and ranker AUC on fixed gate rows
     (`rows`: the same positives and negatives for both models, rescored with each query tower)."""
     from strata.models.infer import embed_queries, score_ranker
+    from strata.training.data import RankData
     from strata.training.metrics import auc
-    from strata.training.train import RankData
 
     q = embed_queries(tt, gate.query)
     sc = q @ item_emb.T  # (G, I)
@@ -64,17 +64,10 @@ def finetune(
     (promoted unless `promote=False`: pipelines promote only after its ANN index is built)."""
     from strata.models.infer import embed_queries
     from strata.registry import Registry
+    from strata.training.data import popularity_at, prepare_store, rank_data, retrieval_data
     from strata.training.loops import seed_everything
     from strata.training.recommender import load_recommender
-    from strata.training.train import (
-        fit_ranker,
-        fit_two_tower,
-        popularity_at,
-        prepare_store,
-        rank_data,
-        retrieval_data,
-        write_version,
-    )
+    from strata.training.train import fit_ranker, fit_two_tower, write_version
 
     cfg = settings.training
     seed = settings.seed
