@@ -9,9 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from strata.cli.common import parse_ts
 from strata.config import Settings
 from strata.errors import DataError, NotFoundError, StrataError, ValidationError
-from strata.features.offline import OfflineStore, parse_ts
+from strata.features.offline import OfflineStore
 from strata.features.schema import (
     ITEM_CONTENT_COLUMNS,
     ITEM_FEATURE_COLUMNS,

@@ -41,21 +41,19 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
-import numpy as np
 from fastapi import Depends, FastAPI, Query, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 from starlette.concurrency import run_in_threadpool
 
 from strata.errors import NotFoundError, StoreUnavailableError, StrataError, ValidationError
 from strata.serving import pauses
-from strata.serving.errors import error_response, validation_response
+from strata.serving.bodies import RecommendBody, parse_events, recommendation_json
+from strata.serving.errors import error_response, install_error_handlers
 from strata.serving.metrics import RequestMetrics, ServingMetrics
 from strata.serving.online import OnlineLink
-from strata.serving.service import Recommendation, RecommendationPipeline
+from strata.serving.service import RecommendationPipeline
 
 if TYPE_CHECKING:
     from strata.config import Settings
@@ -64,7 +62,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-RETRY_AFTER_S = 1  # Retry-After of a 503: about when the breaker has probed the store again
 GET_RECOMMEND_PARAMS = frozenset({"user_id", "k", "device", "ts", "stage", "seed"})
 
 
@@ -113,80 +110,10 @@ PipelineDep = Annotated[RecommendationPipeline, Depends(_pipeline)]
 # --- request bodies ------------------------------------------------------------------------------
 
 
-class RecommendBody(BaseModel):
-    """POST /recommend: `user_id` may be omitted for an anonymous user (context only)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    user_id: StrictInt | None = Field(default=None, ge=0)
-    k: StrictInt | None = None
-    device: StrictStr = "unknown"
-    ts: StrictInt | None = Field(default=None, ge=0)
-    stage: Literal["retrieval", "full"] = "full"
-    seed: StrictInt | None = Field(default=None, ge=0, le=2**63 - 1)
-
-
 # --- errors --------------------------------------------------------------------------------------
 
 
-def _install_errors(app: FastAPI) -> None:
-    @app.exception_handler(RequestValidationError)
-    async def _request_invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return validation_response(exc)
-
-    @app.exception_handler(ValidationError)
-    async def _invalid(_: Request, exc: ValidationError) -> JSONResponse:
-        return error_response(422, exc.field, exc.problem)
-
-    @app.exception_handler(NotFoundError)
-    async def _missing(_: Request, exc: NotFoundError) -> JSONResponse:
-        return error_response(404, None, str(exc))
-
-    @app.exception_handler(StoreUnavailableError)
-    async def _unavailable(_: Request, exc: StoreUnavailableError) -> JSONResponse:
-        return error_response(503, None, str(exc), headers={"Retry-After": str(RETRY_AFTER_S)})
-
-    @app.exception_handler(StrataError)
-    async def _strata(_: Request, exc: StrataError) -> JSONResponse:
-        from strata.serving.backends import InferenceUnavailableError
-
-        return error_response(
-            503 if isinstance(exc, InferenceUnavailableError) else 400, None, str(exc)
-        )
-
-
 # --- responses -----------------------------------------------------------------------------------
-
-
-def recommendation_json(rec: Recommendation, k: int) -> dict[str, Any]:
-    """The /recommend response body."""
-    ranker = rec.ranker_scores
-    items = [
-        {
-            "item_id": int(i),
-            "score": float(s),
-            "scores": {
-                "retrieval": float(r),
-                **({"ranker": float(ranker[j])} if ranker is not None else {}),
-            },
-        }
-        for j, (i, s, r) in enumerate(
-            zip(rec.item_ids.tolist(), rec.scores.tolist(), rec.retrieval_scores.tolist(),
-                strict=True)
-        )
-    ]  # fmt: skip
-    return {
-        "user_id": rec.user_id,
-        "k": k,
-        "items": items,
-        "timings_ms": {name: round(ms, 4) for name, ms in rec.timings_ms.items()},
-        "model_version": rec.model_version,
-        "feature_versions": rec.feature_versions,
-        "user_features": rec.user_source,
-        "candidates": rec.candidates,
-        "degraded": rec.degraded,
-        "degraded_reason": "; ".join(rec.degraded_reasons) or None,
-    }
 
 
 async def _serve_recommend(
@@ -216,36 +143,6 @@ async def _serve_recommend(
 
 
 # --- events ------------------------------------------------------------------------------------
-
-
-def parse_events(body: Any, pipe: RecommendationPipeline, max_events: int) -> list[Any]:
-    """Validate one event object or a JSON array of them; ValidationError names the field
-    (`item_id`, or `[3].item_id` in a batch) including items the catalog does not hold."""
-    from strata.features.events import parse_event
-
-    single = isinstance(body, dict)
-    if not single and not isinstance(body, list):
-        raise ValidationError("body", "expected an event object or an array of events")
-    raw = [body] if single else body
-    if not raw:
-        raise ValidationError("body", "empty batch")
-    if len(raw) > max_events:
-        raise ValidationError("body", f"{len(raw)} events; at most {max_events} per request")
-    events = []
-    for i, obj in enumerate(raw):
-        where = "" if single else f"[{i}]"
-        try:
-            events.append(parse_event(obj))
-        except ValidationError as exc:
-            name = f"{where}.{exc.field}" if where else exc.field
-            raise ValidationError(name, exc.problem) from None
-    items = np.fromiter((e.item_id for e in events), np.int64, len(events))
-    _, known = pipe.catalog.positions(items)
-    if not known.all():
-        i = int(np.argmin(known))
-        name = "item_id" if single else f"[{i}].item_id"
-        raise ValidationError(name, f"unknown item {int(items[i])} (not in the catalog)")
-    return events
 
 
 # --- app ---------------------------------------------------------------------------------------
@@ -298,7 +195,7 @@ def create_app(
                 link.close()
 
     app = FastAPI(title="strata", version="0.1.0", lifespan=lifespan)
-    _install_errors(app)
+    install_error_handlers(app)
     _install_routes(app)
     if ctr:
         _install_ctr(app, settings, metrics)

@@ -6,8 +6,11 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+
+from strata.errors import NotFoundError, StoreUnavailableError, StrataError, ValidationError
 
 _PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
 _SOURCES = ("query", "body", "path", "header")
@@ -53,3 +56,36 @@ def error_response(
     if field is not None:
         detail |= {"field": field, "loc": loc or [field]}
     return JSONResponse({"detail": [detail]}, status_code=status, headers=headers)
+
+
+RETRY_AFTER_S = 1  # Retry-After of a 503: about when the breaker has probed the store again
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map the library's errors to HTTP: ValidationError 422 naming the field, NotFoundError
+    404, an unreachable store 503 with Retry-After, an unavailable inference server 503, any
+    other StrataError 400; request-schema errors 422 in the same body shape."""
+
+    @app.exception_handler(RequestValidationError)
+    async def _request_invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return validation_response(exc)
+
+    @app.exception_handler(ValidationError)
+    async def _invalid(_: Request, exc: ValidationError) -> JSONResponse:
+        return error_response(422, exc.field, exc.problem)
+
+    @app.exception_handler(NotFoundError)
+    async def _missing(_: Request, exc: NotFoundError) -> JSONResponse:
+        return error_response(404, None, str(exc))
+
+    @app.exception_handler(StoreUnavailableError)
+    async def _unavailable(_: Request, exc: StoreUnavailableError) -> JSONResponse:
+        return error_response(503, None, str(exc), headers={"Retry-After": str(RETRY_AFTER_S)})
+
+    @app.exception_handler(StrataError)
+    async def _strata(_: Request, exc: StrataError) -> JSONResponse:
+        from strata.serving.backends import InferenceUnavailableError
+
+        return error_response(
+            503 if isinstance(exc, InferenceUnavailableError) else 400, None, str(exc)
+        )

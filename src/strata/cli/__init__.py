@@ -2,17 +2,20 @@
 
 Every `StrataError` (bad input, missing file, unknown dataset) becomes one line on stderr and exit
 code 2; usage errors also exit 2. Heavy libraries are imported inside the commands that use them.
+The recommender's commands live here; the CTR, index, export and pipeline groups in
+`strata.cli.ops`.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from strata.cli.common import print_json, settings
+from strata.cli.ops import ctr_app, export_app, index_app, pipeline_app
 from strata.config import Settings
 from strata.errors import StrataError
 
@@ -29,16 +32,10 @@ events_app = typer.Typer(help="Event ingestion.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(features_app, name="features")
 app.add_typer(events_app, name="events")
-
-
-def settings() -> Settings:
-    """Settings from the environment (STRATA_*); built per command, never held globally."""
-    return Settings()
-
-
-def print_json(obj: object) -> None:
-    """Write one JSON document to stdout."""
-    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+app.add_typer(ctr_app, name="ctr")
+app.add_typer(index_app, name="index")
+app.add_typer(export_app, name="export")
+app.add_typer(pipeline_app, name="pipeline")
 
 
 # --- demo ----------------------------------------------------------------------------------
@@ -152,7 +149,8 @@ def features_build(
     ] = None,
 ) -> None:
     """Ingest a dataset into the offline store and build its feature tables; print a summary."""
-    from strata.features.offline import build_dataset, parse_ts
+    from strata.cli.common import parse_ts
+    from strata.features.offline import build_dataset
 
     until_ts = parse_ts(until, "--until")  # validated before any loading or writing
     print_json(build_dataset(settings(), dataset, until=until_ts, path=path))
@@ -271,7 +269,7 @@ def train_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Train the two-tower and the DCN-v2 ranker, export, register and promote a version."""
-    from strata.features.offline import parse_ts
+    from strata.cli.common import parse_ts
     from strata.training.train import train
 
     res = train(settings(), dataset, until=parse_ts(until), images=images, epochs=epochs)
@@ -308,7 +306,7 @@ def finetune_cmd(
     dataset: Annotated[str, typer.Option(help="Dataset name.")] = "movielens-100k",
 ) -> None:
     """Fine-tune the serving version on recent events; promote only if the gate passes."""
-    from strata.features.offline import parse_ts
+    from strata.cli.common import parse_ts
     from strata.training.finetune import finetune
 
     ts = parse_ts(since, "--since")
@@ -344,7 +342,7 @@ def evaluate_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print the full report as JSON.")] = False,
 ) -> None:
     """Temporal-split evaluation of the trained model and baselines; writes JSON + PNG."""
-    from strata.features.offline import parse_ts
+    from strata.cli.common import parse_ts
     from strata.training.evaluate import format_table, run_evaluation
 
     until_ts = parse_ts(until, "--until") or 0  # a required option: never None here
@@ -355,132 +353,6 @@ def evaluate_cmd(
         print_json(report)
     else:
         sys.stdout.write(format_table(report) + "\n")
-
-
-# --- ctr -----------------------------------------------------------------------------------
-
-ctr_app = typer.Typer(help="Ranking-only CTR system on Criteo-format logs.", no_args_is_help=True)
-app.add_typer(ctr_app, name="ctr")
-
-
-@ctr_app.command("train")
-def ctr_train(
-    data: Annotated[Path, typer.Option(help="Criteo TSV or Parquet (file or folder).")],
-    model: Annotated[str | None, typer.Option(help="dcn | dcnv2 (default: config).")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Maximum epochs (early stopping).")] = None,
-    baseline: Annotated[
-        bool, typer.Option("--baseline", help="Also train a hashed LR on the same split.")
-    ] = False,
-) -> None:
-    """Train DCN / DCN-v2, evaluate on the held-out split, export ONNX and serve the version."""
-    from strata.ctr.train import run_ctr_train
-
-    print_json(run_ctr_train(settings(), data, model, epochs, baseline))
-
-
-@ctr_app.command("evaluate")
-def ctr_evaluate(
-    data: Annotated[Path, typer.Option(help="Criteo TSV or Parquet with labels.")],
-    version: Annotated[str | None, typer.Option(help="Model version (default: serving).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-) -> None:
-    """AUC / logloss of the serving CTR model on a labelled file."""
-    from strata.ctr.service import evaluate_data
-
-    out = evaluate_data(settings(), data, version)
-    if as_json:
-        print_json(out)
-    else:
-        sys.stdout.write(
-            f"{out['version']}: auc={out['auc']:.4f} logloss={out['logloss']:.4f} "
-            f"rows={out['rows']}\n"
-        )
-
-
-@ctr_app.command("demo")
-def ctr_demo(
-    out: Annotated[Path, typer.Option(help="Folder for the plot, log and report.")] = Path(
-        "ctr-demo"
-    ),
-    rows: Annotated[int, typer.Option(help="Training rows before the stream.")] = 30_000,
-    before: Annotated[int, typer.Option(help="Served rows before the teacher shift.")] = 5_000,
-    after: Annotated[int, typer.Option(help="Served rows after the teacher shift.")] = 15_000,
-) -> None:
-    """Drift story on synthetic Criteo traffic: drop, trigger, retrain, recovery; writes a PNG."""
-    from strata.ctr.demo import run_ctr_demo
-
-    report = run_ctr_demo(settings(), out, n_train=rows, n_before=before, n_after=after)
-    print_json(report.to_dict())
-
-
-@ctr_app.command("serve")
-def ctr_serve(
-    host: Annotated[str | None, typer.Option(help="Bind address (default: config).")] = None,
-    port: Annotated[
-        int | None, typer.Option(min=1, max=65535, help="Port (default: config, 8001).")
-    ] = None,
-) -> None:
-    """Serve only the CTR API (/ctr/predict, /ctr/feedback, /ctr/status, /metrics)."""
-    from strata.serving.ctr_api import serve_ctr
-
-    serve_ctr(settings(), host, port)
-
-
-# --- index ---------------------------------------------------------------------------------
-
-index_app = typer.Typer(help="ANN index over item embeddings.", no_args_is_help=True)
-app.add_typer(index_app, name="index")
-
-
-@index_app.command("build")
-def index_build(
-    dataset: Annotated[str, typer.Option("--dataset", help="Dataset name in the registry.")],
-    version: Annotated[str | None, typer.Option(help="Model version (default: serving).")] = None,
-    kind: Annotated[
-        str | None, typer.Option(help="auto | flat | ivf | hnsw (default: config, auto).")
-    ] = None,
-) -> None:
-    """Build, tune (recall@100 >= target) and save the ANN index next to a version's embeddings."""
-    from strata.training.index_build import build_version_index
-
-    print_json(build_version_index(settings(), dataset, version, kind))
-
-
-# --- export --------------------------------------------------------------------------------
-
-export_app = typer.Typer(help="Export models for other serving runtimes.", no_args_is_help=True)
-app.add_typer(export_app, name="export")
-
-
-@export_app.command("triton")
-def export_triton_cmd(
-    dataset: Annotated[str, typer.Option("--dataset", help="Dataset name in the registry.")],
-    out: Annotated[Path, typer.Option("--out", help="Triton model repository folder.")],
-    version: Annotated[str | None, typer.Option(help="Model version (default: serving).")] = None,
-    instances: Annotated[
-        int | None, typer.Option(min=1, help="CPU instances per model (default: config).")
-    ] = None,
-    max_batch_size: Annotated[
-        int | None, typer.Option(min=1, help="Triton max_batch_size (default: config).")
-    ] = None,
-) -> None:
-    """Write a Triton model repository (config.pbtxt + 1/model.onnx) for a registry version."""
-    from pydantic import ValidationError as PydanticValidationError
-
-    from strata.config import TritonExportConfig
-    from strata.errors import ConfigError
-    from strata.serving.triton import export_triton
-
-    s = settings()
-    update = {"instances": instances, "max_batch_size": max_batch_size}
-    cfg = s.triton_export.model_dump() | {k: v for k, v in update.items() if v is not None}
-    try:
-        export_cfg = TritonExportConfig(**cfg)
-    except PydanticValidationError as exc:
-        raise ConfigError(f"triton export: {exc.errors()[0]['msg']}") from None
-    s = s.model_copy(update={"triton_export": export_cfg})
-    res = export_triton(s, dataset, out, version)
-    print_json({"out": str(res.out), "models": list(res.models), "version": res.version})
 
 
 # --- serve ---------------------------------------------------------------------------------
@@ -504,99 +376,6 @@ def serve_cmd(
     serve(s, host, port)
 
 
-# --- pipeline ------------------------------------------------------------------------------
-
-pipeline_app = typer.Typer(help="Kubeflow pipelines: compile, run, schedule.", no_args_is_help=True)
-app.add_typer(pipeline_app, name="pipeline")
-
-
-@pipeline_app.command("compile")
-def pipeline_compile(
-    out: Annotated[Path, typer.Option("--out", help="Folder for one YAML per pipeline.")],
-    image: Annotated[str | None, typer.Option(help="Component image (default: config).")] = None,
-) -> None:
-    """Compile initial, incremental and ctr-retrain to KFP v2 YAML."""
-    from strata.pipelines.pipelines import compile_all
-
-    paths = compile_all(out, image or settings().pipelines.image)
-    print_json({"compiled": [str(p) for p in paths]})
-
-
-@pipeline_app.command("run")
-def pipeline_run(
-    name: Annotated[str, typer.Argument(help="initial | incremental | ctr-retrain")],
-    local: Annotated[bool, typer.Option("--local", help="Run on this machine.")] = False,
-    host: Annotated[str | None, typer.Option(help="KFP API server URL to submit to.")] = None,
-    storage: Annotated[
-        str | None, typer.Option(help="Storage URI: folder or s3://... (default: config/home).")
-    ] = None,
-    dataset: Annotated[str | None, typer.Option(help="Dataset (initial, incremental).")] = None,
-    data_path: Annotated[
-        str | None, typer.Option("--data-path", help="Explicit dataset folder (initial).")
-    ] = None,
-    until: Annotated[
-        str | None, typer.Option(help="initial: history cut (unix seconds or ISO date).")
-    ] = None,
-    epochs: Annotated[int | None, typer.Option(min=1, help="initial: two-tower epochs.")] = None,
-    no_encode: Annotated[
-        bool, typer.Option("--no-encode", help="initial: skip the content encoders.")
-    ] = False,
-    data: Annotated[
-        str | None, typer.Option(help="ctr-retrain: recent labelled rows (.npz, TSV, Parquet).")
-    ] = None,
-    serving_url: Annotated[
-        str | None, typer.Option(help="Serving app to reload after a promotion.")
-    ] = None,
-    wait: Annotated[bool, typer.Option(help="--host: wait for the run to finish.")] = False,
-) -> None:
-    """Run a pipeline locally (--local) or submit it to a KFP host (--host)."""
-    from strata.errors import ValidationError
-    from strata.features.offline import parse_ts
-    from strata.pipelines.runner import pipeline_params, run_local, submit
-    from strata.pipelines.storage import resolve_uri
-
-    s = settings()
-    kfp_host = host or (None if local else s.pipelines.kfp_host)
-    if local == (kfp_host is not None):
-        raise ValidationError("--local/--host", "give exactly one of --local or --host URL")
-    params = pipeline_params(
-        name, resolve_uri(s, storage), dataset=dataset, data_path=data_path,
-        until=parse_ts(until, "--until"), epochs=epochs, encode=False if no_encode else None,
-        recent_uri=data, serving_url=serving_url,
-    )  # fmt: skip
-    if kfp_host is None:
-        print_json(run_local(name, params, s))
-    else:
-        print_json(submit(name, params, kfp_host, s, wait=wait))
-
-
-@pipeline_app.command("schedule")
-def pipeline_schedule(
-    name: Annotated[str, typer.Argument(help="Pipeline to schedule (incremental).")],
-    cron: Annotated[str, typer.Option(help="Cron expression, 5 or 6 fields.")],
-    host: Annotated[str | None, typer.Option(help="KFP API server URL (default: config).")] = None,
-    storage: Annotated[str | None, typer.Option(help="Storage URI (default: config).")] = None,
-    dataset: Annotated[str | None, typer.Option(help="Dataset.")] = None,
-    serving_url: Annotated[
-        str | None, typer.Option(help="Serving app to reload after a promotion.")
-    ] = None,
-) -> None:
-    """Create a recurring run of a pipeline on a KFP host."""
-    from strata.errors import ValidationError
-    from strata.pipelines.runner import kfp_cron, pipeline_params, schedule
-    from strata.pipelines.storage import resolve_uri
-
-    s = settings()
-    kfp_host = host or s.pipelines.kfp_host
-    if kfp_host is None:
-        raise ValidationError("--host", "needs a KFP host (--host or pipelines.kfp_host)")
-    kfp_cron(cron)  # reject a bad expression before compiling anything
-    params = pipeline_params(
-        name, resolve_uri(s, storage), dataset=dataset, serving_url=serving_url
-    )
-    print_json(schedule(name, cron, params, kfp_host, s))
-
-
 def main() -> None:
     """Entry point: run the app and turn domain errors into one line and exit code 2.
 
@@ -615,7 +394,3 @@ def main() -> None:
         loc = ".".join(str(p) for p in first["loc"])
         sys.stderr.write(f"error: {loc}: {first['msg']}\n")
         raise SystemExit(2) from None
-
-
-if __name__ == "__main__":
-    main()
