@@ -96,7 +96,7 @@ def main() -> int:
         t0 = time.perf_counter()
         ingest_dataset(OfflineStore(settings), ds, args.dataset)
         if images is not None:
-            from strata.features.content import encode_and_store
+            from strata.training.content import encode_and_store
 
             encode_and_store(settings, args.dataset, images=images, path=path)
         timings["ingest_encode_s"] = time.perf_counter() - t0

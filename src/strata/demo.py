@@ -60,10 +60,10 @@ def run_demo(
 ) -> DemoReport:
     """Run the offline path end to end and print a summary; `serve` then starts the HTTP app."""
     from strata.datasets import load
-    from strata.features.content import encode_and_store
     from strata.features.materialize import materialize
     from strata.features.offline import OfflineStore, ingest_dataset
     from strata.features.online import open_online_store
+    from strata.training.content import encode_and_store
     from strata.training.evaluate import quantile_ts
     from strata.training.index_build import build_version_index
     from strata.training.train import train

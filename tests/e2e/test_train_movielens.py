@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from strata.config import Settings, TrainingConfig
-from strata.features.content import encode_and_store
+from strata.training.content import encode_and_store
 from strata.training.data import prepare_store
 from strata.training.evaluate import format_table, quantile_ts, run_evaluation
 from strata.training.recommender import load_recommender

@@ -12,16 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from strata.features.content import (
-    IMAGE_DIM,
-    TEXT_DIM,
-    ImageEncoder,
-    TextEncoder,
-    encode_item_content,
-    item_texts,
-    load_image,
-    minilm_dir,
-)
+from strata.features.content import IMAGE_DIM, TEXT_DIM, encode_item_content, item_texts
+from strata.models.encoders import ImageEncoder, TextEncoder, load_image, minilm_dir
 
 TITLES = [
     "Star Wars (1977). Genres: Action, Adventure, Sci-Fi",

@@ -217,7 +217,7 @@ def features_encode(
 ) -> None:
     """Embed item text and posters (cached by content hash) into the store's item_content."""
     from strata.errors import ValidationError
-    from strata.features.content import encode_and_store
+    from strata.training.content import encode_and_store
 
     if backend not in ("onnx", "torch"):
         raise ValidationError("--backend", f"expected onnx or torch, got {backend!r}")

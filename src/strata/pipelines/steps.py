@@ -107,7 +107,7 @@ def encode_content(
     """Embed item text and posters into the store's `item_content` (skipped when disabled)."""
     if not enabled:
         return {"dataset": dataset, "skipped": True}
-    from strata.features.content import encode_and_store
+    from strata.training.content import encode_and_store
 
     with workspace(storage_uri) as s:
         return encode_and_store(s, dataset, images=_opt_path(images), path=_opt_path(data_path))

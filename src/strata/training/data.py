@@ -77,7 +77,7 @@ def load_content(
         return store.item_content(dataset)
     if images is None:
         return None
-    from strata.features.content import encode_and_store
+    from strata.training.content import encode_and_store
 
     encode_and_store(settings, dataset, images=images)
     return store.item_content(dataset)
