@@ -30,7 +30,7 @@ def main() -> None:
     from strata.models.dcn import DCNConfig, DCNRanker
     from strata.models.inputs import FeatureDims
     from strata.models.two_tower import TwoTower, TwoTowerConfig
-    from strata.training.loops import Negatives, seed_everything, train_ranker, train_two_tower
+    from strata.training.loops import Negatives, ranker_loop, seed_everything, two_tower_loop
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=30)
@@ -65,18 +65,18 @@ def main() -> None:
         for g in (int(x) for x in args.time_groups.split(",")):
             tt = TwoTower(dims, TwoTowerConfig())
             kw = {"negatives": sampler(g), "n_items": dims.n_items, "device": args.device}
-            train_two_tower(tt, lambda e, r, b=batches: b[:3], 1, **kw)  # warm-up
+            two_tower_loop(tt, lambda e, r, b=batches: b[:3], 1, **kw)  # warm-up
             t0 = time.perf_counter()
-            train_two_tower(tt, lambda e, r, b=batches: b[3:], 1, p_user=0.15, p_item=0.1, **kw)
+            two_tower_loop(tt, lambda e, r, b=batches: b[3:], 1, p_user=0.15, p_item=0.1, **kw)
             dt = time.perf_counter() - t0
             rows.append({"model": f"two-tower G={g}", "batch": bs,
                          "samples_per_s": bs * args.steps / dt})  # fmt: skip
 
         rk = DCNRanker(dims, DCNConfig())
         rb = list(synthetic_rank_batches(dims, bs, args.steps + 3, seed=2))
-        train_ranker(rk, lambda e, r, b=rb: b[:3], 1, device=args.device)
+        ranker_loop(rk, lambda e, r, b=rb: b[:3], 1, device=args.device)
         t0 = time.perf_counter()
-        train_ranker(rk, lambda e, r, b=rb: b[3:], 1, device=args.device)
+        ranker_loop(rk, lambda e, r, b=rb: b[3:], 1, device=args.device)
         dt = time.perf_counter() - t0
         rows.append({"model": "dcn-v2 ranker", "batch": bs, "samples_per_s": bs * args.steps / dt})
 

@@ -10,7 +10,7 @@ from strata.models.dcn import DCNConfig, DCNRanker
 from strata.models.infer import rank_inputs, score_ranker
 from strata.models.inputs import FeatureDims
 from strata.models.layers import CrossNetConfig, MLPConfig
-from strata.training.loops import seed_everything, train_ranker
+from strata.training.loops import ranker_loop, seed_everything
 from strata.training.metrics import auc
 
 DIMS = FeatureDims(n_users=30, n_items=40, text_dim=4, image_dim=4, hist_len=4)
@@ -32,7 +32,7 @@ def test_ranker_learns_interaction_signal() -> None:
     train = list(synthetic_rank_batches(DIMS, 256, 20, seed=1))
     test = next(synthetic_rank_batches(DIMS, 2000, 1, seed=2))
     before = auc(test.label, score_ranker(m, test))
-    train_ranker(m, lambda e, rng: train, 4, lr=1e-2)
+    ranker_loop(m, lambda e, rng: train, 4, lr=1e-2)
     after = auc(test.label, score_ranker(m, test))
     # The label depends on the retrieval score and on (user, item) parity: both learnable.
     assert after > 0.75 and after > before + 0.1

@@ -10,7 +10,7 @@ from strata.models.infer import embed_items, embed_queries
 from strata.models.inputs import FeatureDims
 from strata.models.layers import MLPConfig
 from strata.models.two_tower import TwoTower, TwoTowerConfig
-from strata.training.loops import seed_everything, train_two_tower
+from strata.training.loops import seed_everything, two_tower_loop
 from strata.training.masking import mask_query
 
 DIMS = FeatureDims(n_users=40, n_items=60, text_dim=8, image_dim=6, hist_len=5)
@@ -64,7 +64,7 @@ def test_training_learns_planted_preferences_deterministically() -> None:
         cfg = TwoTowerConfig(out_dim=16, learn_temperature=True, mlp=MLPConfig(hidden=(32,)))
         m = TwoTower(DIMS, cfg)
         batches = list(synthetic_batches(DIMS, 64, 12, seed=3))
-        hist = train_two_tower(m, lambda e, rng: batches, 3, lr=1e-2, p_user=0.1, p_item=0.1)
+        hist = two_tower_loop(m, lambda e, rng: batches, 3, lr=1e-2, p_user=0.1, p_item=0.1)
         return hist, embed_items(m, synthetic_items(DIMS, np.arange(60)))
 
     h1, e1 = run()
@@ -79,7 +79,7 @@ def test_frozen_item_tower_does_not_move() -> None:
     before = {k: v.clone() for k, v in m.item_tower.state_dict().items()}
     q_before = m.query_tower.mlp.net[0].weight.clone()
     batches = list(synthetic_batches(DIMS, 32, 5, seed=1))
-    train_two_tower(m, lambda e, rng: batches, 1, freeze_items=True)
+    two_tower_loop(m, lambda e, rng: batches, 1, freeze_items=True)
     for k, v in m.item_tower.state_dict().items():
         assert torch.equal(v, before[k]), k
     assert not torch.equal(m.query_tower.mlp.net[0].weight, q_before)

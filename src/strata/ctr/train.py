@@ -12,7 +12,7 @@ import copy
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +37,7 @@ from strata.ctr.preprocess import (
     fit_preprocessor,
 )
 from strata.errors import DataError
+from strata.training.gates import ctr_retrain_gate
 
 if TYPE_CHECKING:
     from strata.ctr.model import CtrModel
@@ -271,6 +272,7 @@ class IncrementalResult:
     rows_holdout: int
     seconds: float
     result: CtrTrainResult | None = None
+    reasons: list[str] = field(default_factory=list)  # why the gate refused
 
     def to_dict(self) -> dict[str, Any]:
         """The numbers (without the model)."""
@@ -282,6 +284,7 @@ class IncrementalResult:
             "rows_replay": self.rows_replay,
             "rows_holdout": self.rows_holdout,
             "seconds": self.seconds,
+            "reasons": self.reasons,
         }
 
 
@@ -345,14 +348,23 @@ def incremental_train(
         patience=ic.epochs,
     )
     new_auc = float(auc(holdout.labels, predict_proba(new, holdout)))
-    promoted = new_auc >= old_auc + ic.min_gain
+    verdict = ctr_retrain_gate(old_auc, new_auc, ic.min_gain)
+    promoted = verdict.accepted
     seconds = time.perf_counter() - t0
     log.info(
         "ctr incremental: old_auc=%.4f new_auc=%.4f promoted=%s (recent=%d replay=%d holdout=%d)",
         old_auc, new_auc, promoted, len(fit_rows), n_replay, n_hold,
     )  # fmt: skip
     out = IncrementalResult(
-        promoted, old_auc, new_auc, len(fit_rows), n_replay, n_hold, seconds, result=None
+        promoted,
+        old_auc,
+        new_auc,
+        len(fit_rows),
+        n_replay,
+        n_hold,
+        seconds,
+        result=None,
+        reasons=verdict.reasons,
     )
     if promoted:
         # The next replay mixes the old sample with the recent rows, so it follows the traffic.

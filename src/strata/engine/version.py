@@ -58,7 +58,7 @@ class UserSnapshot:
         ids = np.asarray(user_ids, np.int64).reshape(-1)
         if not len(self.ids):
             return {}, np.zeros(len(ids), bool)
-        pos = np.clip(np.searchsorted(self.ids, ids), 0, len(self.ids) - 1)
+        pos = np.minimum(np.searchsorted(self.ids, ids), len(self.ids) - 1)
         return {n: c[pos] for n, c in self.columns.items()}, self.ids[pos] == ids
 
     def row(self, user_id: int) -> dict[str, np.ndarray] | None:

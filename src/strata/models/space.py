@@ -85,7 +85,7 @@ def _lookup(sorted_ids: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.nda
     if len(sorted_ids) == 0:
         return np.zeros(len(ids), np.int64), np.zeros(len(ids), bool)
     pos = np.searchsorted(sorted_ids, ids)
-    pos_c = np.clip(pos, 0, len(sorted_ids) - 1)
+    pos_c = np.minimum(pos, len(sorted_ids) - 1)
     return pos_c, sorted_ids[pos_c] == ids
 
 

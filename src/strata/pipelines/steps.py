@@ -28,10 +28,6 @@ log = logging.getLogger(__name__)
 P = ParamSpec("P")
 
 
-class DeployError(StrataError):
-    """The serving app did not accept the reload request."""
-
-
 class PublishError(StrataError):
     """An accepted version cannot be published (its ANN index is missing)."""
 
@@ -181,32 +177,20 @@ def build_index(storage_uri: str, dataset: str, candidate: dict[str, Any], kind:
 
 @step
 def gate(storage_uri: str, dataset: str, candidate: dict[str, Any]) -> dict[str, Any]:
-    """Accept the candidate if its ranker beats the AUC floor and, when the serving version was
-    trained on the same cut, its holdout NDCG@10 is not worse than serving's (within tolerance)."""
+    """The initial gate (`strata.training.gates.initial_gate`) on the candidate, recorded in the
+    registry's decision log."""
     from strata.registry import Registry
+    from strata.training.gates import initial_gate
 
     version = candidate["version"]
     with workspace(storage_uri) as s:
         reg = Registry(s.registry_dir, dataset)
         cand = reg.manifest(version)
         m = cand.get("metrics", {})
-        reasons: list[str] = []
-        floor = s.pipelines.min_ranker_auc
-        auc = m.get("ranker_auc_valid")
-        if auc is None or not math.isfinite(float(auc)) or float(auc) < floor:
-            reasons.append(f"ranker_auc_valid {auc} < floor {floor}")
         serving = reg.serving()
-        key = "holdout_ndcg@10_full"
-        if serving is not None:
-            old = reg.manifest(serving)
-            same_cut = old.get("data_range", {}).get("until") == cand.get("data_range", {}).get(
-                "until"
-            )
-            a, b = m.get(key), old.get("metrics", {}).get(key)
-            if same_cut and a is not None and b is not None:
-                tol = s.training.gate_tolerance
-                if float(a) < float(b) - tol:
-                    reasons.append(f"{key} {a:.4f} < serving {serving} {b:.4f} - {tol}")
+        old = reg.manifest(serving) if serving is not None else None
+        verdict = initial_gate(cand, old, s.pipelines.min_ranker_auc, s.training.gate_tolerance)
+        reasons = verdict.reasons
         decision = {
             "kind": "initial_gate",
             "dataset": dataset,
@@ -251,43 +235,12 @@ def publish(storage_uri: str, dataset: str, decision: dict[str, Any]) -> dict[st
 
 @step
 def deploy(published: dict[str, Any], serving_url: str = "") -> dict[str, Any]:
-    """Ask the serving app to load the serving version (POST /admin/reload, bearer token) and,
-    on a cluster (`pipelines.k8s_namespace` set), roll the serving Deployment onto it.
-
-    Without a serving URL (argument or `pipelines.serving_url`) or a cluster the new version is
-    picked up at the app's next start; that outcome is reported, not hidden.
-    """
-    import httpx
-
+    """Ask the serving app to load the published version (`strata.pipelines.deploy`), with the
+    step's settings from the environment."""
     from strata.config import Settings
+    from strata.pipelines.deploy import deploy_version
 
-    s = Settings()
-    cfg = s.pipelines
-    url = serving_url or cfg.serving_url
-    if not published.get("published"):
-        return {"decision": published, "deployed": False, "reason": "nothing new was published"}
-    cluster = None
-    # The configured Deployment serves the recommender; CTR versions do not roll it.
-    if cfg.k8s_namespace and published.get("kind") != "ctr_incremental":
-        from strata.pipelines.kube import apply_serving
-
-        cluster = apply_serving(
-            cfg.k8s_namespace, cfg.k8s_deployment, str(published["version"]),
-            Path(cfg.k8s_manifest),
-        )  # fmt: skip
-    if not url:
-        if cluster is not None:
-            return {"decision": published, "deployed": True, "cluster": cluster}
-        return {"decision": published, "deployed": False, "reason": "no serving url configured"}
-    token = s.serve.admin_token
-    headers = {"Authorization": f"Bearer {token.get_secret_value()}"} if token else {}
-    try:
-        r = httpx.post(url.rstrip("/") + "/admin/reload", headers=headers, timeout=120.0)
-    except httpx.HTTPError as exc:
-        raise DeployError(f"{url}: reload failed: {exc}") from None
-    if r.status_code != 200:
-        raise DeployError(f"{url}: reload answered {r.status_code}: {r.text[:200]}")
-    return {"decision": published, "deployed": True, "response": r.json(), "cluster": cluster}
+    return deploy_version(Settings(), published, serving_url)
 
 
 # --- incremental -----------------------------------------------------------------------------
@@ -337,12 +290,6 @@ def finetune_serving(storage_uri: str, dataset: str) -> dict[str, Any]:
         # Not promoted here: the index step builds the new version's ANN index first, then
         # the publish step moves the pointer, so serving never loads a version without one.
         r = finetune(s, dataset, since, promote=False)
-    tol = s.training.gate_tolerance
-    reasons = [
-        f"{k} {r.metrics_candidate[k]:.4f} < serving {v:.4f} - {tol}"
-        for k, v in r.metrics_serving.items()
-        if not r.metrics_candidate.get(k, -math.inf) >= v - tol
-    ]
     return {
         "kind": "incremental",
         "accepted": r.accepted,
@@ -350,7 +297,7 @@ def finetune_serving(storage_uri: str, dataset: str) -> dict[str, Any]:
         "serving_version": r.serving_version,
         "since": since,
         "new_events": n_new,
-        "reasons": reasons,
+        "reasons": r.reasons,
         "metrics_serving": _finite(r.metrics_serving),
         "metrics_candidate": _finite(r.metrics_candidate),
     }
@@ -400,7 +347,6 @@ def ctr_retrain(storage_uri: str, recent_uri: str) -> dict[str, Any]:
 
             out["version"] = publish_ctr(res.result, reg, promote=True)
             out["published"] = True
-        else:
-            out["reasons"] = [f"new auc {res.new_auc:.4f} < old auc {res.old_auc:.4f} + min gain"]
+
         reg.append_log({**out, "source": recent_uri, "rows": len(recent), "created": _now()})
     return out

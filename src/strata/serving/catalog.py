@@ -78,7 +78,7 @@ class CatalogCache:
         ids = np.asarray(item_ids, dtype=np.int64)
         if not len(self.item_ids):
             return np.zeros(len(ids), np.int64), np.zeros(len(ids), bool)
-        pos = np.searchsorted(self.item_ids, ids).clip(0, len(self.item_ids) - 1)
+        pos = np.minimum(np.searchsorted(self.item_ids, ids), len(self.item_ids) - 1)
         return pos, self.item_ids[pos] == ids
 
     def categories(self) -> ItemCategories:

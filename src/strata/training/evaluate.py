@@ -26,11 +26,12 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from strata import progress
+from strata.engine.recommend import Stage
 from strata.errors import NotFoundError, ValidationError
 from strata.training.metrics import coverage, hit_matrix
 
@@ -42,7 +43,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Stage = Literal["retrieval", "full"]
 DEFAULT_KS: tuple[int, ...] = (1, 5, 10, 20, 50, 100)
 SLICES = ("all", "warm_users", "cold_users", "cold_items")
 

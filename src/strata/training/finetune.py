@@ -7,7 +7,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -32,6 +32,7 @@ class FinetuneResult:
     new_version: str | None
     metrics_serving: dict[str, float]
     metrics_candidate: dict[str, float]
+    reasons: list[str] = field(default_factory=list)  # why the gate refused (empty if accepted)
 
 
 def gate_metrics(
@@ -65,6 +66,7 @@ def finetune(
     from strata.models.infer import embed_queries
     from strata.registry import Registry
     from strata.training.data import popularity_at, prepare_store, rank_data, retrieval_data
+    from strata.training.gates import finetune_gate
     from strata.training.loops import seed_everything
     from strata.training.recommender import load_recommender
     from strata.training.train import fit_ranker, fit_two_tower, write_version
@@ -117,9 +119,11 @@ def finetune(
     new = gate_metrics(tt, rk, space, item_emb, gate, gate_rows)
 
     tol = cfg.gate_tolerance
-    accepted = all(new[m] >= old[m] - tol for m in old)
+    verdict = finetune_gate(old, new, tol)
+    accepted = verdict.accepted
     decision = {
         "accepted": accepted,
+        "reasons": verdict.reasons,
         "since": since,
         "serving_version": rec.version,
         "metrics_serving": old,
@@ -155,4 +159,4 @@ def finetune(
         if promote:
             reg.promote(new_version)
     log.info("finetune %s since %s: accepted=%s old=%s new=%s", dataset, since, accepted, old, new)
-    return FinetuneResult(accepted, rec.version, new_version, old, new)
+    return FinetuneResult(accepted, rec.version, new_version, old, new, verdict.reasons)

@@ -111,7 +111,7 @@ def _adam(params: Iterable[torch.nn.Parameter], lr: float, wd: float) -> torch.o
     )
 
 
-def train_two_tower(
+def two_tower_loop(
     model: TwoTower,
     epochs: Callable[[int, np.random.Generator], Iterable[RetrievalBatch]],
     n_epochs: int,
@@ -208,7 +208,7 @@ def train_two_tower(
     return history
 
 
-def train_ranker(
+def ranker_loop(
     model: DCNRanker,
     epochs: Callable[[int, np.random.Generator], Iterable[RankBatch]],
     n_epochs: int,

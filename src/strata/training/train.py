@@ -64,7 +64,7 @@ def fit_ranker(
     """Train the ranker on `data` with shuffled mini-batches and cold-start masking: whole
     queries (a positive with its negatives) lose the user's identity with probability p_user,
     rows lose the item id with probability p_item, as unknown users/items look at serving."""
-    from strata.training.loops import train_ranker
+    from strata.training.loops import ranker_loop
     from strata.training.masking import mask_item, mask_query_rows
 
     bs = cfg.ranker_batch_size
@@ -87,7 +87,7 @@ def fit_ranker(
                 b.label,
             )
 
-    return train_ranker(
+    return ranker_loop(
         ranker, batches, epochs, lr=lr, seed=seed, device=cfg.device,
         steps_per_epoch=-(-len(data) // bs),
     )  # fmt: skip
@@ -110,14 +110,14 @@ def fit_two_tower(
     their popularity and age as of its own time (latest snapshot at or before the event);
     without, as of the space's cut-off.
     """
-    from strata.training.loops import train_two_tower
+    from strata.training.loops import two_tower_loop
 
     table = space.items(np.arange(len(space.item_ids) + 1))
     n_items = len(space.item_ids)
     m = cfg.random_negatives
     neg = random_negatives(space, m, snapshots) if m > 0 else None
 
-    return train_two_tower(
+    return two_tower_loop(
         model,
         lambda e, rng: data.batches(table, cfg.batch_size, rng),
         epochs,
