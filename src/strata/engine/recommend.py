@@ -230,8 +230,7 @@ class Engine:
         with step("filter"):
             width = cands.ids.shape[1]
             both = cands if f is None else _hcat(cands, f)
-            for flt in (self.history, exclude, live):
-                both = stages.filter_seen(both, users, flt)
+            both = stages.filter_seen(both, users, self.history, exclude, live)
             main = _compact(Candidates(both.ids[:, :width], both.scores[:, :width]), n)
             if f is not None:
                 f = _compact(Candidates(both.ids[:, width:], both.scores[:, width:]), cfg.pool)

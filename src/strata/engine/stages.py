@@ -106,14 +106,22 @@ class PairSetFilter:
 def retrieve(index: Retriever, queries: np.ndarray, n: int) -> Candidates:
     """Stage 1: top-`n` candidates per query vector (U, D)."""
     ids, scores = index.search(queries, n)
-    return Candidates(ids.astype(np.int64), scores.astype(np.float32))
+    return Candidates(ids.astype(np.int64, copy=False), scores.astype(np.float32, copy=False))
 
 
-def filter_seen(cands: Candidates, user_ids: np.ndarray, seen: SeenFilter | None) -> Candidates:
-    """Stage 2: drop candidates the user has already interacted with (slot -> id -1, -inf)."""
-    if seen is None:
+def filter_seen(cands: Candidates, user_ids: np.ndarray, *seen: SeenFilter | None) -> Candidates:
+    """Stage 2: drop candidates the user has already interacted with according to any of the
+    `seen` filters (None ones skipped); a dropped slot becomes id -1, score -inf."""
+    valid = cands.valid
+    safe = np.where(valid, cands.ids, 0)
+    drop: np.ndarray | None = None
+    for f in seen:
+        if f is not None:
+            hit = f.seen(user_ids, safe)
+            drop = hit if drop is None else drop | hit
+    if drop is None:
         return cands
-    drop = seen.seen(user_ids, np.where(cands.valid, cands.ids, 0)) & cands.valid
+    drop &= valid
     return Candidates(np.where(drop, -1, cands.ids), np.where(drop, -np.inf, cands.scores))
 
 
