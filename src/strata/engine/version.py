@@ -62,9 +62,13 @@ class UserSnapshot:
         return {n: c[pos] for n, c in self.columns.items()}, self.ids[pos] == ids
 
     def row(self, user_id: int) -> dict[str, np.ndarray] | None:
-        """One user's columns as 1-row arrays, or None when the snapshot does not have them."""
-        cols, found = self.rows(np.array([user_id]))
-        return cols if bool(found[0]) else None
+        """One user's columns as 1-row arrays (views), or None when the snapshot lacks them."""
+        if not len(self.ids):
+            return None
+        pos = int(np.searchsorted(self.ids, user_id))
+        if pos >= len(self.ids) or self.ids[pos] != user_id:
+            return None
+        return {n: c[pos : pos + 1] for n, c in self.columns.items()}
 
 
 class ModelVersion:
