@@ -118,6 +118,32 @@ def data_info(
             sys.stdout.write(f"{key}: {value}\n")
 
 
+@data_app.command("add")
+def data_add(
+    name: Annotated[str, typer.Argument(help="Name to register the dataset under.")],
+    spec: Annotated[Path, typer.Option(help="Dataset spec (YAML): files, columns, attributes.")],
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the whole report as JSON.")
+    ] = False,
+) -> None:
+    """Check a dataset spec and its files, report on the data, and register it (nothing is
+    registered when a check fails: exit 2 naming the file, row and field)."""
+    from strata.datasets.spec import register_spec
+
+    report = register_spec(settings(), name, spec)
+    if as_json:
+        print_json(report)
+        return
+    it = report["interactions"]
+    typer.echo(
+        f"{name}: {it['rows']} interactions, {it['users']} users, {it['items']} items "
+        f"({report['items']['rows']} in the catalogue), span {it['time_span']}; "
+        f"usable {report['usable_interactions']}, unknown item {it['rows_with_unknown_item']}, "
+        f"unknown user {it['rows_with_unknown_user']}, undeclared event type "
+        f"{it['rows_with_undeclared_event_type']}; registered at {report['spec']}"
+    )
+
+
 @data_app.command("criteo-parquet")
 def data_criteo_parquet(
     src: Annotated[Path, typer.Argument(help="Criteo TSV (label, I1..I13, C1..C26; .gz ok).")],
