@@ -1,10 +1,13 @@
-"""Stage functions retrieve -> filter -> rank -> order on NumPy arrays."""
+"""The engine's building blocks on NumPy arrays, and `Engine.run` over them with array-backed
+parts (the real models are in test_one_engine.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from strata.config import DiversityConfig, FreshConfig
 from strata.engine import stages
+from strata.engine.recommend import Engine, FreshItems
 from strata.engine.stages import Candidates, ExactIndex, PairSetFilter
 
 
@@ -31,22 +34,43 @@ def test_seen_filter_and_counts() -> None:
     assert out.ids.tolist() == [[-1, 12, -1]] and np.isinf(out.scores[0, 0])
 
 
-class _ReverseScorer:
-    def score(self, user_ids: np.ndarray, cands: Candidates) -> np.ndarray:
-        return -cands.scores
+class _Queries:
+    """Query inputs that are the query vectors themselves (what `Models.encode` returns)."""
+
+    def __init__(self, vec: np.ndarray) -> None:
+        self.vec = vec
+
+    def take(self, rows: np.ndarray) -> _Queries:
+        return _Queries(self.vec[rows])
 
 
-def test_rank_and_order_with_padding() -> None:
-    c = Candidates(np.array([[5, 6, -1]]), np.array([[0.9, 0.5, -np.inf]], np.float32))
-    ranked = stages.rank(c, np.array([1]), _ReverseScorer())
-    ids, sc = stages.order(ranked, 4)
-    assert ids.tolist() == [[6, 5, -1, -1]]
-    assert sc[0, 0] > sc[0, 1] and np.isinf(sc[0, 2])
-    ids2, _ = stages.order(stages.rank(c, np.array([1]), None), 2)
-    assert ids2.tolist() == [[5, 6]]
+class _ReverseRanker:
+    """A ranker whose logit is minus the retrieval score: the order it gives is known."""
+
+    def encode(self, queries: _Queries) -> np.ndarray:
+        return queries.vec
+
+    def logits(self, queries: _Queries, items: object, retrieval: np.ndarray) -> np.ndarray:
+        return -retrieval
 
 
-def test_run_never_returns_seen_items() -> None:
+class _Items:
+    def features(self, item_ids: np.ndarray) -> np.ndarray:
+        return item_ids
+
+    def genre(self, item_ids: np.ndarray) -> np.ndarray:
+        return item_ids % 3
+
+
+def _engine(index: ExactIndex, seen: PairSetFilter) -> Engine:
+    none = FreshItems(np.zeros(0, np.int64), np.zeros(0), np.zeros((0, 4), np.float32))
+    return Engine(
+        _ReverseRanker(), index, _Items(), seen, none, 0.0,  # type: ignore[arg-type]
+        FreshConfig(enabled=False), DiversityConfig(),
+    )  # fmt: skip
+
+
+def test_engine_ranks_n_unseen_candidates_and_never_returns_seen_items() -> None:
     rng = np.random.default_rng(1)
     emb = rng.normal(size=(20, 4)).astype(np.float32)
     index = ExactIndex(np.arange(20), emb)
@@ -54,6 +78,22 @@ def test_run_never_returns_seen_items() -> None:
     q = rng.normal(size=(2, 4)).astype(np.float32)
     top = index.search(q, 3)[0]
     seen = PairSetFilter(np.repeat(users, 3), top.ravel())
-    ids, _ = stages.run(users, q, index, k=5, n=20, seen=seen)
+    eng = _engine(index, seen)
+    res = eng.run(users, _Queries(q), k=5, n=6)  # type: ignore[arg-type]
     for u in range(2):
-        assert not set(ids[u]) & set(top[u]) and len(set(ids[u])) == 5
+        assert not set(res.ids[u]) & set(top[u]) and len(set(res.ids[u])) == 5
+    # Depth grows by the seen count: 6 unseen candidates ranked, not 6 minus the 3 seen.
+    assert res.after_filter.tolist() == [6, 6] and res.retrieved.tolist() == [9, 9]
+    # The reversing ranker puts the 6th-nearest unseen item first; scores are its logits.
+    ret_ids, _ = index.search(q, 20)
+    for u in range(2):
+        unseen = [i for i in ret_ids[u] if i not in set(top[u])][:6]
+        assert res.ids[u].tolist() == unseen[::-1][:5]
+        assert np.all(np.diff(res.scores[u]) <= 0) and res.ranked
+    # Stage retrieval orders by the retrieval score; an anonymous user (-1) filters nothing.
+    r = eng.run(users, _Queries(q), k=5, n=6, stage="retrieval")  # type: ignore[arg-type]
+    assert r.ids[0].tolist() == [i for i in ret_ids[0] if i not in set(top[0])][:5]
+    anon = eng.run(np.array([-1]), _Queries(q[:1]), k=3, n=3)  # type: ignore[arg-type]
+    assert (
+        anon.after_filter.tolist() == [3] and anon.ids[0].tolist() == ret_ids[0][:3][::-1].tolist()
+    )

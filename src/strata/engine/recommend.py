@@ -158,6 +158,29 @@ class Result:
     fresh: np.ndarray  # (U,) items placed in fresh-item slots
 
 
+@dataclass(frozen=True)
+class FreshItems:
+    """The items without training interactions (sorted ids), their release years (NaN when
+    unknown) and content-only item-tower vectors: the candidates of the fresh slots."""
+
+    ids: np.ndarray  # (F,) int64
+    year: np.ndarray  # (F,) float64
+    emb: np.ndarray  # (F, D) float32
+
+    @classmethod
+    def of(cls, space: FeatureSpace, item_ids: np.ndarray, item_emb: np.ndarray) -> FreshItems:
+        """The version's fresh items: catalogue rows without interactions that have a vector
+        among `item_ids` / `item_emb` (the embedding rows)."""
+        rows = space.fresh_rows()
+        ids = space.item_ids[rows - 1]
+        if not len(item_ids):
+            return cls(ids[:0], np.zeros(0), np.zeros((0, item_emb.shape[-1]), np.float32))
+        pos = np.minimum(np.searchsorted(item_ids, ids), len(item_ids) - 1)
+        ok = np.asarray(item_ids)[pos] == ids
+        year = space.t["year"][rows[ok]].astype(np.float64)
+        return cls(ids[ok], year, np.ascontiguousarray(item_emb[pos[ok]], dtype=np.float32))
+
+
 # --- the engine ---------------------------------------------------------------------------------
 
 
@@ -170,9 +193,7 @@ class Engine:
         index: Retriever,
         items: ItemSource,
         history: PairSetFilter,
-        item_ids: np.ndarray,
-        item_emb: np.ndarray,
-        space: FeatureSpace,
+        fresh_items: FreshItems,
         score_weight: float,
         fresh: FreshConfig,
         diversity: DiversityConfig,
@@ -184,14 +205,9 @@ class Engine:
         self.score_weight = float(score_weight)
         self.fresh = fresh
         self.diversity = diversity
-        # Fresh items (no training interactions) with their content-only embeddings and years.
-        rows = space.fresh_rows()
-        ids = space.item_ids[rows - 1]
-        pos = np.clip(np.searchsorted(item_ids, ids), 0, max(len(item_ids) - 1, 0))
-        ok = np.asarray(item_ids)[pos] == ids if len(item_ids) else np.zeros(len(ids), bool)
-        self.fresh_ids = ids[ok]
-        self.fresh_year = space.t["year"][rows[ok]].astype(np.float64)
-        self.fresh_emb = np.ascontiguousarray(item_emb[pos[ok]], dtype=np.float32)
+        self.fresh_ids = fresh_items.ids
+        self.fresh_year = fresh_items.year
+        self.fresh_emb = fresh_items.emb
 
     def run(
         self,

@@ -1,8 +1,7 @@
-"""The request-path stages on NumPy arrays: retrieve -> filter -> rank -> order.
-
-Each stage is a small function over (U, N) arrays; the pieces behind them are tiny protocols so the
-serving and online-layer work can plug an ANN index, a Bloom filter and online-store features in
-without touching the stages. Invalid slots carry id -1 and score -inf.
+"""The request path's building blocks on NumPy arrays, composed by `strata.engine.recommend`:
+retrieval (`retrieve` over any `Retriever`), the seen filter (`filter_seen` over `SeenFilter`s:
+exact pairs, the Bloom filter) and the fresh-item slots (`fresh_pool`, `fresh_order`,
+`interleave_fresh`). Each works on (U, N) arrays; invalid slots carry id -1 and score -inf.
 """
 
 from __future__ import annotations
@@ -42,14 +41,6 @@ class SeenFilter(Protocol):
 
     def seen(self, user_ids: np.ndarray, item_ids: np.ndarray) -> np.ndarray:
         """(U, N) bool for `user_ids` (U,) and candidate `item_ids` (U, N)."""
-        ...
-
-
-class Scorer(Protocol):
-    """Scores candidates for users (the ranker); higher is better."""
-
-    def score(self, user_ids: np.ndarray, cands: Candidates) -> np.ndarray:
-        """(U, N) float32 scores for the candidates."""
         ...
 
 
@@ -125,27 +116,6 @@ def filter_seen(cands: Candidates, user_ids: np.ndarray, *seen: SeenFilter | Non
     return Candidates(np.where(drop, -1, cands.ids), np.where(drop, -np.inf, cands.scores))
 
 
-def rank(cands: Candidates, user_ids: np.ndarray, scorer: Scorer | None) -> Candidates:
-    """Stage 3: replace retrieval scores by ranker scores on valid slots (identity without one)."""
-    if scorer is None:
-        return cands
-    s = scorer.score(user_ids, cands).astype(np.float32)
-    return Candidates(cands.ids, np.where(cands.valid, s, -np.inf).astype(np.float32))
-
-
-def order(cands: Candidates, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Stage 4: top-`k` ids (U, k) int64 and scores (U, k) float32, best first (-1 pads)."""
-    u, n = cands.ids.shape
-    scores = np.where(cands.valid, cands.scores, -np.inf)
-    idx = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    ids = np.take_along_axis(cands.ids, idx, axis=1)
-    sc = np.take_along_axis(scores, idx, axis=1).astype(np.float32)
-    if n < k:
-        ids = np.concatenate([ids, np.full((u, k - n), -1, np.int64)], axis=1)
-        sc = np.concatenate([sc, np.full((u, k - n), -np.inf, np.float32)], axis=1)
-    return ids, sc
-
-
 def fresh_slots(k: int, start: int, every: int) -> np.ndarray:
     """List positions (0-based, ascending) reserved for fresh items in a top-`k` list: `start`,
     `start + every`, ... below `k` (none when `start >= k`)."""
@@ -213,17 +183,3 @@ def interleave_fresh(
         row = out[r]
         out[r] = np.r_[row[row >= 0], row[row < 0]]
     return out
-
-
-def run(
-    user_ids: np.ndarray,
-    queries: np.ndarray,
-    index: Retriever,
-    k: int,
-    n: int,
-    seen: SeenFilter | None = None,
-    scorer: Scorer | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """All four stages for a batch of users."""
-    c = filter_seen(retrieve(index, queries, n), user_ids, seen)
-    return order(rank(c, user_ids, scorer), k)

@@ -130,7 +130,7 @@ class RecommendationPipeline:
         index_info: dict[str, Any],
         link: OnlineLink,
     ) -> None:
-        from strata.engine.recommend import Engine
+        from strata.engine.recommend import Engine, FreshItems
         from strata.models.space import USER_INPUT_FEATURES
         from strata.serving.backends import BackendModels
         from strata.serving.catalog import LiveItems
@@ -153,8 +153,8 @@ class RecommendationPipeline:
         self.catalog = CatalogCache(space, link)
         self.engine = Engine(
             BackendModels(backend), index, LiveItems(space, self.catalog), mv.history,
-            mv.item_ids, mv.item_embeddings, space, mv.score_weight, self.config.fresh,
-            self.config.diversity,
+            FreshItems.of(space, mv.item_ids, mv.item_embeddings), mv.score_weight,
+            self.config.fresh, self.config.diversity,
         )  # fmt: skip
         self.fresh_ids = self.engine.fresh_ids
         self.hist_len = int(space.meta["hist_len"])

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from strata.engine.recommend import Engine, Stage, TorchModels, VersionItems
+from strata.engine.recommend import Engine, FreshItems, Stage, TorchModels, VersionItems
 from strata.engine.stages import PairSetFilter
 from strata.engine.version import ModelVersion
 from strata.errors import ValidationError
@@ -43,7 +43,7 @@ class Recommender:
         self.index = mv.exact_index()
         self.engine = Engine(
             TorchModels(self.two_tower, self.ranker), self.index, VersionItems(self.space),
-            mv.history, mv.item_ids, mv.item_embeddings, self.space, mv.score_weight,
+            mv.history, FreshItems.of(self.space, mv.item_ids, mv.item_embeddings), mv.score_weight,
             s.serve.fresh, s.serve.diversity,
         )  # fmt: skip
         self.seen = mv.history
