@@ -22,6 +22,8 @@ from strata.training.index_build import (
     synthetic_queries,
 )
 
+from .engine_support import Queries, array_engine
+
 N, D = 20_000, 64
 STRATA = Path(sys.executable).parent / "strata"
 
@@ -208,12 +210,17 @@ def test_pipeline_retrieve_stage_accepts_ann_index(
     users = np.arange(len(q), dtype=np.int64)
     exact = stages.ExactIndex(ids, x)
     flat: AnnIndex = build_index(ids, x, "flat")
-    want = stages.run(users, q, exact, k=10, n=100)
-    got = stages.run(users, q, flat, k=10, n=100)
+
+    def top10(index: AnnIndex | stages.ExactIndex) -> tuple[np.ndarray, np.ndarray]:
+        res = array_engine(index).run(users, Queries(q), 10, 100, "retrieval")  # type: ignore[arg-type]
+        return res.ids, res.scores
+
+    want = top10(exact)
+    got = top10(flat)
     np.testing.assert_allclose(got[1], want[1], atol=1e-5)
     assert (got[0] == want[0]).mean() > 0.99
-    # The approximate index drops into the same stages; its top-10 mostly agrees with exact.
-    approx = stages.run(users, q, ivf, k=10, n=100)
+    # The approximate index drops into the same engine; its top-10 mostly agrees with exact.
+    approx = top10(ivf)
     assert recall_at_k(approx[0], want[0]) >= 0.9
 
 

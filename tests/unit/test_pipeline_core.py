@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from strata.config import DiversityConfig, FreshConfig
 from strata.engine import stages
-from strata.engine.recommend import Engine, FreshItems
 from strata.engine.stages import Candidates, ExactIndex, PairSetFilter
+
+from .engine_support import Queries, array_engine
 
 
 def test_exact_index_matches_full_sort() -> None:
@@ -34,42 +34,6 @@ def test_seen_filter_and_counts() -> None:
     assert out.ids.tolist() == [[-1, 12, -1]] and np.isinf(out.scores[0, 0])
 
 
-class _Queries:
-    """Query inputs that are the query vectors themselves (what `Models.encode` returns)."""
-
-    def __init__(self, vec: np.ndarray) -> None:
-        self.vec = vec
-
-    def take(self, rows: np.ndarray) -> _Queries:
-        return _Queries(self.vec[rows])
-
-
-class _ReverseRanker:
-    """A ranker whose logit is minus the retrieval score: the order it gives is known."""
-
-    def encode(self, queries: _Queries) -> np.ndarray:
-        return queries.vec
-
-    def logits(self, queries: _Queries, items: object, retrieval: np.ndarray) -> np.ndarray:
-        return -retrieval
-
-
-class _Items:
-    def features(self, item_ids: np.ndarray) -> np.ndarray:
-        return item_ids
-
-    def genre(self, item_ids: np.ndarray) -> np.ndarray:
-        return item_ids % 3
-
-
-def _engine(index: ExactIndex, seen: PairSetFilter) -> Engine:
-    none = FreshItems(np.zeros(0, np.int64), np.zeros(0), np.zeros((0, 4), np.float32))
-    return Engine(
-        _ReverseRanker(), index, _Items(), seen, none, 0.0,  # type: ignore[arg-type]
-        FreshConfig(enabled=False), DiversityConfig(),
-    )  # fmt: skip
-
-
 def test_engine_ranks_n_unseen_candidates_and_never_returns_seen_items() -> None:
     rng = np.random.default_rng(1)
     emb = rng.normal(size=(20, 4)).astype(np.float32)
@@ -78,8 +42,8 @@ def test_engine_ranks_n_unseen_candidates_and_never_returns_seen_items() -> None
     q = rng.normal(size=(2, 4)).astype(np.float32)
     top = index.search(q, 3)[0]
     seen = PairSetFilter(np.repeat(users, 3), top.ravel())
-    eng = _engine(index, seen)
-    res = eng.run(users, _Queries(q), k=5, n=6)  # type: ignore[arg-type]
+    eng = array_engine(index, seen)
+    res = eng.run(users, Queries(q), k=5, n=6)  # type: ignore[arg-type]
     for u in range(2):
         assert not set(res.ids[u]) & set(top[u]) and len(set(res.ids[u])) == 5
     # Depth grows by the seen count: 6 unseen candidates ranked, not 6 minus the 3 seen.
@@ -91,9 +55,9 @@ def test_engine_ranks_n_unseen_candidates_and_never_returns_seen_items() -> None
         assert res.ids[u].tolist() == unseen[::-1][:5]
         assert np.all(np.diff(res.scores[u]) <= 0) and res.ranked
     # Stage retrieval orders by the retrieval score; an anonymous user (-1) filters nothing.
-    r = eng.run(users, _Queries(q), k=5, n=6, stage="retrieval")  # type: ignore[arg-type]
+    r = eng.run(users, Queries(q), k=5, n=6, stage="retrieval")  # type: ignore[arg-type]
     assert r.ids[0].tolist() == [i for i in ret_ids[0] if i not in set(top[0])][:5]
-    anon = eng.run(np.array([-1]), _Queries(q[:1]), k=3, n=3)  # type: ignore[arg-type]
+    anon = eng.run(np.array([-1]), Queries(q[:1]), k=3, n=3)  # type: ignore[arg-type]
     assert (
         anon.after_filter.tolist() == [3] and anon.ids[0].tolist() == ret_ids[0][:3][::-1].tolist()
     )
