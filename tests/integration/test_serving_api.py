@@ -80,6 +80,9 @@ def test_recommend_get_and_post(http: httpx.Client) -> None:
         ("post", {"json": {"user_id": 1, "flavour": 1}}, "flavour"),
         ("post", {"json": {"user_id": 1.5}}, "user_id"),
         ("post", {"json": {"user_id": 1, "stage": "everything"}}, "stage"),
+        ("get", {"params": {"user_id": 1, "seed": -1}}, "seed"),
+        ("get", {"params": {"user_id": 1, "seed": 2**63}}, "seed"),
+        ("post", {"json": {"user_id": 1, "seed": "7"}}, "seed"),
     ],
 )
 def test_bad_recommend_input_is_422_naming_the_field(
@@ -209,3 +212,22 @@ def test_reload_requires_token_and_swaps_without_failures(tmp_path: Path) -> Non
         assert statuses and set(statuses) == {200}
         assert "v0002" in versions
         assert 'version="v0002"' in c.get("/metrics").text
+
+
+def test_seed_makes_a_request_repeatable(tmp_path: Path) -> None:
+    """With sampling diversity a list is random per request; the same `seed` repeats it (GET
+    and POST alike) and other seeds draw other lists."""
+    from strata.config import DiversityConfig
+
+    s = serving_settings(tmp_path, diversity=DiversityConfig(type="sample", temperature=1.0))
+    with LiveServer(create_app(s)) as live, httpx.Client(base_url=live.url, timeout=30) as c:
+        params = {"user_id": 3, "k": 10, "ts": 10**9, "seed": 11}
+        first = [it["item_id"] for it in c.get("/recommend", params=params).json()["items"]]
+        again = [it["item_id"] for it in c.post("/recommend", json=params).json()["items"]]
+        assert first == again
+        lists = {
+            tuple(it["item_id"] for it in c.get("/recommend", params={**params, "seed": seed})
+                  .json()["items"])
+            for seed in range(5)
+        }  # fmt: skip
+        assert len(lists) > 1
