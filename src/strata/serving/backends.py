@@ -130,12 +130,9 @@ def check_inputs(model: str, specs: Sequence[IOSpec], inputs: Mapping[str, np.nd
         if not isinstance(a, np.ndarray) or a.dtype != s.dtype:
             got = a.dtype if isinstance(a, np.ndarray) else type(a).__name__
             raise ValidationError(field, f"expected a {s.dtype} array, got {got}")
-        bad_shape = a.ndim != len(s.shape)
-        if not bad_shape:
-            for g, w in zip(a.shape, s.shape, strict=True):  # a loop: this runs per request
-                if w >= 0 and g != w:
-                    bad_shape = True
-        if bad_shape:
+        if a.ndim != len(s.shape) or any(
+            w >= 0 and g != w for g, w in zip(a.shape, s.shape, strict=True)
+        ):
             raise ValidationError(field, f"expected shape {s.shape} (-1 = any), got {a.shape}")
         if s.shape and s.shape[0] == -1:
             if batch is not None and a.shape[0] != batch:

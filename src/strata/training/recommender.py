@@ -38,7 +38,6 @@ class Recommender:
         self.two_tower, self.ranker = mv.torch_models()
         self.n_candidates = n_candidates
         self.seed = seed
-        self.fresh = s.serve.fresh
         self.fresh_rows = self.space.fresh_rows()  # catalog rows without training interactions
         self.index = mv.exact_index()
         self.engine = Engine(
