@@ -8,9 +8,15 @@ Column contract (dtype in brackets):
 - users:        user_id [int64], age [int16], gender [str], occupation [str], zip [str]
 - items:        item_id [int64], title [str], year [Int16, nullable], genres [list<str>],
                 description [str, may be empty], image_path [str, nullable]
-- interactions: event_id [str], user_id [int64], item_id [int64], event_type [str: rating|view|
-                click|purchase], value [float32; the rating, or 1.0], ts [int64, unix seconds],
-                device [str: e.g. mobile|desktop|tv|unknown]
+- interactions: event_id [str], user_id [int64], item_id [int64], event_type [str, one of the
+                dataset's `event_types`; built-ins: rating|view|click|purchase], value [float32;
+                the rating, or 1.0], ts [int64, unix seconds], device [str: e.g. mobile|desktop|
+                tv|unknown]
+
+A dataset declared by its owner (`strata data add`, `spec.py`) keeps the owner's ids in an
+`external_id` [str] column of users and items (the int64 ids are dense, assigned at load), its
+declared numeric attributes as `num_<name>` [float64] columns, and its categoricals as
+`attr=value` tags in `genres` (items) or in `gender`/`occupation` (users).
 """
 
 from __future__ import annotations
@@ -26,7 +32,10 @@ if TYPE_CHECKING:
 USER_COLUMNS = ("user_id", "age", "gender", "occupation", "zip")
 ITEM_COLUMNS = ("item_id", "title", "year", "genres", "description", "image_path")
 INTERACTION_COLUMNS = ("event_id", "user_id", "item_id", "event_type", "value", "ts", "device")
+#: Event types of the built-in datasets; a declared dataset names its own (`spec.py`).
 EVENT_TYPES = ("rating", "view", "click", "purchase")
+#: What an event type may look like: it becomes part of a feature column name (user_n_<type>).
+EVENT_TYPE_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"
 DEVICES = ("mobile", "desktop", "tv", "unknown")
 
 
@@ -38,6 +47,17 @@ class RecDataset:
     users: pd.DataFrame
     items: pd.DataFrame
     interactions: pd.DataFrame
+    #: The event types the log may hold (each gets a per-user count feature).
+    event_types: tuple[str, ...] = EVENT_TYPES
+    #: Event type -> training weight of the types that are positives; None = every event, 1.0.
+    positives: dict[str, float] | None = None
+    #: IANA time zone of the hour / day-of-week context.
+    timezone: str = "UTC"
+
+    def declared(self) -> dict[str, object]:
+        """What the offline store keeps about the log (`dataset.json`)."""
+        return {"event_types": list(self.event_types), "positives": self.positives,
+                "timezone": self.timezone}  # fmt: skip
 
     def summary(self) -> dict[str, int]:
         """Row counts, as printed by `strata data info NAME --json`."""

@@ -20,9 +20,14 @@ probes carry NULL event fields so they never count themselves.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
+import numpy as np
+
+from strata.datasets.base import EVENT_TYPE_PATTERN
 from strata.errors import ValidationError
+from strata.features.localtime import local_seconds, local_seconds_sql
 from strata.features.schema import (
     DEFAULT_ITEM_WINDOW_S,
     DEFAULT_USER_WINDOW_S,
@@ -43,11 +48,21 @@ class FeatureParams:
     # Extra rows looked back for `user_recent_items` so that events sharing the point's timestamp
     # can be dropped; more than this many simultaneous events only shortens the list.
     tie_slack: int = 16
+    #: Event types counted per user (`user_n_<type>`): the dataset's declared types.
+    event_types: tuple[str, ...] = EVENT_TYPES
+    #: IANA time zone of the hour / day-of-week context (the dataset's declared one).
+    timezone: str = "UTC"
 
     def __post_init__(self) -> None:
         for name in ("user_window_s", "item_window_s", "recent_n", "tie_slack"):
             if int(getattr(self, name)) < 1:
                 raise ValidationError(name, f"must be >= 1, got {getattr(self, name)}")
+        local_seconds_sql(self.timezone)  # an unknown zone fails here, naming itself
+        bad = [t for t in self.event_types if not re.match(EVENT_TYPE_PATTERN, str(t))]
+        if bad or not self.event_types:
+            raise ValidationError(
+                "event_types", f"need 1+ names matching {EVENT_TYPE_PATTERN}, got {bad or '[]'}"
+            )
 
 
 @dataclass(frozen=True)
@@ -62,11 +77,22 @@ class Definition:
     def render(self, params: FeatureParams | None = None) -> str:
         """The SQL text with windows/limits substituted (DuckDB dialect)."""
         p = params or FeatureParams()
+        types = p.event_types
         return self.template.format(
             user_window_s=int(p.user_window_s),
             item_window_s=int(p.item_window_s),
             recent_n=int(p.recent_n),
             tail_rows=int(p.recent_n + p.tie_slack),
+            # one count per event type: types match EVENT_TYPE_PATTERN, so they are safe in SQL
+            type_counts=",\n".join(
+                f"    SUM(CASE WHEN event_type = '{t}' THEN 1 ELSE 0 END) OVER uw AS n_{t}"
+                for t in types
+            ),
+            type_cols=",\n".join(
+                f"  CAST(COALESCE(w.n_{t}, 0) AS BIGINT) AS user_n_{t}" for t in types
+            ),
+            ub_type_cols="".join(f" ub.user_n_{t}," for t in types),
+            local_ts=local_seconds_sql(p.timezone),
         ).strip()
 
 
@@ -105,28 +131,22 @@ CONTEXT = Definition(
     """
 SELECT
   event_id,
-  SIN(2 * PI() * (ts % 86400) / 86400.0) AS ctx_hour_sin,
-  COS(2 * PI() * (ts % 86400) / 86400.0) AS ctx_hour_cos,
+  SIN(2 * PI() * (lts % 86400) / 86400.0) AS ctx_hour_sin,
+  COS(2 * PI() * (lts % 86400) / 86400.0) AS ctx_hour_cos,
   -- 1970-01-01 was a Thursday: +3 makes Monday day 0
-  SIN(2 * PI() * ((CAST(FLOOR(ts / 86400.0) AS BIGINT) + 3) % 7) / 7.0) AS ctx_dow_sin,
-  COS(2 * PI() * ((CAST(FLOOR(ts / 86400.0) AS BIGINT) + 3) % 7) / 7.0) AS ctx_dow_cos,
+  SIN(2 * PI() * ((CAST(FLOOR(lts / 86400.0) AS BIGINT) + 3) % 7) / 7.0) AS ctx_dow_sin,
+  COS(2 * PI() * ((CAST(FLOOR(lts / 86400.0) AS BIGINT) + 3) % 7) / 7.0) AS ctx_dow_cos,
   COALESCE(device, 'unknown') AS ctx_device
-FROM events
+-- lts: wall-clock seconds in the dataset's time zone (`localtime`)
+FROM (SELECT event_id, device, {local_ts} AS lts FROM events) AS e
 """,
-)
-
-_TYPE_COUNTS = ",\n".join(
-    f"    SUM(CASE WHEN event_type = '{t}' THEN 1 ELSE 0 END) OVER uw AS n_{t}" for t in EVENT_TYPES
-)
-_TYPE_COLS = ",\n".join(
-    f"  CAST(COALESCE(w.n_{t}, 0) AS BIGINT) AS user_n_{t}" for t in EVENT_TYPES
 )
 
 USER_BEHAVIOUR = Definition(
     "user_behaviour",
     ("history", "items"),
     "point_id",
-    f"""
+    """
 WITH h AS (
   SELECT hi.point_id, hi.user_id, hi.item_id, hi.event_type, hi.value, hi.ts, hi.event_id,
          NULLIF(it.category, '') AS category, it.genres
@@ -138,7 +158,7 @@ w AS (
     point_id,
     ts,
     COUNT(event_type) OVER uw AS n_events,
-{_TYPE_COUNTS},
+{type_counts},
     AVG(value) OVER uw AS mean_value,
     MODE(category ORDER BY category) OVER uw AS top_category,
     MAX(CASE WHEN event_type IS NOT NULL THEN ts END) OVER (
@@ -148,12 +168,12 @@ w AS (
     -- this timestamp are cut off below so simultaneous events never leak in
     LIST(item_id) OVER (
       PARTITION BY user_id ORDER BY ts, event_id
-      ROWS BETWEEN {{tail_rows}} PRECEDING AND CURRENT ROW
+      ROWS BETWEEN {tail_rows} PRECEDING AND CURRENT ROW
     ) AS tail,
     ROW_NUMBER() OVER (PARTITION BY user_id, ts ORDER BY event_id) AS peer_rank
   FROM h
   WINDOW uw AS (
-    PARTITION BY user_id ORDER BY ts RANGE BETWEEN {{user_window_s}} PRECEDING AND 1 PRECEDING
+    PARTITION BY user_id ORDER BY ts RANGE BETWEEN {user_window_s} PRECEDING AND 1 PRECEDING
   )
 ),
 g AS (
@@ -169,7 +189,7 @@ g AS (
 gw AS (
   -- MODE(x ORDER BY x): ties go to the first genre by name, so the feature is deterministic
   SELECT point_id, MODE(genre ORDER BY genre) OVER (
-    PARTITION BY user_id ORDER BY ts RANGE BETWEEN {{user_window_s}} PRECEDING AND 1 PRECEDING
+    PARTITION BY user_id ORDER BY ts RANGE BETWEEN {user_window_s} PRECEDING AND 1 PRECEDING
   ) AS top_genre
   FROM g
 ),
@@ -177,13 +197,13 @@ gt AS (SELECT point_id, top_genre FROM gw WHERE point_id IS NOT NULL)
 SELECT
   w.point_id,
   CAST(COALESCE(w.n_events, 0) AS BIGINT) AS user_n_events,
-{_TYPE_COLS},
+{type_cols},
   COALESCE(w.mean_value, 0.0) AS user_mean_value,
   COALESCE(gt.top_genre, '') AS user_top_genre,
   COALESCE(w.top_category, '') AS user_top_category,
   LIST_SLICE(
     w.tail,
-    GREATEST(LEN(w.tail) - w.peer_rank - {{recent_n}} + 1, 1),
+    GREATEST(LEN(w.tail) - w.peer_rank - {recent_n} + 1, 1),
     LEN(w.tail) - w.peer_rank
   ) AS user_recent_items,
   CASE WHEN w.last_ts IS NULL THEN -1.0 ELSE (w.ts - w.last_ts) / 86400.0 END
@@ -240,7 +260,7 @@ SELECT
   COALESCE(ud.user_age, CAST(0 AS SMALLINT)) AS user_age,
   COALESCE(ud.user_gender, '') AS user_gender,
   COALESCE(ud.user_occupation, '') AS user_occupation,
-  ub.user_n_events, ub.user_n_rating, ub.user_n_view, ub.user_n_click, ub.user_n_purchase,
+  ub.user_n_events,{ub_type_cols}
   ub.user_mean_value, ub.user_top_genre, ub.user_top_category, ub.user_recent_items,
   ub.user_days_since_last,
   COALESCE(im.item_year, CAST(0 AS SMALLINT)) AS item_year,
@@ -284,11 +304,11 @@ def render_all(dialect: str = "duckdb", params: FeatureParams | None = None) -> 
     return out
 
 
-def context_features_np(ts: object, device: object = None) -> dict[str, object]:
+def context_features_np(
+    ts: object, device: object = None, timezone: str = "UTC"
+) -> dict[str, object]:
     """The `context` definition in NumPy, for the request path (must match the SQL exactly)."""
-    import numpy as np
-
-    t = np.asarray(ts, dtype=np.int64)
+    t = local_seconds(np.asarray(ts, dtype=np.int64), timezone)
     day_angle = 2 * math.pi * (t % 86400) / 86400.0
     dow = (np.floor_divide(t, 86400) + 3) % 7
     dow_angle = 2 * math.pi * dow / 7.0

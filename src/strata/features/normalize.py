@@ -112,8 +112,11 @@ def normalize_items(df: pd.DataFrame, source: str) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-def normalize_events(df: pd.DataFrame, source: str) -> pd.DataFrame:
-    """Contract columns only, canonical dtypes, valid values; duplicates within df dropped."""
+def normalize_events(
+    df: pd.DataFrame, source: str, event_types: tuple[str, ...] = EVENT_TYPES
+) -> pd.DataFrame:
+    """Contract columns only, canonical dtypes, valid values (`event_type` one of
+    `event_types`); duplicates within df dropped."""
     import numpy as np
     import pandas as pd
 
@@ -133,11 +136,11 @@ def normalize_events(df: pd.DataFrame, source: str) -> pd.DataFrame:
         raise DataError(source, "ts has negative values")
     out["event_id"] = out["event_id"].astype(str)
     out["event_type"] = out["event_type"].astype(str)
-    bad = ~out["event_type"].isin(EVENT_TYPES)
+    bad = ~out["event_type"].isin(event_types)
     if bad.any():
         raise DataError(
             source,
-            f"event_type {sorted(set(out.loc[bad, 'event_type']))[:5]} not in {list(EVENT_TYPES)}",
+            f"event_type {sorted(set(out.loc[bad, 'event_type']))[:5]} not in {list(event_types)}",
         )
     out["device"] = out["device"].fillna("unknown").astype(str)
     out = out.drop_duplicates("event_id", keep="first")

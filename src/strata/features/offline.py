@@ -3,6 +3,7 @@
 Layout under `<offline_uri>/<dataset>/`:
 
     users.parquet, items.parquet               entity tables (sorted by key)
+    dataset.json                               the log's event types and the positives' weights
     events/date=YYYY-MM-DD/part-0.parquet      event log, one file per UTC day, by (ts, event_id)
     features/user_features.parquet             latest user features as of the build's cut
     features/item_features.parquet             latest item features as of the build's cut
@@ -21,12 +22,13 @@ from __future__ import annotations
 import logging
 import shutil
 from collections.abc import Iterable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from strata.config import Settings
 from strata.datasets.base import (
+    EVENT_TYPES,
     INTERACTION_COLUMNS,
     ITEM_COLUMNS,
     USER_COLUMNS,
@@ -49,7 +51,7 @@ from strata.features.pit import latest_sql, training_sql
 from strata.features.schema import (
     ITEM_CONTENT_COLUMNS,
     ITEM_FEATURE_COLUMNS,
-    USER_FEATURE_COLUMNS,
+    user_feature_columns,
 )
 
 if TYPE_CHECKING:
@@ -57,6 +59,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
 log = logging.getLogger(__name__)
+#: What a dataset declares about its log, written at ingest (see `OfflineStore.dataset_meta`).
+DATASET_META = "dataset.json"
 
 
 class OfflineStore(ParquetFiles):
@@ -66,6 +70,22 @@ class OfflineStore(ParquetFiles):
         super().__init__(settings)
         self.params = params or FeatureParams()
 
+    # --- what a dataset declares ----------------------------------------------------------------
+
+    def dataset_meta(self, dataset_name: str) -> dict[str, Any]:
+        """`dataset.json` written at ingest: event types and positives' weights (or {})."""
+        return self._read_json(f"{self.dataset_uri(dataset_name)}/{DATASET_META}") or {}
+
+    def event_types(self, dataset_name: str) -> tuple[str, ...]:
+        """The event types of a dataset's log (per-user count features are made for each)."""
+        return self.params_for(dataset_name).event_types
+
+    def params_for(self, dataset_name: str) -> FeatureParams:
+        """The store's feature parameters with the dataset's own event types and time zone."""
+        meta = self.dataset_meta(dataset_name)
+        types = tuple(meta.get("event_types", EVENT_TYPES))
+        return replace(self.params, event_types=types, timezone=meta.get("timezone", "UTC"))
+
     # --- ingest -------------------------------------------------------------------------------
 
     def ingest(
@@ -74,15 +94,19 @@ class OfflineStore(ParquetFiles):
         users: pd.DataFrame,
         items: pd.DataFrame,
         event_chunks: Iterable[pd.DataFrame],
+        declared: dict[str, Any] | None = None,
     ) -> dict[str, int]:
         """Write users/items and merge event chunks into the log; atomic and idempotent.
 
         Everything is staged first and renamed into place only when every chunk validated, so
-        a bad chunk leaves the store as it was. Returns row counts (new events only).
+        a bad chunk leaves the store as it was. What the dataset `declared`
+        (`RecDataset.declared`: event types, positives, time zone) is kept in `dataset.json`.
+        Returns row counts (new events only).
         """
         from strata.progress import track
 
         base = self.dataset_uri(dataset_name)
+        types = tuple((declared or {}).get("event_types", EVENT_TYPES))
         users_df = normalize_users(users, f"{dataset_name}:users")
         items_df = normalize_items(items, f"{dataset_name}:items")
         staged: dict[str, str] = {}  # final uri -> temp uri
@@ -105,10 +129,14 @@ class OfflineStore(ParquetFiles):
                 con.unregister("items_in")
                 for i, chunk in enumerate(track(event_chunks, "ingest events")):
                     new_events += self._stage_events(
-                        con, base, normalize_events(chunk, f"{dataset_name}:events[{i}]"), staged
+                        con,
+                        base,
+                        normalize_events(chunk, f"{dataset_name}:events[{i}]", types),
+                        staged,
                     )
             for dest, tmp in staged.items():
                 self._commit(tmp, dest)
+            self._write_json(f"{base}/{DATASET_META}", declared or {})
         except BaseException:
             self._discard(staged.values())
             raise
@@ -124,7 +152,7 @@ class OfflineStore(ParquetFiles):
     def append_events(self, dataset_name: str, df: pd.DataFrame) -> int:
         """Merge events into the date-partitioned log (dedup by event_id); returns rows added."""
         base = self.dataset_uri(dataset_name)
-        events = normalize_events(df, f"{dataset_name}:events")
+        events = normalize_events(df, f"{dataset_name}:events", self.event_types(dataset_name))
         staged: dict[str, str] = {}
         try:
             with self._connect() as con:
@@ -268,7 +296,7 @@ class OfflineStore(ParquetFiles):
 
         def run(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
             self._bind(con, dataset_name, as_of)
-            return con.execute(latest_sql(con, self.params, "user", as_of)).df()
+            return con.execute(latest_sql(con, self.params_for(dataset_name), "user", as_of)).df()
 
         return self._query(run, dataset_name, "user features")
 
@@ -277,7 +305,7 @@ class OfflineStore(ParquetFiles):
 
         def run(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
             self._bind(con, dataset_name, as_of)
-            return con.execute(latest_sql(con, self.params, "item", as_of)).df()
+            return con.execute(latest_sql(con, self.params_for(dataset_name), "item", as_of)).df()
 
         return self._query(run, dataset_name, "item features")
 
@@ -293,7 +321,7 @@ class OfflineStore(ParquetFiles):
 
         def run(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
             self._bind(con, dataset_name, until)
-            return con.execute(training_sql(con, self.params, until, since)).df()
+            return con.execute(training_sql(con, self.params_for(dataset_name), until, since)).df()
 
         return self._query(run, dataset_name, "training set")
 
@@ -310,7 +338,8 @@ class OfflineStore(ParquetFiles):
 
         def run(con: duckdb.DuckDBPyConnection) -> int:
             self._bind(con, dataset_name, until)
-            tmp, n = self._copy(con, training_sql(con, self.params, until, since), dest)
+            sql = training_sql(con, self.params_for(dataset_name), until, since)
+            tmp, n = self._copy(con, sql, dest)
             self._commit(tmp, dest)
             return n
 
@@ -329,6 +358,7 @@ class OfflineStore(ParquetFiles):
         base = self.dataset_uri(dataset_name)
         out = f"{base}/features"
         staged: dict[str, str] = {}
+        params = self.params_for(dataset_name)
 
         def run(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
             with task(f"build features {dataset_name}", total=3) as (prog, task_id):
@@ -342,7 +372,7 @@ class OfflineStore(ParquetFiles):
                 for entity in ("user", "item"):
                     dest = f"{out}/{entity}_features.parquet"
                     staged[dest], counts[entity] = self._copy(
-                        con, latest_sql(con, self.params, entity, as_of), dest
+                        con, latest_sql(con, params, entity, as_of), dest
                     )
                     prog.advance(t)
             return {
@@ -354,7 +384,7 @@ class OfflineStore(ParquetFiles):
                 "max_ts": None if max_ts is None else int(max_ts),
                 "user_rows": counts["user"],
                 "item_rows": counts["item"],
-                "params": asdict(self.params),
+                "params": asdict(params),
                 "path": out,
             }
 
@@ -374,7 +404,11 @@ class OfflineStore(ParquetFiles):
         if entity not in ("user", "item"):
             raise ValidationError("entity", f"expected user or item, got {entity!r}")
         uri = f"{self.dataset_uri(dataset_name)}/features/{entity}_features.parquet"
-        cols = USER_FEATURE_COLUMNS if entity == "user" else ITEM_FEATURE_COLUMNS
+        cols = (
+            user_feature_columns(self.event_types(dataset_name))
+            if entity == "user"
+            else ITEM_FEATURE_COLUMNS
+        )
 
         def run(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
             self._check_parquet(con, uri, cols)
@@ -441,7 +475,7 @@ class OfflineStore(ParquetFiles):
 
 def ingest_dataset(store: OfflineStore, ds: Any, name: str | None = None) -> dict[str, int]:
     """Ingest a `RecDataset` (users, items, interactions) under `name` (default `ds.name`)."""
-    return store.ingest(name or ds.name, ds.users, ds.items, [ds.interactions])
+    return store.ingest(name or ds.name, ds.users, ds.items, [ds.interactions], ds.declared())
 
 
 def build_dataset(
@@ -462,8 +496,4 @@ def _check_cut(until: int | None, since: int | None) -> None:
         raise ValidationError("since", f"must be < until ({since} >= {until})")
 
 
-__all__ = [
-    "OfflineStore",
-    "build_dataset",
-    "ingest_dataset",
-]
+__all__ = ["OfflineStore", "build_dataset", "ingest_dataset"]

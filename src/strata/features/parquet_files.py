@@ -171,6 +171,15 @@ class ParquetFiles:
             self._check_parquet(con, f, INTERACTION_COLUMNS)
         return keep
 
+    def _read_json(self, uri: str) -> dict[str, Any] | None:
+        """A JSON object written by `_write_json`; None when the file does not exist."""
+        if not self._s3:
+            return json.loads(Path(uri).read_text()) if Path(uri).is_file() else None
+        with self._connect() as con:
+            if not self._exists(con, uri):
+                return None
+            return json.loads(str(scalar(con, f"SELECT content FROM read_text({sql_quote(uri)})")))
+
     def _write_json(self, dest: str, obj: dict[str, Any]) -> None:
         text = json.dumps(obj, indent=2, sort_keys=True, default=str)
         if not self._s3:

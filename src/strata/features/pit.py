@@ -10,10 +10,7 @@ from typing import TYPE_CHECKING
 from strata.features import definitions as defs
 from strata.features.definitions import FeatureParams
 from strata.features.parquet_files import scalar
-from strata.features.schema import (
-    ITEM_FEATURE_COLUMNS,
-    USER_FEATURE_COLUMNS,
-)
+from strata.features.schema import ITEM_FEATURE_COLUMNS, user_feature_columns
 
 if TYPE_CHECKING:
     import duckdb
@@ -52,7 +49,7 @@ def latest_sql(
             f"CREATE OR REPLACE TEMP VIEW behaviour AS {defs.USER_BEHAVIOUR.render(params)}"
         )
         static = "user_demographics"
-        cols = USER_FEATURE_COLUMNS
+        cols = user_feature_columns(params.event_types)
     else:
         con.execute(
             f"CREATE OR REPLACE TEMP VIEW behaviour AS {defs.ITEM_POPULARITY.render(params)}"

@@ -35,7 +35,8 @@ EVENT_KEY = "event_id"
 
 #: Maximum length of `user_recent_items` (ordered oldest -> newest).
 RECENT_ITEMS_N = 10
-#: Event types counted per user (mirrors `strata.datasets.base.EVENT_TYPES`).
+#: Event types counted per user by default (`strata.datasets.base.EVENT_TYPES`); a dataset with
+#: other types gets its own columns through `user_features(event_types)`.
 EVENT_TYPES = ("rating", "view", "click", "purchase")
 #: Default trailing windows (seconds); configurable per build, see `definitions.FeatureParams`.
 DEFAULT_USER_WINDOW_S = 30 * 86400
@@ -72,59 +73,71 @@ def _f(
     return FeatureSpec(name, entity, dtype, group, description, dim, default)
 
 
-USER_FEATURES: tuple[FeatureSpec, ...] = (
-    # demographics (static)
-    _f("user_age", "user", "int16", "user_demographics", "age in years (0 = unknown)", default=0),
-    _f("user_gender", "user", "string", "user_demographics", "gender code", default=""),
-    _f("user_occupation", "user", "string", "user_demographics", "occupation", default=""),
-    # behavioural, trailing user window strictly before the as-of time
-    _f("user_n_events", "user", "int64", "user_behaviour", "events in window", default=0),
-    *(
-        _f(f"user_n_{t}", "user", "int64", "user_behaviour", f"{t} events in window", default=0)
-        for t in EVENT_TYPES
-    ),
-    _f(
-        "user_mean_value",
-        "user",
-        "float64",
-        "user_behaviour",
-        "mean event value in window",
-        default=0.0,
-    ),
-    _f(
-        "user_top_genre",
-        "user",
-        "string",
-        "user_behaviour",
-        "most frequent item genre in window",
-        default="",
-    ),
-    _f(
-        "user_top_category",
-        "user",
-        "string",
-        "user_behaviour",
-        "most frequent item category in window",
-        default="",
-    ),
-    _f(
-        "user_recent_items",
-        "user",
-        "list<int64>",
-        "user_behaviour",
-        f"last {RECENT_ITEMS_N} item ids before the as-of time, oldest first (up to N)",
-        dim=RECENT_ITEMS_N,
-        default=[],
-    ),
-    _f(
-        "user_days_since_last",
-        "user",
-        "float64",
-        "user_behaviour",
-        "days since the user's previous event (all history); -1 when none",
-        default=-1.0,
-    ),
-)
+def user_features(event_types: tuple[str, ...] = EVENT_TYPES) -> tuple[FeatureSpec, ...]:
+    """The user feature columns of a dataset whose log holds `event_types` (one count each)."""
+    return (
+        # demographics (static)
+        _f(
+            "user_age",
+            "user",
+            "int16",
+            "user_demographics",
+            "age in years (0 = unknown)",
+            default=0,
+        ),
+        _f("user_gender", "user", "string", "user_demographics", "gender code", default=""),
+        _f("user_occupation", "user", "string", "user_demographics", "occupation", default=""),
+        # behavioural, trailing user window strictly before the as-of time
+        _f("user_n_events", "user", "int64", "user_behaviour", "events in window", default=0),
+        *(
+            _f(f"user_n_{t}", "user", "int64", "user_behaviour", f"{t} events in window", default=0)
+            for t in event_types
+        ),
+        _f(
+            "user_mean_value",
+            "user",
+            "float64",
+            "user_behaviour",
+            "mean event value in window",
+            default=0.0,
+        ),
+        _f(
+            "user_top_genre",
+            "user",
+            "string",
+            "user_behaviour",
+            "most frequent item genre in window",
+            default="",
+        ),
+        _f(
+            "user_top_category",
+            "user",
+            "string",
+            "user_behaviour",
+            "most frequent item category in window",
+            default="",
+        ),
+        _f(
+            "user_recent_items",
+            "user",
+            "list<int64>",
+            "user_behaviour",
+            f"last {RECENT_ITEMS_N} item ids before the as-of time, oldest first (up to N)",
+            dim=RECENT_ITEMS_N,
+            default=[],
+        ),
+        _f(
+            "user_days_since_last",
+            "user",
+            "float64",
+            "user_behaviour",
+            "days since the user's previous event (all history); -1 when none",
+            default=-1.0,
+        ),
+    )
+
+
+USER_FEATURES: tuple[FeatureSpec, ...] = user_features()
 
 ITEM_FEATURES: tuple[FeatureSpec, ...] = (
     # metadata (static)
@@ -151,11 +164,12 @@ ITEM_FEATURES: tuple[FeatureSpec, ...] = (
     ),
 )
 
+#: Context in the dataset's declared time zone (UTC unless declared; `features.localtime`).
 CONTEXT_FEATURES: tuple[FeatureSpec, ...] = (
-    _f("ctx_hour_sin", "context", "float64", "context", "sin(2*pi*seconds_of_day/86400), UTC"),
-    _f("ctx_hour_cos", "context", "float64", "context", "cos(2*pi*seconds_of_day/86400), UTC"),
-    _f("ctx_dow_sin", "context", "float64", "context", "sin(2*pi*dow/7), dow 0 = Monday, UTC"),
-    _f("ctx_dow_cos", "context", "float64", "context", "cos(2*pi*dow/7), dow 0 = Monday, UTC"),
+    _f("ctx_hour_sin", "context", "float64", "context", "sin(2*pi*seconds_of_day/86400)"),
+    _f("ctx_hour_cos", "context", "float64", "context", "cos(2*pi*seconds_of_day/86400)"),
+    _f("ctx_dow_sin", "context", "float64", "context", "sin(2*pi*dow/7), dow 0 = Monday"),
+    _f("ctx_dow_cos", "context", "float64", "context", "cos(2*pi*dow/7), dow 0 = Monday"),
     _f(
         "ctx_device",
         "context",
@@ -191,13 +205,24 @@ USER_FEATURE_COLUMNS: tuple[str, ...] = (USER_KEY, *(f.name for f in USER_FEATUR
 ITEM_FEATURE_COLUMNS: tuple[str, ...] = (ITEM_KEY, *(f.name for f in ITEM_FEATURES))
 ITEM_CONTENT_COLUMNS: tuple[str, ...] = (ITEM_KEY, *(f.name for f in CONTENT_FEATURES))
 
-#: `OfflineStore.training_set` columns, in order: event columns, context, user, item features.
-TRAINING_SET_COLUMNS: tuple[str, ...] = (
-    *EVENT_COLUMNS,
-    *(f.name for f in CONTEXT_FEATURES),
-    *(f.name for f in USER_FEATURES),
-    *(f.name for f in ITEM_FEATURES),
-)
+
+def user_feature_columns(event_types: tuple[str, ...] = EVENT_TYPES) -> tuple[str, ...]:
+    """User feature-table columns (key first) for a log of `event_types`."""
+    return (USER_KEY, *(f.name for f in user_features(event_types)))
+
+
+def training_set_columns(event_types: tuple[str, ...] = EVENT_TYPES) -> tuple[str, ...]:
+    """`OfflineStore.training_set` columns, in order: event columns, context, user, item
+    features."""
+    return (
+        *EVENT_COLUMNS,
+        *(f.name for f in CONTEXT_FEATURES),
+        *(f.name for f in user_features(event_types)),
+        *(f.name for f in ITEM_FEATURES),
+    )
+
+
+TRAINING_SET_COLUMNS: tuple[str, ...] = training_set_columns()
 
 ALL_FEATURES: tuple[FeatureSpec, ...] = (
     *USER_FEATURES,

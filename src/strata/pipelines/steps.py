@@ -83,7 +83,7 @@ def ingest(storage_uri: str, dataset: str, data_path: str = "", until: int = 0) 
         if until:
             # The history up to the cut; later events arrive through the event log.
             events = events[events["ts"] < until]
-        counts = OfflineStore(s).ingest(dataset, ds.users, ds.items, [events])
+        counts = OfflineStore(s).ingest(dataset, ds.users, ds.items, [events], ds.declared())
     return {"dataset": dataset, "until": until or None, **counts}
 
 
