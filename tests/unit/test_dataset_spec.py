@@ -188,13 +188,49 @@ def test_names_and_built_ins_are_protected(tmp_path: Path) -> None:
             register_spec(s, bad, _write(tmp_path, _spec()))
 
 
-def test_a_registered_spec_says_it_cannot_be_trained_yet(tmp_path: Path) -> None:
-    from strata.datasets import load
+def test_a_registered_spec_loads_as_a_dataset_with_dense_ids_and_the_owners_kept(
+    tmp_path: Path,
+) -> None:
+    from strata.datasets import known, load
 
-    _shop(tmp_path)
+    raw = _shop(tmp_path)
     s = Settings(home=tmp_path / "home")
     register_spec(s, "shop", _write(tmp_path, _spec()))
-    with pytest.raises(DataError, match=r"registered dataset spec.*not available yet"):
-        load("shop", settings=s)
+    ds = load("shop", settings=s)
+    assert "shop" in known(s)
+    # dense ids 1..n in the owner's id order, the owner's ids kept beside them
+    assert ds.items["item_id"].tolist() == list(range(1, N_ITEMS + 1))
+    assert ds.items["external_id"].tolist() == sorted(raw["products"]["sku"])
+    assert ds.users["external_id"].tolist() == sorted(raw["customers"]["customer"])
+    # the interaction with an unknown SKU is dropped; every other one maps back to its owner ids
+    ev = raw["events"].drop(index=5).reset_index(drop=True)
+    assert len(ds.interactions) == len(ev)
+    item_ext = dict(zip(ds.items["item_id"], ds.items["external_id"], strict=True))
+    user_ext = dict(zip(ds.users["user_id"], ds.users["external_id"], strict=True))
+    got = ds.interactions.sort_values("event_id", key=lambda c: c.str[1:].astype(int))
+    assert [item_ext[i] for i in got["item_id"]] == ev["sku"].tolist()
+    assert [user_ext[u] for u in got["user_id"]] == ev["customer"].tolist()
+    assert (got["ts"].to_numpy() == ev["ts_ms"].to_numpy() // 1000).all()
+    # event types as declared (wishlist is not a positive but still an event type)
+    assert set(ds.event_types) == {"view", "add_to_cart", "purchase", "wishlist"}
+    assert ds.positives == {"view": 0.2, "add_to_cart": 0.6, "purchase": 1.0}
+    # attributes: brand and each category level are tags, brand is the category, price numeric
+    row = ds.items.iloc[0]
+    product = raw["products"].set_index("sku").loc[row["external_id"]]
+    assert f"brand={product['brand']}" in row["genres"]
+    for level in product["category"].split(">"):
+        assert f"category={level}" in row["genres"]
+    assert row["category"] == product["brand"]
+    assert row["num_price"] == pytest.approx(product["price"])
+    assert ds.users["gender"].str.startswith("segment=").all()
     with pytest.raises(UnknownDatasetError, match="unknown dataset 'other'"):
         load("other", settings=s)
+
+
+def test_event_types_become_feature_safe_slugs() -> None:
+    from strata.datasets.spec_load import event_slug
+
+    assert event_slug("Add to cart") == "add_to_cart"
+    assert event_slug("  PURCHASE ") == "purchase"
+    assert event_slug("3d-view") == "t_3d_view"
+    assert len(event_slug("x" * 80)) <= 32

@@ -121,16 +121,29 @@ def data_info(
 @data_app.command("add")
 def data_add(
     name: Annotated[str, typer.Argument(help="Name to register the dataset under.")],
-    spec: Annotated[Path, typer.Option(help="Dataset spec (YAML): files, columns, attributes.")],
+    spec: Annotated[
+        Path | None, typer.Option(help="Dataset spec (YAML): files, columns, attributes.")
+    ] = None,
+    recbole: Annotated[
+        Path | None,
+        typer.Option(help="Instead of --spec: RecBole atomic files (dir/name -> name.inter...)."),
+    ] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the whole report as JSON.")
     ] = False,
 ) -> None:
     """Check a dataset spec and its files, report on the data, and register it (nothing is
     registered when a check fails: exit 2 naming the file, row and field)."""
+    from strata.datasets.recbole import register_recbole
     from strata.datasets.spec import register_spec
 
-    report = register_spec(settings(), name, spec)
+    if (spec is None) == (recbole is None):
+        raise typer.BadParameter("give exactly one of --spec and --recbole", param_hint="--spec")
+    if recbole is not None:
+        report = register_recbole(settings(), name, recbole)
+    else:
+        assert spec is not None
+        report = register_spec(settings(), name, spec)
     if as_json:
         print_json(report)
         return
@@ -142,6 +155,26 @@ def data_add(
         f"unknown user {it['rows_with_unknown_user']}, undeclared event type "
         f"{it['rows_with_undeclared_event_type']}; registered at {report['spec']}"
     )
+
+
+@data_app.command("generate")
+def data_generate(
+    out: Annotated[Path, typer.Option(help="Folder to write the files and spec.yaml into.")],
+    users: Annotated[int, typer.Option(min=1, help="Customers.")] = 400,
+    items: Annotated[int, typer.Option(min=1, help="Products.")] = 300,
+    events: Annotated[int, typer.Option(min=1, help="Events.")] = 12_000,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    images: Annotated[bool, typer.Option(help="Draw product images.")] = True,
+    zipf: Annotated[
+        float, typer.Option(min=0.0, help="Popularity fall-off (lower: taste matters more).")
+    ] = 1.0,
+) -> None:
+    """Write the synthetic world as a shop's files plus a dataset spec (then `strata data add`)."""
+    from strata.datasets.shop import write_shop
+
+    spec = write_shop(out, users, items, events, seed, images, zipf)
+    typer.echo(f"wrote a shop of {users} customers, {items} products, {events} events; "
+               f"spec: {spec}")  # fmt: skip
 
 
 @data_app.command("criteo-parquet")

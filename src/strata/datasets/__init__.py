@@ -1,4 +1,5 @@
-"""Dataset acquisition and parsing: MovieLens-100K, Criteo logs, synthetic worlds with known truth.
+"""Dataset acquisition and parsing: MovieLens-100K, Criteo logs, synthetic worlds with known truth,
+and datasets their owners declare with a spec (`strata data add`).
 
 `load(name)` is the one entry point the rest of strata uses for recommender datasets; the loaders
 are imported only when their dataset is asked for.
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
 
 DATASETS = ("movielens-100k", "synthetic")
 
-__all__ = ["DATASETS", "RecDataset", "fetch", "load", "validate"]
+__all__ = ["DATASETS", "RecDataset", "fetch", "known", "load", "validate"]
 
 
 def _settings(settings: Settings | None) -> Settings:
@@ -37,7 +38,8 @@ def load(
     """Load a recommender dataset by name as a validated `RecDataset`.
 
     "movielens-100k" reads `path` when given, else the cache (acquiring it when absent);
-    "synthetic" builds the small default world seeded by `settings.seed` (`path`/`images` unused).
+    "synthetic" builds the small default world seeded by `settings.seed` (`path`/`images` unused);
+    any other name is a dataset registered with `strata data add` (`spec_load`).
     """
     if name == "movielens-100k":
         from strata.datasets.movielens import load_movielens_100k
@@ -47,24 +49,23 @@ def load(
         from strata.datasets.synthetic import synthetic_dataset
 
         return synthetic_dataset(seed=_settings(settings).seed)
-    _not_loadable_yet(name, settings)
-    raise UnknownDatasetError(name, list(DATASETS))
+    from strata.datasets.spec_load import is_registered, load_registered
+
+    if is_registered(_settings(settings), name):
+        return load_registered(_settings(settings), name)
+    raise UnknownDatasetError(name, known(settings))
 
 
-def _not_loadable_yet(name: str, settings: Settings | None) -> None:
-    """A dataset registered with `strata data add` is checked and reported, but the feature
-    definitions and models do not yet take its declared attributes: say so instead of
-    calling the name unknown."""
-    from strata.datasets.spec import SPEC_FILE, dataset_dir
-    from strata.errors import DataError
+def known(settings: Settings | None = None) -> list[str]:
+    """The built-in datasets and those registered with `strata data add`."""
+    from strata.datasets.spec import dataset_dir
+    from strata.datasets.spec_load import is_registered
 
-    spec = dataset_dir(_settings(settings), name) / SPEC_FILE
-    if name and "/" not in name and spec.is_file():
-        raise DataError(
-            spec,
-            "a registered dataset spec (`strata data add`); building features and training "
-            "from a spec is not available yet: the built-in datasets are " + ", ".join(DATASETS),
-        )
+    s = _settings(settings)
+    root = dataset_dir(s, "x").parent
+    names = [p.name for p in root.iterdir()] if root.is_dir() else []
+    mine = sorted(n for n in names if is_registered(s, n))
+    return [*DATASETS, *mine]
 
 
 def fetch(name: str, path: Path | None = None, settings: Settings | None = None) -> Path | None:
@@ -75,4 +76,8 @@ def fetch(name: str, path: Path | None = None, settings: Settings | None = None)
         return fetch_movielens_100k(_settings(settings), path)
     if name == "synthetic":
         return None
-    raise UnknownDatasetError(name, list(DATASETS))
+    from strata.datasets.spec_load import is_registered
+
+    if is_registered(_settings(settings), name):
+        return None  # the owner's files stay where the spec points
+    raise UnknownDatasetError(name, known(settings))

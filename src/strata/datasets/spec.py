@@ -72,6 +72,9 @@ class TableSpec(_Strict):
 
     path: str = Field(min_length=1)
     format: Format | None = None  # default: from the file suffix
+    # CSV only: the field separator (default: detected) -- a declared one also turns quoting off,
+    # for tab-separated exports whose text fields contain quote characters (RecBole's)
+    delimiter: str | None = Field(default=None, min_length=1, max_length=1)
 
     def resolved(self, base: Path) -> str:
         """The path as DuckDB reads it: s3:// as given, relative to the spec's folder otherwise."""
@@ -99,6 +102,7 @@ class InteractionsSpec(TableSpec):
     timestamp_unit: Literal["s", "ms", "iso"] = "s"
     event_type: str | None = None  # column; absent: every row is one positive event type
     value: str | None = None  # optional numeric column (a rating, a quantity)
+    device: str | None = None  # optional column: the device of the event (context feature)
     positives: dict[str, float] = Field(default_factory=dict)  # event type -> weight
 
     @field_validator("positives")
@@ -204,8 +208,11 @@ def read_table(table: TableSpec, base: Path) -> pd.DataFrame:
     uri = table.resolved(base)
     if not uri.startswith("s3://") and not Path(uri).is_file():
         raise DataError(uri, "file does not exist")
+    delim = table.delimiter
     reader = {
-        "csv": "read_csv_auto(?, header = true)",
+        "csv": "read_csv_auto(?, header = true)"
+        if delim is None
+        else f"read_csv(?, header = true, delim = {_sql_str(delim)}, quote = '', escape = '')",
         "parquet": "read_parquet(?)",
         "jsonl": "read_json_auto(?, format = 'newline_delimited')",
     }[table.file_format()]
@@ -220,6 +227,10 @@ def read_table(table: TableSpec, base: Path) -> pd.DataFrame:
         raise DataError(uri, f"unreadable {table.file_format()}: {first}") from None
     finally:
         con.close()
+
+
+def _sql_str(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
 def _require(df: pd.DataFrame, cols: list[str], uri: str, section: str) -> None:
@@ -292,7 +303,7 @@ def check_spec(spec: DatasetSpec, base: Path) -> dict[str, Any]:
     inter_uri = it.resolved(base)
     inter = read_table(it, base)
     inter_cols = [it.user, it.item, it.timestamp]
-    inter_cols += [c for c in (it.event_type, it.value) if c is not None]
+    inter_cols += [c for c in (it.event_type, it.value, it.device) if c is not None]
     _require(inter, inter_cols, inter_uri, "interactions")
     for c in (it.user, it.item):
         if inter[c].isna().any():
