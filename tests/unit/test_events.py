@@ -39,7 +39,7 @@ def ev(i: int, user: int = 1, item: int | None = None, type_: str = "view", **kw
     [
         ({"user_id": "abc"}, "user_id"),
         ({"user_id": -1}, "user_id"),
-        ({"type": "like"}, "type"),
+        ({"type": "Like it"}, "type"),
         ({"event_id": ""}, "event_id"),
         ({"ts": None}, "ts"),
         ({"colour": "red"}, "colour"),

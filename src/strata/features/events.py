@@ -53,12 +53,13 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from pydantic import ValidationError as PydanticValidationError
 
+from strata.datasets.base import EVENT_TYPE_PATTERN, EVENT_TYPES
 from strata.errors import StoreUnavailableError, ValidationError
 from strata.features.online import (
     ActivityEvents,
@@ -85,7 +86,6 @@ def _direct(fn: Callable[..., T], *args: Any) -> T:
     return fn(*args)
 
 
-EventType = Literal["rating", "view", "click", "purchase"]
 ContextValue = str | int | float | StrictBool
 
 
@@ -97,7 +97,8 @@ class Event(BaseModel):
     event_id: str = Field(min_length=1, max_length=128)
     user_id: int = Field(ge=0)
     item_id: int = Field(ge=0)
-    type: EventType
+    # one of the dataset's event types (the serving app checks against the version's)
+    type: str = Field(pattern=EVENT_TYPE_PATTERN)
     ts: int = Field(ge=0)
     value: float = 1.0
     context: dict[str, ContextValue] = Field(default_factory=dict)
@@ -264,6 +265,7 @@ class EventIngestor:
         item_categories: Mapping[int, int] | None = None,
         log_name: str = "events",
         consumer: str | None = None,
+        event_types: tuple[str, ...] = EVENT_TYPES,
     ) -> None:
         from strata.features.bloom import open_bloom
 
@@ -273,6 +275,7 @@ class EventIngestor:
         self.activity: ActivityStore = open_activity_store(self.store)
         self.bloom = bloom if bloom is not None else open_bloom(settings.bloom, self.store)
         self.categories = item_categories
+        self.event_types = frozenset(event_types)  # what the served dataset's log may hold
         self.log = EventLog(settings.events_dir / f"{log_name}.jsonl")
         self.outbox = EventLog(settings.events_dir / f"{log_name}.outbox.jsonl")
         self.consumer = consumer or f"{socket.gethostname()}-{log_name}"
@@ -291,6 +294,9 @@ class EventIngestor:
         for i, rec in enumerate(records):
             try:
                 ev = parse_event(rec)
+                if ev.type not in self.event_types:
+                    raise ValidationError("type", f"{ev.type!r} is not one of "
+                                          f"{sorted(self.event_types)}")  # fmt: skip
             except ValidationError as exc:
                 report.reject(f"event {i}", exc)
                 continue

@@ -156,7 +156,7 @@ def query_features_from_rows(
 
     from strata.features.definitions import context_features_np
 
-    ctx_d = context_features_np(ts, device)
+    ctx_d = context_features_np(ts, device, space.meta.get("timezone", "UTC"))
     ctx = np.stack(
         [
             np.asarray(ctx_d[c])
@@ -183,6 +183,10 @@ def query_features_from_rows(
     user_num = np.stack(
         [log_count(n_ev), (mean_v / float(space.meta["value_scale"])).astype(np.float32)], axis=1
     ).astype(np.float32)
+    static = space.t.get("user_num")
+    if static is not None and static.shape[1]:
+        # declared numeric user attributes (static, by the user's catalog row; 0 when unknown)
+        user_num = np.concatenate([user_num, static[np.where(known, pos + 1, 0)]], axis=1)
     return QueryFeatures(
         user=uidx.astype(np.int64),
         age=age_b,
@@ -216,6 +220,29 @@ def query_features_from_frame(
 
 
 # --- feature space -------------------------------------------------------------------------------
+
+
+def declared_numerics(df: pd.DataFrame) -> list[np.ndarray]:
+    """The `num_<name>` columns of a declared dataset (`datasets.spec_load`), normalised: log1p
+    when no value is negative (prices, counts), then standardised; a missing value is the mean
+    (0), and a column with any missing value adds a 0/1 missing flag."""
+    out = []
+    for col in sorted(c for c in df.columns if str(c).startswith("num_")):
+        x = pd_float(df[col])
+        ok = ~np.isnan(x)
+        if ok.any() and (x[ok] >= 0).all():
+            x = np.log1p(x)
+        mean = float(x[ok].mean()) if ok.any() else 0.0
+        std = float(x[ok].std()) if ok.sum() > 1 else 1.0
+        out.append(np.where(ok, (x - mean) / max(std, 1e-6), 0.0))
+        if not ok.all():
+            out.append((~ok).astype(np.float64))
+    return out
+
+
+def pd_float(col: pd.Series) -> np.ndarray:
+    """A pandas column as float64 with NaN for missing (nullable dtypes included)."""
+    return col.astype("Float64").to_numpy(dtype=np.float64, na_value=np.nan)
 
 
 class FeatureSpace:
@@ -283,8 +310,13 @@ class FeatureSpace:
         ]
         if "price" in items.columns:
             num_cols.append(np.log1p(items["price"].fillna(0).to_numpy(np.float64).clip(min=0)))
+        num_cols += declared_numerics(items)
         item_num = np.zeros((ni + 1, len(num_cols)), np.float32)
         item_num[1:] = np.stack(num_cols, axis=1)
+        user_num = np.zeros((nu + 1, 0), np.float32)
+        if declared := declared_numerics(users):
+            user_num = np.zeros((nu + 1, len(declared)), np.float32)
+            user_num[1:] = np.stack(declared, axis=1)
 
         text, image, flags = cls._content_arrays(item_ids, content)
         meta = {
@@ -299,6 +331,10 @@ class FeatureSpace:
             "has_content": content is not None,
             "age_col": AGE_COL,
         }
+        # A declared dataset's own ids, aligned with user_ids / item_ids (`engine.ids.IdMap`).
+        for key, df in (("user_external", users), ("item_external", items)):
+            if "external_id" in df.columns:
+                meta[key] = df["external_id"].astype(str).tolist()
         tables: dict[str, np.ndarray] = {
             "user_idx": u_idx,
             "item_idx": i_idx,
@@ -308,6 +344,7 @@ class FeatureSpace:
             "text": text,
             "image": image,
             "flags": flags,
+            "user_num": user_num,
         }
         return cls(meta, tables)
 
@@ -409,7 +446,7 @@ class FeatureSpace:
             n_genres=self.n_genres,
             n_devices=len(self.meta["devices"]) + 1,
             hist_len=int(self.meta["hist_len"]),
-            user_num_dim=2,
+            user_num_dim=2 + (int(self.t["user_num"].shape[1]) if "user_num" in self.t else 0),
             item_num_dim=int(self.t["item_num"].shape[1]),
             text_dim=int(self.t["text"].shape[1]),
             image_dim=int(self.t["image"].shape[1]),

@@ -49,7 +49,7 @@ from starlette.concurrency import run_in_threadpool
 
 from strata.errors import NotFoundError, StoreUnavailableError, StrataError, ValidationError
 from strata.serving import pauses
-from strata.serving.bodies import RecommendBody, parse_events, recommendation_json
+from strata.serving.bodies import RecommendBody, parse_events, recommendation_json, request_user
 from strata.serving.errors import error_response, install_error_handlers
 from strata.serving.metrics import RequestMetrics, ServingMetrics
 from strata.serving.online import OnlineLink
@@ -119,7 +119,7 @@ PipelineDep = Annotated[RecommendationPipeline, Depends(_pipeline)]
 async def _serve_recommend(
     state: ServingState,
     pipe: RecommendationPipeline,
-    user_id: int | None,
+    user_id: int | str | None,
     k: int | None,
     device: str,
     ts: int | None,
@@ -133,13 +133,14 @@ async def _serve_recommend(
     per request (worse on an idle CPU) while concurrent worker threads convoy on the GIL's 5 ms
     switch interval once requests queue (bench/serve_load.py, README "Tail latency")."""
     kk = pipe.config.k_default if k is None else k
+    uid = request_user(pipe, user_id)
     if state.inline:
-        rec = pipe.recommend(user_id, kk, ts=ts, device=device, stage=stage, seed=seed)
+        rec = pipe.recommend(uid, kk, ts=ts, device=device, stage=stage, seed=seed)
     else:
-        rec = await run_in_threadpool(pipe.recommend, user_id, kk, ts=ts, device=device,
+        rec = await run_in_threadpool(pipe.recommend, uid, kk, ts=ts, device=device,
                                       stage=stage, seed=seed)  # fmt: skip
     state.metrics.observe(rec)
-    return JSONResponse(recommendation_json(rec, kk))
+    return JSONResponse(recommendation_json(rec, kk, pipe, user_id))
 
 
 # --- events ------------------------------------------------------------------------------------
@@ -176,7 +177,7 @@ def create_app(
         pipe = await asyncio.to_thread(RecommendationPipeline.load, settings, None, None, link)
         ingestor = EventIngestor(
             settings, store=link.store, bloom=link.bloom,
-            item_categories=pipe.catalog.categories(),
+            item_categories=pipe.catalog.categories(), event_types=pipe.event_types,
         )  # fmt: skip
         if settings.online.type == "memory" and store is None:
             # The embedded store starts empty: replay the durable event log (idempotent).
@@ -247,7 +248,14 @@ def _install_routes(app: FastAPI) -> None:
         request: Request,
         state: StateDep,
         pipe: PipelineDep,
-        user_id: Annotated[int | None, Query(ge=0)] = None,
+        user_id: Annotated[
+            str | None,
+            Query(
+                min_length=1,
+                max_length=256,
+                description="an integer >= 0, or the owner's id for a declared dataset",
+            ),
+        ] = None,
         k: Annotated[int | None, Query()] = None,
         device: Annotated[str, Query()] = "unknown",
         ts: Annotated[int | None, Query(ge=0)] = None,

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
 
 from strata.errors import ValidationError
 from strata.serving.service import Recommendation, RecommendationPipeline
@@ -21,20 +21,53 @@ class RecommendBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    user_id: StrictInt | None = Field(default=None, ge=0)
+    # an integer >= 0, or the owner's id (string or integer) for a declared dataset
+    user_id: StrictInt | StrictStr | None = None
     k: StrictInt | None = None
     device: StrictStr = "unknown"
     ts: StrictInt | None = Field(default=None, ge=0)
     stage: Literal["retrieval", "full"] = "full"
     seed: StrictInt | None = Field(default=None, ge=0, le=2**63 - 1)
 
+    @field_validator("user_id", mode="before")
+    @classmethod
+    def _id(cls, v: object) -> object:
+        # one message for the field instead of one per member of the union
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int | str)):
+            raise ValueError("expected an integer or a string id")
+        return v
 
-def recommendation_json(rec: Recommendation, k: int) -> dict[str, Any]:
-    """The /recommend response body."""
+
+def request_user(pipe: RecommendationPipeline, user_id: int | str | None) -> int | None:
+    """The dense user id of a request: the owner's id through the version's `IdMap` for a
+    declared dataset, else an integer >= 0 (ValidationError naming user_id otherwise)."""
+    if user_id is None:
+        return None
+    if pipe.ids is not None:
+        return pipe.ids.user(user_id)
+    try:
+        uid = int(user_id)
+    except ValueError:
+        raise ValidationError("user_id", "must be an integer >= 0") from None
+    if not 0 <= uid <= 2**63 - 1:
+        raise ValidationError("user_id", "must be an integer >= 0 (int64)")
+    return uid
+
+
+def recommendation_json(
+    rec: Recommendation, k: int, pipe: RecommendationPipeline | None = None,
+    user_id: int | str | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """The /recommend response body; with a declared dataset's pipeline, in the owner's ids
+    (`user_id` as the request gave it, item ids from the version's `IdMap`)."""
     ranker = rec.ranker_scores
+    ids = pipe.ids if pipe is not None else None
+    shown: list[Any] = (
+        ids.items_external(rec.item_ids) if ids is not None else [int(i) for i in rec.item_ids]
+    )
     items = [
         {
-            "item_id": int(i),
+            "item_id": shown[j],
             "score": float(s),
             "scores": {
                 "retrieval": float(r),
@@ -47,7 +80,7 @@ def recommendation_json(rec: Recommendation, k: int) -> dict[str, Any]:
         )
     ]  # fmt: skip
     return {
-        "user_id": rec.user_id,
+        "user_id": user_id if ids is not None else rec.user_id,
         "k": k,
         "items": items,
         "timings_ms": {name: round(ms, 4) for name, ms in rec.timings_ms.items()},
@@ -74,10 +107,19 @@ def parse_events(body: Any, pipe: RecommendationPipeline, max_events: int) -> li
     if len(raw) > max_events:
         raise ValidationError("body", f"{len(raw)} events; at most {max_events} per request")
     events = []
+    ids = pipe.ids
+    types = pipe.event_types
     for i, obj in enumerate(raw):
         where = "" if single else f"[{i}]"
         try:
-            events.append(parse_event(obj))
+            if ids is not None and isinstance(obj, dict):
+                # a declared dataset's events name the owner's ids
+                mapped = {"user_id": ids.user, "item_id": ids.item}
+                obj = {**obj, **{k: f(obj[k], k) for k, f in mapped.items() if k in obj}}
+            event = parse_event(obj)
+            if event.type not in types:
+                raise ValidationError("type", f"{event.type!r} is not one of {list(types)}")
+            events.append(event)
         except ValidationError as exc:
             name = f"{where}.{exc.field}" if where else exc.field
             raise ValidationError(name, exc.problem) from None

@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from strata.datasets.base import EVENT_TYPES
+from strata.engine.ids import IdMap
 from strata.engine.recommend import Result, Stage, StageTimer
 from strata.engine.stages import Retriever
 from strata.engine.version import ModelVersion
@@ -151,6 +153,8 @@ class RecommendationPipeline:
         self.index_info = index_info
         self.link = link
         self.catalog = CatalogCache(space, link)
+        self.ids = IdMap.of(space)  # the owner's ids of a declared dataset, else None
+        self.event_types: tuple[str, ...] = tuple(space.meta.get("event_types", EVENT_TYPES))
         self.engine = Engine(
             BackendModels(backend), index, LiveItems(space, self.catalog), mv.history,
             FreshItems.of(space, mv.item_ids, mv.item_embeddings), mv.score_weight,

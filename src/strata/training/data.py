@@ -92,7 +92,8 @@ def training_data(
 ) -> tuple[OfflineStore, TrainingData]:
     """Point-in-time training rows before `until` (default: after the last event) and catalog."""
     store = prepare_store(settings, dataset, images, tables)
-    rows = store.training_set(dataset, until=until)
+    rows = positive_rows(store.training_set(dataset, until=until),
+                         store.dataset_meta(dataset).get("positives"))  # fmt: skip
     if len(rows) == 0:
         where = "" if until is None else f" before {until}"
         raise ValidationError("--until" if until is not None else "dataset",
@@ -109,9 +110,23 @@ def load_dataset(settings: Settings, name: str, images: Path | None = None) -> R
     return load(name, images=images, settings=settings)
 
 
+def positive_rows(rows: pd.DataFrame, positives: dict[str, float] | None) -> pd.DataFrame:
+    """The training-set rows a model learns from, with a `weight` column: rows whose event type is
+    a declared positive, weighted as declared; every row with weight 1 when none are declared.
+    (Features still count every event: `user_n_<type>`, recent items, popularity.)"""
+    if not positives:
+        return rows.assign(weight=np.float32(1.0))
+    keep = rows[rows["event_type"].isin(list(positives))].reset_index(drop=True)
+    weights = keep["event_type"].map(positives).astype(np.float32)
+    return keep.assign(weight=weights.to_numpy(np.float32))
+
+
 def fit_space(store: OfflineStore, dataset: str, data: TrainingData) -> FeatureSpace:
     """Vocabularies on the catalog, ids known from the training rows, popularity as of the cut."""
     space = FeatureSpace.fit(data.users, data.items, data.rows, data.content)
+    params = store.params_for(dataset)
+    space.meta["event_types"] = list(params.event_types)  # what POST /events accepts
+    space.meta["timezone"] = params.timezone  # of the hour / day-of-week context
     items = store.latest_item_features(dataset, as_of=data.cut)
     space.set_item_popularity(items["item_id"].to_numpy(np.int64), items["item_n_events"])
     space.set_as_of(data.cut)
@@ -129,10 +144,14 @@ def retrieval_data(space: FeatureSpace, rows: pd.DataFrame) -> RetrievalData:
     counts = np.bincount(item_rows, minlength=len(space.item_ids) + 1).astype(np.float64)
     p = counts / max(counts.sum(), 1.0)
     log_q = np.log(np.maximum(p[item_rows], 1e-12)).astype(np.float32)
+    weight = (
+        rows["weight"].to_numpy(np.float32)
+        if "weight" in rows
+        else np.ones(len(item_rows), np.float32)
+    )
     return RetrievalData(
-        q, item_rows.astype(np.int64), log_q, np.ones(len(item_rows), np.float32), item_num,
-        rows["ts"].to_numpy(np.int64),
-    )  # fmt: skip
+        q, item_rows.astype(np.int64), log_q, weight, item_num, rows["ts"].to_numpy(np.int64)
+    )
 
 
 @dataclass(frozen=True)

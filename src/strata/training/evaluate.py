@@ -102,6 +102,10 @@ def temporal_split(ds: RecDataset, until: int) -> TemporalSplit:
     ts = inter["ts"].to_numpy(np.int64)
     train = inter[ts < until]
     test = inter[ts >= until]
+    if ds.positives:
+        # Targets are what the dataset trains on (e.g. purchases, add-to-carts); every event
+        # before the split still counts as seen, as the serving filter drops it.
+        test = test[test["event_type"].isin(list(ds.positives))]
     if train.empty or test.empty:
         lo, hi = (int(ts.min()), int(ts.max())) if len(ts) else (0, 0)
         raise ValidationError("until", f"{until} leaves an empty side; data spans {lo}..{hi}")
