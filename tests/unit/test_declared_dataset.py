@@ -19,6 +19,7 @@ from strata.datasets.shop import write_shop
 from strata.datasets.spec import register_spec
 from strata.engine.ids import NEW_USER_BASE, IdMap, new_user_id
 from strata.errors import DataError, ValidationError
+from strata.features.definitions import FeatureParams
 from strata.features.offline import OfflineStore, ingest_dataset
 from strata.models.space import FeatureSpace
 from strata.training.data import positive_rows
@@ -49,6 +50,17 @@ def test_user_features_count_the_datasets_own_event_types(shop: tuple[Settings, 
         got = feats[f"user_n_{t}"].reindex(want.index)
         assert (got == want[t]).all() and got.sum() > 0
     assert "user_n_rating" not in feats.columns
+    # the top value of each declared item attribute over the same window (ties: first by name)
+    brand = (
+        load("shop", settings=s)
+        .items.set_index("item_id")["genres"]
+        .map(lambda tags: next(t.split("=", 1)[1] for t in tags if t.startswith("brand=")))
+    )
+    counts = recent.assign(b=recent["item_id"].map(brand)).groupby(["user_id", "b"]).size()
+    top = counts.reset_index().sort_values(["user_id", 0, "b"], ascending=[True, False, True])
+    want_top = top.drop_duplicates("user_id").set_index("user_id")["b"]
+    assert (feats["user_pref_brand"].reindex(want_top.index) == want_top).all()
+    assert feats["user_pref_category"].ne("").any() and feats.columns.is_unique
     rows = store.training_set("shop")
     assert {"user_n_add_to_cart", "user_n_purchase", "user_n_view"} <= set(rows.columns)
 
@@ -64,6 +76,17 @@ def test_context_is_in_the_declared_time_zone(shop: tuple[Settings, Path]) -> No
     np.testing.assert_allclose(rows["ctx_hour_sin"], local["ctx_hour_sin"], atol=1e-9)
     utc = context_features_np(rows["ts"].to_numpy())
     assert not np.allclose(rows["ctx_hour_sin"], utc["ctx_hour_sin"])
+
+
+def test_declared_features_transpile_for_athena() -> None:
+    from strata.features.definitions import render_all
+
+    params = FeatureParams(event_types=("view", "add_to_cart"), item_attrs=("brand",),
+                           timezone="Europe/Berlin")  # fmt: skip
+    sql = render_all("athena", params)
+    assert "user_pref_brand" in sql["user_behaviour"]
+    assert "user_n_add_to_cart" in sql["training_set"]
+    assert "WHEN ts < 3150061200" in sql["context"]  # the zone's offset table (to 2070)
 
 
 def test_positives_are_weighted_and_other_events_only_feed_features() -> None:

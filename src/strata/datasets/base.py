@@ -53,11 +53,17 @@ class RecDataset:
     positives: dict[str, float] | None = None
     #: IANA time zone of the hour / day-of-week context.
     timezone: str = "UTC"
+    #: Declared item attributes whose values are `attr=value` tags in items.genres.
+    item_attributes: tuple[str, ...] = ()
 
     def declared(self) -> dict[str, object]:
         """What the offline store keeps about the log (`dataset.json`)."""
-        return {"event_types": list(self.event_types), "positives": self.positives,
-                "timezone": self.timezone}  # fmt: skip
+        return {
+            "event_types": list(self.event_types),
+            "positives": self.positives,
+            "timezone": self.timezone,
+            "item_attributes": list(self.item_attributes),
+        }
 
     def summary(self) -> dict[str, int]:
         """Row counts, as printed by `strata data info NAME --json`."""

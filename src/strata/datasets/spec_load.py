@@ -76,7 +76,9 @@ def load_registered(settings: Settings, name: str) -> RecDataset:
     inter = read_table(spec.interactions, base)
     users, user_map = _users(spec, base, inter)
     events, types, positives = _events(spec, base, inter, user_map, item_map)
-    return validate(RecDataset(name, users, items, events, types, positives, spec.timezone))
+    attrs = tuple(dict.fromkeys(attr_name(c) for c in [*spec.items.categorical,
+                                                       *spec.items.multi_categorical]))  # fmt: skip
+    return validate(RecDataset(name, users, items, events, types, positives, spec.timezone, attrs))
 
 
 def _dense(ext: pd.Series) -> dict[str, int]:
@@ -85,12 +87,14 @@ def _dense(ext: pd.Series) -> dict[str, int]:
 
 
 def attr_name(col: str) -> str:
-    """An attribute's name in tags and `num_` columns: the column, less a RecBole `:type`."""
-    return re.sub(r":(token|token_seq|float|float_seq)$", "", col)
+    """An attribute's name in tags, `num_` columns and `user_pref_<attr>` features: the column
+    (less a RecBole `:type`) as a slug."""
+    return event_slug(re.sub(r":(token|token_seq|float|float_seq)$", "", col))
 
 
 def _tags(df: pd.DataFrame, categorical: list[str], multi: dict[str, str]) -> list[list[str]]:
     """`attr=value` tags per row of the declared categoricals (missing values give none)."""
+    import numpy as np
     import pandas as pd
 
     out: list[list[str]] = [[] for _ in range(len(df))]
@@ -104,7 +108,8 @@ def _tags(df: pd.DataFrame, categorical: list[str], multi: dict[str, str]) -> li
         for r, v in enumerate(df[col].tolist()):
             if v is None or (isinstance(v, float) and pd.isna(v)):
                 continue
-            parts = v if isinstance(v, list | tuple) else str(v).split(sep)
+            # a list column (Parquet, JSON) as it is; text split on the declared separator
+            parts = list(v) if isinstance(v, list | tuple | np.ndarray) else str(v).split(sep)
             seen = dict.fromkeys(f"{a}={str(p).strip()}" for p in parts if str(p).strip())
             out[r].extend(t for t in seen if t not in out[r])
     return out

@@ -52,6 +52,8 @@ class FeatureParams:
     event_types: tuple[str, ...] = EVENT_TYPES
     #: IANA time zone of the hour / day-of-week context (the dataset's declared one).
     timezone: str = "UTC"
+    #: Declared item attributes (tags `attr=value` in items.genres): one `user_pref_<attr>` each.
+    item_attrs: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("user_window_s", "item_window_s", "recent_n", "tie_slack"):
@@ -63,6 +65,9 @@ class FeatureParams:
             raise ValidationError(
                 "event_types", f"need 1+ names matching {EVENT_TYPE_PATTERN}, got {bad or '[]'}"
             )
+        bad = [a for a in self.item_attrs if not re.match(EVENT_TYPE_PATTERN, str(a))]
+        if bad:
+            raise ValidationError("item_attrs", f"names must match {EVENT_TYPE_PATTERN}: {bad}")
 
 
 @dataclass(frozen=True)
@@ -93,7 +98,47 @@ class Definition:
             ),
             ub_type_cols="".join(f" ub.user_n_{t}," for t in types),
             local_ts=local_seconds_sql(p.timezone),
+            **_attr_sql(p.item_attrs, int(p.user_window_s)),
         ).strip()
+
+
+def _attr_sql(attrs: tuple[str, ...], window_s: int) -> dict[str, str]:
+    """The pieces of `user_behaviour` and `training_set` for `user_pref_<attr>` of each declared
+    item attribute: the most frequent value of that attribute over the user window (the
+    attribute's tags `attr=value` in items.genres; ties to the first by name)."""
+    if not attrs:
+        return {"attr_ctes": "", "attr_select": "", "attr_join": "", "ub_attr_cols": ""}
+    names = ", ".join(f"'{a}'" for a in attrs)  # names match EVENT_TYPE_PATTERN: safe in SQL
+    rows = ", ".join(f"('{a}')" for a in attrs)
+    tops = ", ".join(f"MAX(CASE WHEN attr = '{a}' THEN top END) AS top_{a}" for a in attrs)
+    ctes = f""",
+a AS (
+  -- one row per (past event, declared tag) plus one per (point, attribute)
+  SELECT CAST(NULL AS VARCHAR) AS point_id, h.user_id, h.ts, SPLIT_PART(t.tag, '=', 1) AS attr,
+         t.tag
+  FROM h CROSS JOIN UNNEST(h.genres) AS t(tag)
+  WHERE h.event_type IS NOT NULL AND SPLIT_PART(t.tag, '=', 1) IN ({names})
+  UNION ALL
+  SELECT h.point_id, h.user_id, h.ts, x.attr, CAST(NULL AS VARCHAR) AS tag
+  FROM h CROSS JOIN (VALUES {rows}) AS x(attr)
+  WHERE h.point_id IS NOT NULL
+),
+aw AS (
+  SELECT point_id, attr, MODE(tag ORDER BY tag) OVER (
+    PARTITION BY user_id, attr ORDER BY ts RANGE BETWEEN {window_s} PRECEDING AND 1 PRECEDING
+  ) AS top
+  FROM a
+),
+atop AS (SELECT point_id, {tops} FROM aw WHERE point_id IS NOT NULL GROUP BY point_id)"""
+    select = "".join(
+        f"\n  COALESCE(SUBSTR(atop.top_{a}, {len(a) + 2}), '') AS user_pref_{a}," for a in attrs
+    )
+    return {
+        "attr_ctes": ctes,
+        "attr_select": select,
+        "attr_join": "LEFT JOIN atop ON w.point_id = atop.point_id",
+        "ub_attr_cols": "".join(f" ub.user_pref_{a}," for a in attrs),
+    }
 
 
 USER_DEMOGRAPHICS = Definition(
@@ -193,14 +238,14 @@ gw AS (
   ) AS top_genre
   FROM g
 ),
-gt AS (SELECT point_id, top_genre FROM gw WHERE point_id IS NOT NULL)
+gt AS (SELECT point_id, top_genre FROM gw WHERE point_id IS NOT NULL){attr_ctes}
 SELECT
   w.point_id,
   CAST(COALESCE(w.n_events, 0) AS BIGINT) AS user_n_events,
 {type_cols},
   COALESCE(w.mean_value, 0.0) AS user_mean_value,
   COALESCE(gt.top_genre, '') AS user_top_genre,
-  COALESCE(w.top_category, '') AS user_top_category,
+  COALESCE(w.top_category, '') AS user_top_category,{attr_select}
   LIST_SLICE(
     w.tail,
     GREATEST(LEN(w.tail) - w.peer_rank - {recent_n} + 1, 1),
@@ -210,6 +255,7 @@ SELECT
     AS user_days_since_last
 FROM w
 LEFT JOIN gt ON w.point_id = gt.point_id
+{attr_join}
 WHERE w.point_id IS NOT NULL
 """,
 )
@@ -261,7 +307,7 @@ SELECT
   COALESCE(ud.user_gender, '') AS user_gender,
   COALESCE(ud.user_occupation, '') AS user_occupation,
   ub.user_n_events,{ub_type_cols}
-  ub.user_mean_value, ub.user_top_genre, ub.user_top_category, ub.user_recent_items,
+  ub.user_mean_value, ub.user_top_genre, ub.user_top_category,{ub_attr_cols} ub.user_recent_items,
   ub.user_days_since_last,
   COALESCE(im.item_year, CAST(0 AS SMALLINT)) AS item_year,
   COALESCE(im.item_category, '') AS item_category,

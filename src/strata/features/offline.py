@@ -84,7 +84,9 @@ class OfflineStore(ParquetFiles):
         """The store's feature parameters with the dataset's own event types and time zone."""
         meta = self.dataset_meta(dataset_name)
         types = tuple(meta.get("event_types", EVENT_TYPES))
-        return replace(self.params, event_types=types, timezone=meta.get("timezone", "UTC"))
+        attrs = tuple(meta.get("item_attributes", ()))
+        zone = meta.get("timezone", "UTC")
+        return replace(self.params, event_types=types, timezone=zone, item_attrs=attrs)
 
     # --- ingest -------------------------------------------------------------------------------
 
@@ -404,8 +406,9 @@ class OfflineStore(ParquetFiles):
         if entity not in ("user", "item"):
             raise ValidationError("entity", f"expected user or item, got {entity!r}")
         uri = f"{self.dataset_uri(dataset_name)}/features/{entity}_features.parquet"
+        p = self.params_for(dataset_name)
         cols = (
-            user_feature_columns(self.event_types(dataset_name))
+            user_feature_columns(p.event_types, p.item_attrs)
             if entity == "user"
             else ITEM_FEATURE_COLUMNS
         )

@@ -49,7 +49,7 @@ def latest_sql(
             f"CREATE OR REPLACE TEMP VIEW behaviour AS {defs.USER_BEHAVIOUR.render(params)}"
         )
         static = "user_demographics"
-        cols = user_feature_columns(params.event_types)
+        cols = user_feature_columns(params.event_types, params.item_attrs)
     else:
         con.execute(
             f"CREATE OR REPLACE TEMP VIEW behaviour AS {defs.ITEM_POPULARITY.render(params)}"

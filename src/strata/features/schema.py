@@ -73,8 +73,11 @@ def _f(
     return FeatureSpec(name, entity, dtype, group, description, dim, default)
 
 
-def user_features(event_types: tuple[str, ...] = EVENT_TYPES) -> tuple[FeatureSpec, ...]:
-    """The user feature columns of a dataset whose log holds `event_types` (one count each)."""
+def user_features(
+    event_types: tuple[str, ...] = EVENT_TYPES, item_attrs: tuple[str, ...] = ()
+) -> tuple[FeatureSpec, ...]:
+    """The user feature columns of a dataset whose log holds `event_types` (one count each) and
+    whose items declare `item_attrs` (the top value of each)."""
     return (
         # demographics (static)
         _f(
@@ -116,6 +119,17 @@ def user_features(event_types: tuple[str, ...] = EVENT_TYPES) -> tuple[FeatureSp
             "user_behaviour",
             "most frequent item category in window",
             default="",
+        ),
+        *(
+            _f(
+                f"user_pref_{a}",
+                "user",
+                "string",
+                "user_behaviour",
+                f"most frequent item {a} in window",
+                default="",
+            )
+            for a in item_attrs
         ),
         _f(
             "user_recent_items",
@@ -206,18 +220,23 @@ ITEM_FEATURE_COLUMNS: tuple[str, ...] = (ITEM_KEY, *(f.name for f in ITEM_FEATUR
 ITEM_CONTENT_COLUMNS: tuple[str, ...] = (ITEM_KEY, *(f.name for f in CONTENT_FEATURES))
 
 
-def user_feature_columns(event_types: tuple[str, ...] = EVENT_TYPES) -> tuple[str, ...]:
-    """User feature-table columns (key first) for a log of `event_types`."""
-    return (USER_KEY, *(f.name for f in user_features(event_types)))
+def user_feature_columns(
+    event_types: tuple[str, ...] = EVENT_TYPES, item_attrs: tuple[str, ...] = ()
+) -> tuple[str, ...]:
+    """User feature-table columns (key first) for a log of `event_types`, items with
+    `item_attrs`."""
+    return (USER_KEY, *(f.name for f in user_features(event_types, item_attrs)))
 
 
-def training_set_columns(event_types: tuple[str, ...] = EVENT_TYPES) -> tuple[str, ...]:
+def training_set_columns(
+    event_types: tuple[str, ...] = EVENT_TYPES, item_attrs: tuple[str, ...] = ()
+) -> tuple[str, ...]:
     """`OfflineStore.training_set` columns, in order: event columns, context, user, item
     features."""
     return (
         *EVENT_COLUMNS,
         *(f.name for f in CONTEXT_FEATURES),
-        *(f.name for f in user_features(event_types)),
+        *(f.name for f in user_features(event_types, item_attrs)),
         *(f.name for f in ITEM_FEATURES),
     )
 
