@@ -407,11 +407,8 @@ class OfflineStore(ParquetFiles):
             raise ValidationError("entity", f"expected user or item, got {entity!r}")
         uri = f"{self.dataset_uri(dataset_name)}/features/{entity}_features.parquet"
         p = self.params_for(dataset_name)
-        cols = (
-            user_feature_columns(p.event_types, p.item_attrs)
-            if entity == "user"
-            else ITEM_FEATURE_COLUMNS
-        )
+        user = user_feature_columns(p.event_types, p.item_attrs)
+        cols = user if entity == "user" else ITEM_FEATURE_COLUMNS
 
         def run(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
             self._check_parquet(con, uri, cols)
