@@ -43,7 +43,7 @@ from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Literal
 
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
@@ -296,12 +296,21 @@ def _install_routes(app: FastAPI) -> None:
         )  # fmt: skip
 
     @app.get("/items/{item_id}")
-    async def item(item_id: int, pipe: PipelineDep) -> JSONResponse:
-        """What the catalog knows about one item (404 when it is not in it)."""
-        info = pipe.catalog.item(item_id)
+    async def item(
+        item_id: Annotated[str, Path(min_length=1, max_length=256)], pipe: PipelineDep
+    ) -> JSONResponse:
+        """What the catalog knows about one item (404 when it is not in it); the owner's item
+        id for a declared dataset, else an integer."""
+        if pipe.ids is None and not item_id.isdigit():
+            raise ValidationError("item_id", "must be an integer >= 0")
+        try:
+            dense = pipe.ids.item(item_id) if pipe.ids is not None else int(item_id)
+        except ValidationError:
+            dense = None
+        info = pipe.catalog.item(dense) if dense is not None and dense < 2**63 else None
         if info is None:
             raise NotFoundError(f"item {item_id} is not in the catalog of {pipe.version}")
-        return JSONResponse(info)
+        return JSONResponse({**info, "item_id": item_id if pipe.ids is not None else dense})
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

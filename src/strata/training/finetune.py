@@ -65,7 +65,13 @@ def finetune(
     (promoted unless `promote=False`: pipelines promote only after its ANN index is built)."""
     from strata.models.infer import embed_queries
     from strata.registry import Registry
-    from strata.training.data import popularity_at, prepare_store, rank_data, retrieval_data
+    from strata.training.data import (
+        popularity_at,
+        positive_rows,
+        prepare_store,
+        rank_data,
+        retrieval_data,
+    )
     from strata.training.gates import finetune_gate
     from strata.training.loops import seed_everything
     from strata.training.recommender import load_recommender
@@ -78,8 +84,8 @@ def finetune(
     rec = load_recommender(settings, dataset)
     store = prepare_store(settings, dataset, tables=tables)
     # Point-in-time features of every event in the log (the offline store's training set), so
-    # recent events see their full history.
-    ev = store.training_set(dataset)
+    # recent events see their full history; the examples are the dataset's positives, weighted.
+    ev = positive_rows(store.training_set(dataset), store.dataset_meta(dataset).get("positives"))
     ts = ev["ts"].to_numpy(np.int64)
     new_idx = np.flatnonzero(ts >= since)
     if len(new_idx) < 10:
