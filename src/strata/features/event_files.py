@@ -43,13 +43,14 @@ def iter_jsonl(path: Path, report: IngestReport) -> Iterator[Any]:
 def ingest_file(settings: Settings, path: Path, ingestor: EventIngestor | None = None) -> dict:
     """Ingest a JSONL file of events in batches with a progress bar; returns the report dict."""
     # A batch job, off the request path: Valkey calls may take the bulk timeout.
-    if ingestor is None:
+    ing = ingestor
+    if ing is None:
         from strata.features.offline import OfflineStore
 
         # the served dataset's event types (what its offline log may hold)
         types = OfflineStore(settings).event_types(settings.serve.dataset)
         store = open_online_store(bulk_config(settings.online))
-    ing = ingestor or EventIngestor(settings, store=store, event_types=types)
+        ing = EventIngestor(settings, store=store, event_types=types)
     if ingestor is None and ing._stream is None:
         # Embedded mode starts empty in every process: rebuild the idempotency marks first.
         ing.recover()

@@ -301,7 +301,7 @@ def _install_routes(app: FastAPI) -> None:
     ) -> JSONResponse:
         """What the catalog knows about one item (404 when it is not in it); the owner's item
         id for a declared dataset, else an integer."""
-        if pipe.ids is None and not item_id.isdigit():
+        if pipe.ids is None and not (item_id.isascii() and item_id.isdigit()):
             raise ValidationError("item_id", "must be an integer >= 0")
         try:
             dense = pipe.ids.item(item_id) if pipe.ids is not None else int(item_id)
