@@ -225,6 +225,11 @@ def test_a_registered_spec_loads_as_a_dataset_with_dense_ids_and_the_owners_kept
     assert ds.users["gender"].str.startswith("segment=").all()
     with pytest.raises(UnknownDatasetError, match="unknown dataset 'other'"):
         load("other", settings=s)
+    # files edited after `data add`: a duplicate id is named again at load, nothing is built
+    products = raw["products"]
+    pd.concat([products, products.iloc[[3]]]).to_parquet(tmp_path / "products.parquet")
+    with pytest.raises(DataError, match=f"duplicate sku '{products['sku'].iloc[3]}'"):
+        load("shop", settings=s)
 
 
 def test_event_types_become_feature_safe_slugs() -> None:

@@ -280,7 +280,8 @@ def parse_timestamps(values: pd.Series, unit: str, uri: str, field: str) -> pd.S
     return secs.astype("int64")
 
 
-def _duplicates(df: pd.DataFrame, col: str, uri: str) -> None:
+def check_unique(df: pd.DataFrame, col: str, uri: str) -> None:
+    """DataError naming the first row whose `col` repeats an earlier row's."""
     import numpy as np
 
     dup = df[col].duplicated(keep="first").to_numpy()
@@ -314,7 +315,7 @@ def check_spec(spec: DatasetSpec, base: Path) -> dict[str, Any]:
     items_uri = spec.items.resolved(base)
     items = read_table(spec.items, base)
     _require(items, spec.items.columns(), items_uri, "items")
-    _duplicates(items, spec.items.id, items_uri)
+    check_unique(items, spec.items.id, items_uri)
     if spec.items.images_dir is not None:
         folder = Path(spec.items.images_dir)
         folder = folder if folder.is_absolute() else (base / folder)
@@ -327,7 +328,7 @@ def check_spec(spec: DatasetSpec, base: Path) -> dict[str, Any]:
         users_uri = spec.users.resolved(base)
         users = read_table(spec.users, base)
         _require(users, spec.users.columns(), users_uri, "users")
-        _duplicates(users, spec.users.id, users_uri)
+        check_unique(users, spec.users.id, users_uri)
 
     item_ids = set(items[spec.items.id].astype(str))
     unknown_item = ~inter[it.item].astype(str).isin(item_ids)

@@ -31,6 +31,7 @@ from strata.datasets.base import RecDataset, validate
 from strata.datasets.spec import (
     SPEC_FILE,
     DatasetSpec,
+    check_unique,
     dataset_dir,
     load_spec,
     parse_timestamps,
@@ -141,7 +142,9 @@ def _items(spec: DatasetSpec, base: Path) -> tuple[pd.DataFrame, dict[str, int]]
 
     s = spec.items
     uri = s.resolved(base)
-    raw = read_table(s, base).sort_values(s.id, kind="stable").reset_index(drop=True)
+    raw = read_table(s, base)
+    check_unique(raw, s.id, uri)  # again: the files may have changed since `data add`
+    raw = raw.sort_values(s.id, kind="stable").reset_index(drop=True)
     ext = raw[s.id].astype(str)
     ids = pd.Series(range(1, len(raw) + 1), dtype="int64")
 
@@ -214,7 +217,9 @@ def _users(
                 f"users.categorical: at most {MAX_USER_CATEGORICALS} are embedded by the query "
                 f"tower, got {len(u.categorical)}",
             )
-        raw = read_table(u, base).sort_values(u.id, kind="stable").reset_index(drop=True)
+        raw = read_table(u, base)
+        check_unique(raw, u.id, u.resolved(base))
+        raw = raw.sort_values(u.id, kind="stable").reset_index(drop=True)
         ext = raw[u.id].astype(str)
         cats = u.categorical
         nums = _numeric(raw, u.numeric, u.resolved(base))
