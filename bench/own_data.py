@@ -11,8 +11,8 @@ together); reports wall time per step and NDCG@10 / recall@10 per system.
 
 Part `movielens`: the GroupLens files of ../shared/data/ml-100k written as RecBole atomic files
 and registered with `data add --recbole` (every feature then comes from the declarations:
-tags, numerics, dense ids), against the built-in loader on the same split and training seed,
-text content only. Prints medians with the min-max spread over seeds and writes
+tags, numerics, dense ids), against the shipped movielens-100k spec on the same split and
+training seed, text content only. Prints medians with the min-max spread over seeds and writes
 bench/results/own_data.json (a run of one part keeps the other's results there).
 """
 
@@ -110,7 +110,7 @@ def _movielens_run(seed: int, root: Path, atomic: Path) -> dict[str, Any]:
 
     out: dict[str, Any] = {}
     until = quantile_ts(load("movielens-100k", path=ML100K), 0.8)
-    for kind, name in (("built-in loader", "movielens-100k"), ("declared (RecBole)", "ml-rb")):
+    for kind, name in (("shipped spec", "movielens-100k"), ("declared (RecBole)", "ml-rb")):
         s = Settings(home=root / f"ml-{seed}-{name}", seed=seed)
         path = ML100K if name == "movielens-100k" else None
         if name == "ml-rb":

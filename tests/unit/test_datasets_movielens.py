@@ -17,9 +17,11 @@ from strata.datasets import load
 from strata.datasets.movielens import (
     GROUPLENS_FILES,
     RECBOLE_FILES,
+    TABLES,
     cache_dir,
     download_grouplens,
     fetch_movielens_100k,
+    parse_movielens_100k,
     read_movielens_100k,
 )
 from strata.errors import DataError, UnknownDatasetError
@@ -60,15 +62,13 @@ def test_grouplens_layout_parses_to_contract(ml100k_dir: Path, posters_dir: Path
     assert inter["event_id"].is_unique
 
     users = ds.users.set_index("user_id")
-    assert users.loc[1, ["age", "gender", "occupation", "zip"]].tolist() == [
-        24,
-        "M",
-        "technician",
-        "85711",
-    ]
+    assert users.loc[1, ["age", "gender", "occupation"]].tolist() == [24, "M", "technician"]
     assert users["age"].dtype == np.int16
-    assert users["zip"].str.len().min() >= 5 - 1  # zip codes stay strings (leading zeros kept)
-    assert "05201" in set(users["zip"])
+    # zip codes are parsed as strings (leading zeros kept); no feature reads them, so the
+    # shipped spec does not carry them into the dataset
+    parsed = parse_movielens_100k(ml100k_dir).users
+    assert parsed["zip"].str.len().min() >= 5 - 1 and "05201" in set(parsed["zip"])
+    assert set(users["zip"]) == {""}
 
     items = ds.items.set_index("item_id")
     assert items.loc[1, "title"] == "Toy Story"
@@ -90,7 +90,8 @@ def test_recbole_wheel_fallback_matches_grouplens(ml100k_dir: Path, strata_home:
     settings = Settings()
     where = fetch_movielens_100k(settings, url=None)
     assert where == cache_dir(settings) == strata_home / "datasets" / "movielens-100k"
-    assert sorted(p.name for p in where.iterdir()) == sorted([*RECBOLE_FILES, "SOURCE.json"])
+    got = sorted(p.name for p in where.iterdir())
+    assert got == sorted([*RECBOLE_FILES, *TABLES, "SOURCE.json"])
     assert _leftovers(where.parent) == []
 
     rec = read_movielens_100k(where)
@@ -138,7 +139,7 @@ def test_http_zip_is_checksummed_and_cached(zip_server, strata_home: Path, ml100
     url, digest = zip_server
     settings = Settings()
     where = fetch_movielens_100k(settings, url=url, sha256=digest)
-    assert {p.name for p in where.iterdir()} == {*GROUPLENS_FILES, "SOURCE.json"}
+    assert {p.name for p in where.iterdir()} == {*GROUPLENS_FILES, *TABLES, "SOURCE.json"}
     assert not (strata_home / "datasets" / "evil.txt").exists()
     ds = read_movielens_100k(where)
     assert ds.interactions[KEY].equals(read_movielens_100k(ml100k_dir).interactions[KEY])

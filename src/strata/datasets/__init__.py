@@ -37,9 +37,10 @@ def load(
 ) -> RecDataset:
     """Load a recommender dataset by name as a validated `RecDataset`.
 
-    "movielens-100k" reads `path` when given, else the cache (acquiring it when absent);
-    "synthetic" builds the small default world seeded by `settings.seed` (`path`/`images` unused);
-    any other name is a dataset registered with `strata data add` (`spec_load`).
+    "movielens-100k" reads `path` when given, else the cache (acquiring it when absent), through
+    the spec shipped with the package; "synthetic" writes the small default world seeded by
+    `settings.seed` as files plus a spec and reads them back (`path`/`images` unused); any other
+    name is a dataset registered with `strata data add`. All three end in `spec_load`.
     """
     if name == "movielens-100k":
         from strata.datasets.movielens import load_movielens_100k

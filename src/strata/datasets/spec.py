@@ -42,6 +42,7 @@ Example (the README's "Use your own data" section has a complete one):
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -61,6 +62,15 @@ Format = Literal["csv", "parquet", "jsonl"]
 _SUFFIX_FORMAT = {".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".pq": "parquet",
                   ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}  # fmt: skip
 _EXAMPLES = 5  # rows quoted in a report entry
+
+
+def event_slug(value: object) -> str:
+    """An event type as a feature-name-safe slug: lower case, [a-z0-9_], starting with a letter,
+    at most 32 characters (`Add to cart` -> `add_to_cart`)."""
+    s = re.sub(r"[^a-z0-9]+", "_", str(value).strip().lower()).strip("_")
+    if not s or not s[0].isalpha():
+        s = f"t_{s}"
+    return s[:32].rstrip("_")
 
 
 class _Strict(BaseModel):
@@ -103,6 +113,9 @@ class InteractionsSpec(TableSpec):
     event_type: str | None = None  # column; absent: every row is one positive event type
     value: str | None = None  # optional numeric column (a rating, a quantity)
     device: str | None = None  # optional column: the device of the event (context feature)
+    event_id: str | None = None  # optional column: a stable id per event (default: row number)
+    # every event type the log and live events may carry (default: the types in the log)
+    event_types: list[str] = Field(default_factory=list)
     positives: dict[str, float] = Field(default_factory=dict)  # event type -> weight
 
     @field_validator("positives")
@@ -115,9 +128,20 @@ class InteractionsSpec(TableSpec):
 
     @model_validator(mode="after")
     def _types_need_a_column(self) -> InteractionsSpec:
-        if self.positives and self.event_type is None:
-            raise ValueError("positives name event types: declare the event_type column")
+        if (self.positives or self.event_types) and self.event_type is None:
+            raise ValueError(
+                "positives and event_types name event types: declare the event_type column"
+            )
+        vocab = {event_slug(t) for t in self.event_types}
+        outside = [t for t in self.positives if vocab and event_slug(t) not in vocab]
+        if outside:
+            raise ValueError(f"positives {outside} are not among event_types")
         return self
+
+    def columns(self) -> list[str]:
+        """Every column the spec reads."""
+        cols = [self.user, self.item, self.timestamp, self.event_type, self.value, self.device]
+        return list(dict.fromkeys(c for c in [*cols, self.event_id] if c is not None))
 
 
 class ItemsSpec(TableSpec):
@@ -127,7 +151,11 @@ class ItemsSpec(TableSpec):
     text: list[str] = Field(default_factory=list)  # fields joined and embedded
     categorical: list[str] = Field(default_factory=list)
     multi_categorical: dict[str, str] = Field(default_factory=dict)  # column -> separator
+    # column -> separator: labels used as they are (no `attr=`), e.g. genres; the first is the
+    # category when no categorical is declared
+    tags: dict[str, str] = Field(default_factory=dict)
     numeric: list[str] = Field(default_factory=list)
+    year: str | None = None  # column: the year the item dates from (release, launch)
     image_column: str | None = None  # a path or URL-free file name per item
     images_dir: str | None = None  # or a folder of <item id>.jpg
 
@@ -139,8 +167,9 @@ class ItemsSpec(TableSpec):
 
     def columns(self) -> list[str]:
         """Every column the spec reads, id first."""
-        cols = [self.id, *self.text, *self.categorical, *self.multi_categorical, *self.numeric]
-        return list(dict.fromkeys(cols + ([self.image_column] if self.image_column else [])))
+        cols: list[str | None] = [self.id, *self.text, *self.categorical, *self.multi_categorical]
+        cols += [*self.tags, *self.numeric, self.year, self.image_column]
+        return list(dict.fromkeys(c for c in cols if c is not None))
 
 
 class UsersSpec(TableSpec):
@@ -149,9 +178,11 @@ class UsersSpec(TableSpec):
     id: str
     categorical: list[str] = Field(default_factory=list)
     numeric: list[str] = Field(default_factory=list)
+    age: str | None = None  # column: age in years (the query tower's age bucket)
 
     def columns(self) -> list[str]:
-        return list(dict.fromkeys([self.id, *self.categorical, *self.numeric]))
+        cols = [self.id, *self.categorical, *self.numeric, self.age]
+        return list(dict.fromkeys(c for c in cols if c is not None))
 
 
 class DatasetSpec(_Strict):
@@ -239,7 +270,7 @@ def _require(df: pd.DataFrame, cols: list[str], uri: str, section: str) -> None:
             raise DataError(uri, f"{section}: no column {c!r}; the file has {list(df.columns)}")
 
 
-def _row(i: int, uri: str) -> str:
+def row_label(i: int, uri: str) -> str:
     """Row `i` (0-based) as an editor shows it: the line number in CSV (after the header) and
     JSON lines, the 1-based row in Parquet."""
     return (
@@ -270,7 +301,8 @@ def parse_timestamps(values: pd.Series, unit: str, uri: str, field: str) -> pd.S
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         raise DataError(
-            uri, f"{_row(i, uri)}: {field} {_shown(values.iloc[i])} is not a timestamp in {unit!r}"
+            uri,
+            f"{row_label(i, uri)}: {field} {_shown(values.iloc[i])} is not a timestamp in {unit!r}",
         )
     if unit == "iso":
         # Whatever unit pandas picked for the parsed times; naive times are read as UTC.
@@ -287,7 +319,7 @@ def check_unique(df: pd.DataFrame, col: str, uri: str) -> None:
     dup = df[col].duplicated(keep="first").to_numpy()
     if dup.any():
         i = int(np.flatnonzero(dup)[0])
-        raise DataError(uri, f"{_row(i, uri)}: duplicate {col} {_shown(df[col].iloc[i])}")
+        raise DataError(uri, f"{row_label(i, uri)}: duplicate {col} {_shown(df[col].iloc[i])}")
 
 
 def _missing(df: pd.DataFrame, cols: list[str]) -> dict[str, int]:
@@ -303,13 +335,12 @@ def check_spec(spec: DatasetSpec, base: Path) -> dict[str, Any]:
     it = spec.interactions
     inter_uri = it.resolved(base)
     inter = read_table(it, base)
-    inter_cols = [it.user, it.item, it.timestamp]
-    inter_cols += [c for c in (it.event_type, it.value, it.device) if c is not None]
+    inter_cols = it.columns()
     _require(inter, inter_cols, inter_uri, "interactions")
     for c in (it.user, it.item):
         if inter[c].isna().any():
             i = int(np.flatnonzero(inter[c].isna().to_numpy())[0])
-            raise DataError(inter_uri, f"{_row(i, inter_uri)}: {c} is empty")
+            raise DataError(inter_uri, f"{row_label(i, inter_uri)}: {c} is empty")
     ts = parse_timestamps(inter[it.timestamp], it.timestamp_unit, inter_uri, it.timestamp)
 
     items_uri = spec.items.resolved(base)
@@ -343,6 +374,15 @@ def check_spec(spec: DatasetSpec, base: Path) -> dict[str, Any]:
         types = {str(k): int(v) for k, v in counts.items()}
         if it.positives:
             undeclared = sum(n for t, n in types.items() if t not in it.positives)
+        vocab = {event_slug(t) for t in it.event_types}
+        outside = ~inter[it.event_type].astype(str).map(event_slug).isin(vocab)
+        if vocab and outside.any():
+            i = int(np.flatnonzero(outside.to_numpy())[0])
+            raise DataError(
+                inter_uri,
+                f"{row_label(i, inter_uri)}: {it.event_type} "
+                f"{_shown(inter[it.event_type].iloc[i])} is not among event_types {sorted(vocab)}",
+            )
     report: dict[str, Any] = {
         "interactions": {
             "file": inter_uri,
@@ -359,6 +399,7 @@ def check_spec(spec: DatasetSpec, base: Path) -> dict[str, Any]:
             .head(_EXAMPLES)
             .tolist(),
             "missing": _missing(inter, inter_cols),
+            "duplicate_event_ids": int(inter[it.event_id].duplicated().sum()) if it.event_id else 0,
         },
         "items": {
             "file": items_uri,

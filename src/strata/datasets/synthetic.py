@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -85,6 +86,17 @@ EVENT_DEVICES = ("mobile", "desktop", "tv")
 FUNNEL = ("view", "click", "purchase")
 START_TS = 1_704_067_200  # 2024-01-01T00:00:00Z
 _TO_DATASET_LIMIT = 5_000_000
+#: The spec `SyntheticWorld.write` puts next to its files.
+SPEC = {
+    "interactions": {"path": "events.parquet", "event_id": "event_id", "user": "user_id",
+                     "item": "item_id", "timestamp": "ts", "event_type": "event_type",
+                     "event_types": ["rating", *FUNNEL], "value": "value", "device": "device"},
+    "items": {"path": "items.parquet", "id": "item_id", "text": ["title", "description"],
+              "tags": {"genres": "|"}, "year": "year", "numeric": ["price"]},
+    "users": {"path": "users.parquet", "id": "user_id", "age": "age",
+              "categorical": ["gender", "occupation"]},
+    "timezone": "UTC",
+}  # fmt: skip
 _SUB_BATCH = 32_768  # events per vectorised step: bounds the (B, K, D) candidate tensor
 
 
@@ -228,8 +240,38 @@ class SyntheticWorld:
         for lo in range(0, self.n_events, self.chunk_size):
             yield self._events(lo, min(lo + self.chunk_size, self.n_events))
 
+    def write(self, folder: Path) -> Path:
+        """Write the world as a declared dataset: `users.parquet`, `items.parquet`,
+        `events.parquet` (streamed chunk by chunk, any size) and the `spec.yaml` that declares
+        them (`strata data add NAME --spec <folder>/spec.yaml`). Returns the spec's path."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+        import yaml
+
+        from strata.atomic import atomic_path, atomic_write_text
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, df in (("users", self.users), ("items", self.items)):
+            with atomic_path(folder / f"{name}.parquet") as tmp:
+                df.drop(columns=["image_path"], errors="ignore").to_parquet(tmp, index=False)
+        with atomic_path(folder / "events.parquet") as tmp:
+            writer = None
+            for chunk in self.iter_events():
+                table = pa.Table.from_pandas(chunk, preserve_index=False)
+                writer = writer or pq.ParquetWriter(tmp, table.schema)
+                writer.write_table(table)
+            if writer is None:  # no events: an empty file with the log's columns
+                pq.write_table(pa.Table.from_pandas(self._events(0, 0), preserve_index=False), tmp)
+            else:
+                writer.close()
+        atomic_write_text(folder / "spec.yaml", yaml.safe_dump(SPEC, sort_keys=False))
+        return folder / "spec.yaml"
+
     def to_dataset(self) -> RecDataset:
-        """All events in memory as a validated `RecDataset` (small worlds only)."""
+        """All events in memory as a validated `RecDataset` (small worlds only); the world's own
+        tables, with its hidden extras (`price`, `device_habit`). `load("synthetic")` takes the
+        declared path instead (`write`)."""
         import pandas as pd
 
         if self.n_events > _TO_DATASET_LIMIT:
@@ -377,5 +419,12 @@ def recsys_world(
 
 
 def synthetic_dataset(seed: int = 0) -> RecDataset:
-    """The small default world behind `load("synthetic")`: 1,000 users, 2,000 items, 50k events."""
-    return recsys_world(1_000, 2_000, 50_000, seed=seed).to_dataset()
+    """The small default world behind `load("synthetic")`, 1,000 users, 2,000 items, 50k events,
+    by the path every dataset takes: written as files plus a spec, read through the spec."""
+    import tempfile
+
+    from strata.datasets.spec_load import load_declared
+
+    world = recsys_world(1_000, 2_000, 50_000, seed=seed)
+    with tempfile.TemporaryDirectory(prefix="strata-synthetic-") as tmp:
+        return load_declared("synthetic", world.write(Path(tmp)))
