@@ -94,6 +94,9 @@ class EventsConfig(_Strict):
     batch_size: int = Field(default=1000, ge=1)
     stream: str = "events"
     group: str = "strata-ingest"
+    # This replica's name when several serve one dataset (Kubernetes: the pod name): its event
+    # log, outbox and stream consumer are then its own (`events.<replica>.jsonl`); None = alone.
+    replica: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
 # --- ctr -----------------------------------------------------------------------------------
@@ -348,6 +351,9 @@ class ServeConfig(_Strict):
     store_backoff_min_s: float = Field(default=0.05, gt=0.0)
     store_backoff_max_s: float = Field(default=0.5, gt=0.0)
     catalog_refresh_s: float = Field(default=2.0, gt=0.0)  # item feature-version poll period
+    # Every replica follows the registry's serving pointer: woken at once by a notification
+    # through the online store, and polling the pointer this often as the fallback.
+    follow_poll_s: float = Field(default=2.0, gt=0.0)
     # Where /recommend runs: on the event loop ("inline"), in the threadpool ("thread"), or
     # "auto": inline with in-process inference (ONNX Runtime), threads with a remote server.
     dispatch: Literal["auto", "inline", "thread"] = "auto"

@@ -90,21 +90,36 @@ def events_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
     return df.drop_duplicates("event_id", keep="first").reset_index(drop=True)
 
 
-def land_events(settings: Settings, dataset: str, log_name: str = "events") -> int:
-    """Append logged events not yet landed to the offline store; returns rows handed over.
+def event_logs(settings: Settings, log_name: str = "events") -> list[Path]:
+    """Every event log in `events_dir`: the single process's `<log_name>.jsonl` and each
+    replica's `<log_name>.<replica>.jsonl` (outboxes are not logs: they drain into them)."""
+    folder = settings.events_dir
+    if not folder.is_dir():
+        return []
+    logs = list(folder.glob(f"{log_name}.jsonl"))
+    logs += [p for p in folder.glob(f"{log_name}.*.jsonl") if not p.name.endswith(".outbox.jsonl")]
+    return sorted(logs)
 
-    The landed byte offset is kept in `<events_dir>/<log_name>.landed-<dataset>` and replaced
-    atomically after `OfflineStore.append_events` (idempotent by event_id) succeeded, so a crash
-    in between only re-sends events the offline store then ignores.
+
+def land_events(settings: Settings, dataset: str, log_name: str = "events") -> int:
+    """Append logged events not yet landed, from every replica's log, to the offline store;
+    returns rows handed over.
+
+    Each log's landed byte offset is kept in `<events_dir>/<log file stem>.landed-<dataset>` and
+    replaced atomically after `OfflineStore.append_events` (idempotent by event_id) succeeded, so
+    a crash in between only re-sends events the offline store then ignores; an event logged by
+    two replicas (posted to both) lands once for the same reason.
     """
     from strata.features.offline import OfflineStore
 
-    elog = EventLog(settings.events_dir / f"{log_name}.jsonl")
-    mark = settings.events_dir / f"{log_name}.landed-{dataset}"
-    offset = int(mark.read_text()) if mark.exists() else 0
-    records, end = elog.read(offset)
-    if not records:
-        return 0
-    OfflineStore(settings).append_events(dataset, events_frame(records))
-    atomic_write_text(mark, str(end))
-    return len(records)
+    total = 0
+    for path in event_logs(settings, log_name):
+        mark = path.with_name(f"{path.name.removesuffix('.jsonl')}.landed-{dataset}")
+        offset = int(mark.read_text()) if mark.exists() else 0
+        records, end = EventLog(path, writer=False).read(offset)
+        if not records:
+            continue
+        OfflineStore(settings).append_events(dataset, events_frame(records))
+        atomic_write_text(mark, str(end))
+        total += len(records)
+    return total

@@ -163,10 +163,13 @@ class IngestReport:
 class EventLog:
     """Append-only JSONL log with fsync per append; a torn tail from a crash is cut on open."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, writer: bool = True) -> None:
+        """`writer=False` opens another process's log for reading: its torn tail may be a
+        write in progress, so it is skipped by `read`, never cut."""
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._repair()
+        if writer:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._repair()
 
     def _repair(self) -> None:
         if not self.path.exists():
@@ -276,9 +279,13 @@ class EventIngestor:
         self.bloom = bloom if bloom is not None else open_bloom(settings.bloom, self.store)
         self.categories = item_categories
         self.event_types = frozenset(event_types)  # what the served dataset's log may hold
-        self.log = EventLog(settings.events_dir / f"{log_name}.jsonl")
-        self.outbox = EventLog(settings.events_dir / f"{log_name}.outbox.jsonl")
-        self.consumer = consumer or f"{socket.gethostname()}-{log_name}"
+        # Replicas sharing events_dir each write their own log and outbox (a file appended by
+        # several processes, on a network volume above all, can interleave or lose records).
+        replica = self.config.replica
+        name = log_name if replica is None else f"{log_name}.{replica}"
+        self.log = EventLog(settings.events_dir / f"{name}.jsonl")
+        self.outbox = EventLog(settings.events_dir / f"{name}.outbox.jsonl")
+        self.consumer = consumer or f"{replica or socket.gethostname()}-{log_name}"
         # Valkey mode hands events over through a stream (no network until first use, so an
         # ingestor can be built while the store is down); the embedded mode logs directly.
         opener = getattr(self.store, "event_stream", None)

@@ -6,14 +6,16 @@ share a client, a model or a metric. Endpoints:
 
     GET  /recommend?user_id=&k=&device=&ts=&stage=&seed=   POST /recommend (JSON)
     POST /events            one event object or a JSON array of them (online-layer semantics)
-    GET  /items/{item_id}   GET /healthz (process up)   GET /readyz (models + store reachable)
+    GET  /items/{item_id}   GET /healthz (process up)   GET /readyz (models loaded; degraded?)
     GET  /metrics           Prometheus, one CollectorRegistry per app
     POST /admin/reload      bearer token; swaps to the registry's serving version atomically
+                            and signals the other replicas (each follows the pointer anyway)
 
 Bad input is a 422 naming the field (`detail[0].field`), never a 500. The online store never
 causes a 500 or a hung request either: every store call has the short serving timeout and goes
-through the `StoreBreaker`; /recommend then serves degraded (200), /readyz says 503 with the
-reason, and any other store failure is a 503 with `Retry-After`. The app starts with the store
+through the `StoreBreaker`; /recommend then serves degraded (200), /readyz stays 200 and says
+`degraded` with the reason (a store outage must not take every replica out of the Service at
+once), and any other store failure is a 503 with `Retry-After`. The app starts with the store
 down and recovers by itself: a background task probes the store while the breaker is open, so it
 is used again within about `store_backoff_max_s` plus one timeout of its return, with or without
 traffic.
@@ -51,6 +53,7 @@ from strata.errors import NotFoundError, StoreUnavailableError, StrataError, Val
 from strata.serving import pauses
 from strata.serving.bodies import RecommendBody, parse_events, recommendation_json, request_user
 from strata.serving.errors import error_response, install_error_handlers
+from strata.serving.follow import announce, follow, serving_signal
 from strata.serving.metrics import RequestMetrics, ServingMetrics
 from strata.serving.online import OnlineLink
 from strata.serving.service import RecommendationPipeline
@@ -59,9 +62,12 @@ if TYPE_CHECKING:
     from strata.config import Settings
     from strata.features.events import EventIngestor
     from strata.features.online import OnlineStore
+    from strata.features.online.signals import ValkeySignals
 
 log = logging.getLogger(__name__)
 
+#: Seconds before a follower tries again to load a version that failed to load.
+_RETRY_FAILED_S = 30.0
 GET_RECOMMEND_PARAMS = frozenset({"user_id", "k", "device", "ts", "stage", "seed"})
 
 
@@ -78,6 +84,8 @@ class ServingState:
     ingestor: EventIngestor
     pipeline: RecommendationPipeline
     metrics: ServingMetrics
+    signals: ValkeySignals | None = None  # replicas' notifications (None: embedded, alone)
+    failed: tuple[str, float] = ("", 0.0)  # the last version that failed to load, and when
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     started: float = field(default_factory=time.time)
 
@@ -163,13 +171,19 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with pauses.watched(metrics.registry), _serving(app) as state:
-            refresher = asyncio.create_task(_online_upkeep(state))
+            name = serving_signal(state.pipeline.dataset)
+            poll_s = settings.serve.follow_poll_s
+            tasks = [
+                asyncio.create_task(_online_upkeep(state)),
+                asyncio.create_task(follow(lambda: _follow(state), state.signals, name, poll_s)),
+            ]
             try:
                 yield
             finally:
-                refresher.cancel()
-                with suppress(asyncio.CancelledError):
-                    await refresher
+                for task in tasks:
+                    task.cancel()
+                    with suppress(asyncio.CancelledError):
+                        await task
 
     @asynccontextmanager
     async def _serving(app: FastAPI) -> AsyncIterator[ServingState]:
@@ -183,7 +197,9 @@ def create_app(
             # The embedded store starts empty: replay the durable event log (idempotent).
             n = await asyncio.to_thread(ingestor.recover)
             log.info("replayed %d logged events into the embedded store", n)
-        state = ServingState(settings, link, ingestor, pipe, metrics)
+        from strata.features.online.signals import open_signals
+
+        state = ServingState(settings, link, ingestor, pipe, metrics, open_signals(link.store))
         metrics.set_model(pipe)
         # Everything long-lived is loaded (the CTR runtime too, when mounted): freeze it.
         pauses.settle(settings.gc)
@@ -192,6 +208,8 @@ def create_app(
             yield state
         finally:
             app.state.serving = None
+            if state.signals is not None:
+                state.signals.close()
             if store is None:
                 link.close()
 
@@ -319,27 +337,30 @@ def _install_routes(app: FastAPI) -> None:
 
     @app.get("/readyz")
     def readyz(request: Request) -> JSONResponse:
-        """Models loaded and the online store reachable (readiness); 503 with reasons if not."""
+        """Readiness: the models are loaded and answer (503 with reasons while they are not,
+        so it also serves as the startup probe). An unreachable online store is `degraded`, not
+        unready: every replica keeps serving from snapshots instead of all leaving the Service."""
         state: ServingState | None = getattr(request.app.state, "serving", None)
         if state is None:
             return JSONResponse({"ready": False, "reasons": ["not started"]}, status_code=503)
         pipe = state.pipeline
-        reasons = []
+        reasons, degraded = [], []
         health = pipe.backend.health()
         if not health.ok:
             reasons.append(health.detail)
         try:
             state.link.health()
         except StoreUnavailableError as exc:
-            reasons.append(f"online store: {exc}")
+            degraded.append(f"online store: {exc}")
         body = {
             "ready": not reasons,
+            "degraded": bool(degraded),
             "model_version": pipe.version,
             "dataset": pipe.dataset,
             "index": pipe.index_info,
             "items": len(pipe.catalog),
             "item_feature_version": pipe.catalog.feature_version,
-            "reasons": reasons,
+            "reasons": reasons + degraded,
         }
         return JSONResponse(body, status_code=200 if not reasons else 503)
 
@@ -353,34 +374,61 @@ def _install_routes(app: FastAPI) -> None:
 
     @app.post("/admin/reload")
     async def reload(request: Request, state: StateDep) -> JSONResponse:
-        """Swap to the registry's serving version: build fully, then replace the reference."""
+        """Swap to the registry's serving version (build fully, then replace the reference) and
+        signal the other replicas, which follow the same pointer."""
         _check_admin(request, state)
-        async with state.reload_lock:
-            old = state.pipeline
-            t0 = time.perf_counter()
-            try:
-                new = await asyncio.to_thread(
-                    RecommendationPipeline.load, state.settings, old.dataset, None, state.link
-                )
-            except StrataError as exc:
-                state.metrics.reloads.labels("failed").inc()
-                log.warning("reload failed, still serving %s: %s", old.version, exc)
-                return error_response(
-                    409, None, f"reload failed, still serving {old.version}: {exc}"
-                )
-            state.pipeline = new  # the atomic swap; in-flight requests keep `old`
-            state.ingestor.categories = new.catalog.categories()
-            state.metrics.set_model(new)
-            state.metrics.reloads.labels("ok").inc()
-            previous = old.version
-            del old  # the last reference this handler holds: its garbage is found just below
-            # The new version's objects out of the collector's reach (see strata.serving.pauses).
-            await asyncio.to_thread(pauses.settle, state.settings.gc)
-        log.info("reloaded %s -> %s", previous, new.version)
-        return JSONResponse(
-            {"previous": previous, "version": new.version,
-             "seconds": round(time.perf_counter() - t0, 3)}
-        )  # fmt: skip
+        try:
+            out = await _reload(state)
+        except StrataError as exc:
+            current = state.pipeline.version
+            return error_response(409, None, f"reload failed, still serving {current}: {exc}")
+        await asyncio.to_thread(
+            announce, state.signals, serving_signal(state.pipeline.dataset), str(out["version"])
+        )
+        return JSONResponse(out)
+
+
+async def _reload(state: ServingState) -> dict[str, object]:
+    """Load the registry's serving version off the loop and swap it in; StrataError (counted,
+    logged) when it cannot be loaded, the old version still serving."""
+    async with state.reload_lock:
+        old = state.pipeline
+        t0 = time.perf_counter()
+        try:
+            new = await asyncio.to_thread(
+                RecommendationPipeline.load, state.settings, old.dataset, None, state.link
+            )
+        except StrataError as exc:
+            state.metrics.reloads.labels("failed").inc()
+            log.warning("reload failed, still serving %s: %s", old.version, exc)
+            raise
+        state.pipeline = new  # the atomic swap; in-flight requests keep `old`
+        state.ingestor.categories = new.catalog.categories()
+        state.metrics.set_model(new)
+        state.metrics.reloads.labels("ok").inc()
+        previous = old.version
+        del old  # the last reference this handler holds: its garbage is found just below
+        # The new version's objects out of the collector's reach (see strata.serving.pauses).
+        await asyncio.to_thread(pauses.settle, state.settings.gc)
+    log.info("reloaded %s -> %s", previous, new.version)
+    return {"previous": previous, "version": new.version,
+            "seconds": round(time.perf_counter() - t0, 3)}  # fmt: skip
+
+
+async def _follow(state: ServingState) -> None:
+    """Reload when the registry's serving pointer names another version than the one served."""
+    from strata.registry import Registry
+
+    registry = Registry(state.settings.registry_dir, state.pipeline.dataset)
+    target = await asyncio.to_thread(registry.serving)
+    if target is None or target == state.pipeline.version or state.reload_lock.locked():
+        return
+    if state.failed[0] == target and time.monotonic() - state.failed[1] < _RETRY_FAILED_S:
+        return  # a version that would not load: tried again after a while, not every poll
+    try:
+        await _reload(state)
+    except StrataError:  # counted and logged by _reload
+        state.failed = (target, time.monotonic())
 
 
 def _check_admin(request: Request, state: ServingState) -> None:

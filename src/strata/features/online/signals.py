@@ -1,0 +1,103 @@
+"""Signals between replicas through the online store: Valkey pub/sub.
+
+A replica that changes what the cluster serves (POST /admin/reload after a promotion, a CTR
+retrain promoting a version) publishes on a named channel, and every replica subscribed to it is
+woken at once. Pub/sub is fire and forget: a replica disconnected at that moment misses the
+message. So a signal only makes a follower fast; each follower also polls the source of truth
+(the registry's `serving` pointer) slowly and converges without it. The embedded store has no
+peers: `open_signals` gives None there, and followers poll only.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from contextlib import suppress
+from typing import TYPE_CHECKING, Any
+
+from strata.errors import StoreUnavailableError
+
+if TYPE_CHECKING:
+    from strata.config import ValkeyOnlineConfig
+    from strata.features.online import OnlineStore
+
+log = logging.getLogger(__name__)
+
+#: Seconds one listen wait lasts, so a stop request is seen within it.
+_WAIT_S = 0.5
+_BACKOFF_MAX_S = 2.0
+
+
+class ValkeySignals:
+    """Publish to and listen on `<key_prefix>:signal:<name>` channels of one Valkey."""
+
+    def __init__(self, config: ValkeyOnlineConfig) -> None:
+        import redis
+
+        self.config = config
+        self._errors = (redis.exceptions.RedisError, OSError)
+        timeout = max(config.timeout_ms / 1000.0, 1.0)
+        self._client: Any = redis.Redis.from_url(
+            config.url, socket_timeout=timeout, socket_connect_timeout=timeout
+        )
+
+    def channel(self, name: str) -> str:
+        return f"{self.config.key_prefix}:signal:{name}"
+
+    def publish(self, name: str, message: str) -> int:
+        """Send `message` to every listener of `name`; returns how many received it.
+        StoreUnavailableError when the store cannot be reached."""
+        try:
+            return int(self._client.publish(self.channel(name), message))
+        except self._errors as exc:
+            raise StoreUnavailableError(f"signal {name}: {exc}") from exc
+
+    def listen(
+        self, names: list[str], on_message: Callable[[str, str], None], stop: threading.Event
+    ) -> threading.Thread:
+        """Call `on_message(name, message)` for every message on `names` until `stop` is set,
+        on a daemon thread that reconnects (backoff up to 2 s) whenever the store goes away."""
+        by_channel = {self.channel(n): n for n in names}
+
+        def run() -> None:
+            backoff = 0.1
+            while not stop.is_set():
+                sub = self._client.pubsub(ignore_subscribe_messages=True)
+                try:
+                    sub.subscribe(*by_channel)
+                    backoff = 0.1
+                    while not stop.is_set():
+                        msg = sub.get_message(timeout=_WAIT_S)
+                        if msg and msg.get("type") == "message":
+                            chan = _text(msg["channel"])
+                            on_message(by_channel.get(chan, chan), _text(msg["data"]))
+                except Exception as exc:
+                    # A lost connection surfaces as RedisError/OSError, or as a TypeError from
+                    # the client's parser once its socket is gone; all mean "reconnect".
+                    if not stop.is_set():
+                        log.debug("signal listener: %r; reconnecting in %.1f s", exc, backoff)
+                        stop.wait(backoff)
+                        backoff = min(backoff * 2, _BACKOFF_MAX_S)
+                finally:
+                    with suppress(Exception):
+                        sub.close()
+
+        thread = threading.Thread(target=run, name="strata-signals", daemon=True)
+        thread.start()
+        return thread
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def open_signals(store: OnlineStore) -> ValkeySignals | None:
+    """Signals over `store` when it is a Valkey (peers can exist), else None (embedded)."""
+    from strata.config import ValkeyOnlineConfig
+
+    config = getattr(store, "config", None)
+    return ValkeySignals(config) if isinstance(config, ValkeyOnlineConfig) else None

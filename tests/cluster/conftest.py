@@ -1,0 +1,170 @@
+"""A real cluster on loopback: one private Valkey, `strata serve` replicas as separate processes
+sharing one STRATA_HOME (the shared volume) and the online store, and a round-robin TCP balancer
+in front (`Balancer`: each connection goes to the next replica that accepts it, as a Kubernetes
+Service with kube-proxy or haproxy's roundrobin would send it)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.integration.conftest import PrivateValkey
+from tests.unit.serving_support import DATASET, TOKEN, free_port, serving_settings
+
+START_TIMEOUT_S = 180.0
+
+
+class Replica:
+    """One `strata serve` process."""
+
+    def __init__(self, name: str, home: Path, valkey_url: str, log_dir: Path) -> None:
+        self.name = name
+        self.home = home
+        self.valkey_url = valkey_url
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log_dir / f"{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {
+            **os.environ,
+            "STRATA_HOME": str(self.home),
+            "STRATA_SERVE__ADMIN_TOKEN": TOKEN,
+            "STRATA_SERVE__CANDIDATES": "50",
+            "STRATA_SERVE__FOLLOW_POLL_S": "1.0",
+            "STRATA_EVENTS__REPLICA": self.name,
+        }
+        cmd = [sys.executable, "-m", "strata.cli", "serve", "--dataset", DATASET,
+               "--port", str(self.port), "--online", self.valkey_url]  # fmt: skip
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout_s: float = START_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited: {self.log.read_text()[-2000:]}")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"{self.name} not ready: {self.log.read_text()[-2000:]}")
+
+    def version(self) -> str:
+        return str(httpx.get(self.url + "/readyz", timeout=5).json()["model_version"])
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+class Balancer:
+    """Round-robin TCP proxy on a loopback port, on its own thread and event loop."""
+
+    def __init__(self, backends: list[int]) -> None:
+        self.backends = backends
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._next = itertools.cycle(range(len(backends)))
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for _ in range(len(self.backends)):  # a replica that refuses is skipped
+            port = self.backends[next(self._next)]
+            try:
+                up_r, up_w = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                continue
+            await asyncio.gather(self._pipe(reader, up_w), self._pipe(up_r, writer))
+            return
+        writer.close()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        server = self._loop.run_until_complete(
+            asyncio.start_server(self._handle, "127.0.0.1", self.port)
+        )
+        self._ready.set()
+        try:
+            self._loop.run_forever()
+        finally:
+            server.close()
+
+    def __enter__(self) -> Balancer:
+        self._thread.start()
+        self._ready.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+
+class Cluster:
+    def __init__(self, home: Path, valkey: PrivateValkey, replicas: list[Replica], lb: Balancer):
+        self.home, self.valkey, self.replicas, self.lb = home, valkey, replicas, lb
+
+    @property
+    def settings(self):
+        return serving_settings(self.home)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """3 serving replicas behind the balancer, on one shared home and one Valkey."""
+    root = tmp_path_factory.mktemp("cluster")
+    home = root / "shared"
+    serving_settings(home)  # the trained `tiny` registry copied onto the shared volume
+    (root / "vk").mkdir()
+    valkey = PrivateValkey(root / "vk")
+    valkey.start()
+    replicas = [Replica(f"r{i}", home, valkey.url, root) for i in range(3)]
+    try:
+        for r in replicas:
+            r.start()
+        for r in replicas:
+            r.wait_ready()
+        with Balancer([r.port for r in replicas]) as lb:
+            yield Cluster(home, valkey, replicas, lb)
+    finally:
+        for r in replicas:
+            r.stop()
+        if valkey.proc is not None:
+            valkey.signal(signal.SIGCONT)
+        valkey.stop()
