@@ -247,8 +247,11 @@ def materialize_users(s: Settings, ds_name: str, url: str) -> int:
     return len(snap)
 
 
-def start_server(s: Settings, ds_name: str, url: str, port: int) -> subprocess.Popen[bytes]:
+def start_server(
+    s: Settings, ds_name: str, url: str, port: int, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     env = {**os.environ, "STRATA_HOME": str(s.home), "STRATA_SERVE__CANDIDATES": str(N_CANDIDATES)}
+    env |= extra_env or {}
     if s.training.epochs != TrainingConfig().epochs:
         env["STRATA_TRAINING__EPOCHS"] = str(s.training.epochs)
     proc = subprocess.Popen(

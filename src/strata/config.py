@@ -97,6 +97,9 @@ class EventsConfig(_Strict):
     # This replica's name when several serve one dataset (Kubernetes: the pod name): its event
     # log, outbox and stream consumer are then its own (`events.<replica>.jsonl`); None = alone.
     replica: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+    # Stream entries pending this long on a consumer (a replica that died holding them) are
+    # taken over and logged by the next replica that consumes.
+    claim_idle_s: float = Field(default=30.0, gt=0.0)
 
 
 # --- ctr -----------------------------------------------------------------------------------
@@ -176,6 +179,10 @@ class CtrServeConfig(_Strict):
     shutdown_wait_s: float = Field(default=30.0, ge=0.0)  # wait for a running retrain on exit
     # PSI over top-k/quantile bins is biased upward on small samples: report it from 1000 rows.
     min_drift_rows: int = Field(default=1000, ge=1)  # recent labelled rows for feature PSI
+    # Cluster mode (a Valkey online store): how long a prediction waits there for its label, and
+    # the retrain lease (renewed while a retrain runs; expires this long after its holder died).
+    feedback_ttl_s: int = Field(default=86_400, ge=1)
+    lease_s: float = Field(default=30.0, gt=0.0)
 
 
 class CtrConfig(_Strict):

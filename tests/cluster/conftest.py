@@ -1,23 +1,20 @@
 """A real cluster on loopback: one private Valkey, `strata serve` replicas as separate processes
 sharing one STRATA_HOME (the shared volume) and the online store, and a round-robin TCP balancer
-in front (`Balancer`: each connection goes to the next replica that accepts it, as a Kubernetes
-Service with kube-proxy or haproxy's roundrobin would send it)."""
+in front (`bench.balancer.Balancer`, shared with `bench/cluster_load.py`)."""
 
 from __future__ import annotations
 
-import asyncio
-import itertools
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from bench.balancer import Balancer
 
 from tests.integration.conftest import PrivateValkey
 from tests.unit.serving_support import DATASET, TOKEN, free_port, serving_settings
@@ -26,10 +23,20 @@ START_TIMEOUT_S = 180.0
 
 
 class Replica:
-    """One `strata serve` process."""
+    """One `strata serve` (or, `ctr=True`, `strata ctr serve`) process; `env` adds settings."""
 
-    def __init__(self, name: str, home: Path, valkey_url: str, log_dir: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        home: Path,
+        valkey_url: str,
+        log_dir: Path,
+        ctr: bool = False,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.name = name
+        self.ctr = ctr
+        self.extra_env = env or {}
         self.home = home
         self.valkey_url = valkey_url
         self.port = free_port()
@@ -45,9 +52,14 @@ class Replica:
             "STRATA_SERVE__CANDIDATES": "50",
             "STRATA_SERVE__FOLLOW_POLL_S": "1.0",
             "STRATA_EVENTS__REPLICA": self.name,
+            **self.extra_env,
         }
-        cmd = [sys.executable, "-m", "strata.cli", "serve", "--dataset", DATASET,
-               "--port", str(self.port), "--online", self.valkey_url]  # fmt: skip
+        if self.ctr:
+            env |= {"STRATA_ONLINE__TYPE": "valkey", "STRATA_ONLINE__URL": self.valkey_url}
+            cmd = [sys.executable, "-m", "strata.cli", "ctr", "serve", "--port", str(self.port)]
+        else:
+            cmd = [sys.executable, "-m", "strata.cli", "serve", "--dataset", DATASET,
+                   "--port", str(self.port), "--online", self.valkey_url]  # fmt: skip
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
 
@@ -58,7 +70,8 @@ class Replica:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited: {self.log.read_text()[-2000:]}")
             try:
-                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
+                probe = "/ctr/status" if self.ctr else "/readyz"
+                if httpx.get(self.url + probe, timeout=1).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
@@ -66,6 +79,8 @@ class Replica:
         raise TimeoutError(f"{self.name} not ready: {self.log.read_text()[-2000:]}")
 
     def version(self) -> str:
+        if self.ctr:
+            return str(httpx.get(self.url + "/ctr/status", timeout=5).json()["version"])
         return str(httpx.get(self.url + "/readyz", timeout=5).json()["model_version"])
 
     def kill(self) -> None:
@@ -80,60 +95,6 @@ class Replica:
                 self.proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 self.kill()
-
-
-class Balancer:
-    """Round-robin TCP proxy on a loopback port, on its own thread and event loop."""
-
-    def __init__(self, backends: list[int]) -> None:
-        self.backends = backends
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._next = itertools.cycle(range(len(backends)))
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            writer.close()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        for _ in range(len(self.backends)):  # a replica that refuses is skipped
-            port = self.backends[next(self._next)]
-            try:
-                up_r, up_w = await asyncio.open_connection("127.0.0.1", port)
-            except OSError:
-                continue
-            await asyncio.gather(self._pipe(reader, up_w), self._pipe(up_r, writer))
-            return
-        writer.close()
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        server = self._loop.run_until_complete(
-            asyncio.start_server(self._handle, "127.0.0.1", self.port)
-        )
-        self._ready.set()
-        try:
-            self._loop.run_forever()
-        finally:
-            server.close()
-
-    def __enter__(self) -> Balancer:
-        self._thread.start()
-        self._ready.wait(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
 
 
 class Cluster:

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,8 @@ import pytest
 
 from strata.config import Settings, ValkeyOnlineConfig
 from strata.features.events import Event, EventIngestor
-from strata.features.online.valkey import ValkeyEventStream, ValkeyOnlineStore
+from strata.features.online.valkey import ValkeyOnlineStore
+from strata.features.online.valkey_stream import ValkeyEventStream
 
 pytestmark = pytest.mark.integration
 
@@ -100,3 +102,28 @@ def test_acknowledged_events_survive_sigkill(strata_home: Path, valkey_config) -
     assert set(acked) <= set(logged)
     counts = ing.activity.activity(np.arange(5)).values["n_view"]
     assert counts.sum() == len(set(logged))
+
+
+def test_entries_left_by_a_replica_that_died_are_taken_over(
+    strata_home: Path, valkey_config
+) -> None:
+    """Replicas share the consumer group: entries a replaced pod read and never logged are
+    claimed, once idle for `events.claim_idle_s`, by the next replica that consumes (its own
+    log), not left pending under a name that never comes back."""
+    store = ValkeyOnlineStore(valkey_config)
+    stream = store.event_stream("events", "strata-ingest")
+    stream.ensure_group()
+    stream.add([Event.model_validate(ev(i)).model_dump_json() for i in range(4)])
+    assert len(stream.read("pod-gone", ">", 10, None)) == 4  # read, then the pod died
+    base = _settings(valkey_config)
+    quick = base.model_copy(
+        update={"events": base.events.model_copy(update={"replica": "b", "claim_idle_s": 0.2})}
+    )
+    ing = EventIngestor(quick)
+    assert ing.consume() == 0 and stream.pending() == 4  # not idle long enough yet
+    time.sleep(0.3)  # idle now, and the next look (at most every claim_idle_s / 2) is due
+    assert ing.consume() == 4
+    assert ing.log.path.name == "events.b.jsonl"
+    assert sorted(r["event_id"] for r in ing.log.read()[0]) == ["v0", "v1", "v2", "v3"]
+    assert stream.pending() == 0
+    store.close()

@@ -148,7 +148,8 @@ def test_ctr_hpa_scales_the_ctr_deployment_on_its_predict_latency() -> None:
     )["rules"]
     (rule,) = [r for r in rules if r["name"]["as"] == metric]
     # The rule reads the histogram and the endpoint label that the CTR API exports.
-    src = (ROOT / "src" / "strata" / "serving" / "ctr_api.py").read_text()
+    serving = ROOT / "src" / "strata" / "serving"
+    src = (serving / "ctr_api.py").read_text() + (serving / "ctr_runtime.py").read_text()
     hist = re.search(r"\^(\w+)_bucket\$", rule["name"]["matches"])
     assert hist and f'"{hist.group(1)}"' in src
     assert 'endpoint="predict"' in rule["metricsQuery"]

@@ -5,12 +5,17 @@ CLI: each command forwards to one library function."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from strata.cli.common import print_json, settings
+
+if TYPE_CHECKING:
+    from strata.ctr.service import CtrService
+    from strata.serving.ctr_runtime import RetrainFactory
 
 # --- ctr -----------------------------------------------------------------------------------
 
@@ -77,7 +82,17 @@ def ctr_serve(
     """Serve only the CTR API (/ctr/predict, /ctr/feedback, /ctr/status, /metrics)."""
     from strata.serving.ctr_api import serve_ctr
 
-    serve_ctr(settings(), host, port)
+    s = settings()
+    factory: RetrainFactory | None = None
+    if s.pipelines.kfp_host:
+        # Drift submits the `ctr-retrain` pipeline to KFP (the lease keeps it to one run per
+        # cluster); every replica then follows the version it promotes.
+        from strata.pipelines.runner import make_ctr_retrain
+
+        def factory(service: CtrService) -> Callable[[], dict[str, Any]]:
+            return make_ctr_retrain(service, s)
+
+    serve_ctr(s, host, port, retrain_factory=factory)
 
 
 # --- index ---------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """The CTR serving core: predict, feedback, monitor and hot reload as plain library calls.
 
 The HTTP layer (`/ctr/predict`, `/ctr/feedback`, metrics) is a thin wrapper over `CtrService`.
-Predictions get increasing integer ids; a fixed-size ring buffer maps an id to the features and
-probability it was served with, so feedback (the true label) can be joined without a database.
-Labelled rows feed the rolling-AUC monitor and a bounded buffer of recent training rows.
+Predictions get increasing integer ids; the live state (`strata.ctr.state`: the process's own
+rings, or the cluster's in the online store) maps an id to the features and probability it was
+served with, so feedback (the true label) can be joined, on any replica in a cluster. Labelled
+rows feed the rolling-AUC window and a bounded buffer of recent training rows.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ import numpy as np
 from strata.config import CtrConfig, Settings
 from strata.ctr.artifacts import CTR_META, MODEL_ONNX, PREPROCESS, reference_auc
 from strata.ctr.preprocess import CtrBatch, CtrPreprocessor
-from strata.errors import DataError, ValidationError
+from strata.errors import DataError, StoreUnavailableError, ValidationError
 from strata.monitoring.drift import DriftDecision, RollingAucMonitor
 
 if TYPE_CHECKING:
+    from strata.ctr.state import CtrState
     from strata.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -90,37 +92,39 @@ class FeedbackResult:
     decision: DriftDecision
 
 
+#: First id of a cluster replica's own predictions while the online store is away (below 2^53,
+#: so JSON clients keep them exact; the store's ids count up from 1 and never get there).
+LOCAL_IDS = 1 << 52
+
+
 class CtrService:
-    """Holds the served model, the prediction ring buffer, recent labelled rows and the monitor."""
+    """Serves the model and keeps its live state (`CtrState`): predictions awaiting labels,
+    the rolling-AUC window, recent labelled rows. `state` defaults to the process's own
+    (`MemoryCtrState`); a cluster passes the shared one (`ValkeyCtrState`), and while that store
+    cannot be reached predictions are still answered, their ids taken from a local state
+    (`LOCAL_IDS` on) that feedback reaching this replica can join."""
 
     def __init__(
         self,
         served: ServedModel,
         cfg: CtrConfig,
         on_decision: Callable[[DriftDecision], object] | None = None,
+        state: CtrState | None = None,
     ) -> None:
+        from strata.ctr.state import MemoryCtrState
+
         self.cfg = cfg
         self._served = served
         self._on_decision = on_decision
         self._lock = threading.Lock()
-        cap = cfg.buffer_size
-        n_dense = served.preprocessor.n_dense
-        n_cat = len(served.preprocessor.cardinalities)
-        self._ids = np.full(cap, -1, dtype=np.int64)
-        self._dense = np.zeros((cap, n_dense), dtype=np.float32)
-        self._cats = np.zeros((cap, n_cat), dtype=np.int64)
-        self._probs = np.zeros(cap, dtype=np.float32)
-        self._labelled = np.zeros(cap, dtype=bool)
-        self._next_id = 0
-        # Recent labelled rows for incremental training (a ring of `recent_rows`).
-        rc = cfg.incremental.recent_rows
-        self._r_dense = np.zeros((rc, n_dense), dtype=np.float32)
-        self._r_cats = np.zeros((rc, n_cat), dtype=np.int64)
-        self._r_labels = np.zeros(rc, dtype=np.float32)
-        self._r_pos = 0
-        self._r_n = 0
+        shape = (served.preprocessor.n_dense, len(served.preprocessor.cardinalities))
+        sizes = (cfg.buffer_size, cfg.drift.window, cfg.incremental.recent_rows)
+        self.shared = state is not None
+        self.state: CtrState = state if state is not None else MemoryCtrState(*shape, *sizes)
+        self._local = MemoryCtrState(*shape, *sizes, first_id=LOCAL_IDS) if self.shared else None
         self.monitor = RollingAucMonitor(cfg.drift, served.reference_auc)
-        self.counters = {"predictions": 0, "feedback": 0, "unknown_feedback": 0, "reloads": 0}
+        self.counters = {"predictions": 0, "feedback": 0, "unknown_feedback": 0, "reloads": 0,
+                         "store_fallbacks": 0}  # fmt: skip
 
     @property
     def served(self) -> ServedModel:
@@ -138,109 +142,88 @@ class CtrService:
 
     def _predict(self, served: ServedModel, batch: CtrBatch) -> Prediction:
         probs = served.predict(batch)
-        n = len(batch)
-        cap = self.cfg.buffer_size
+        try:
+            ids = self.state.record(probs, batch)
+        except StoreUnavailableError as exc:
+            if self._local is None:
+                raise
+            # The answer matters more than its later label: kept here until the store is back.
+            log.warning("ctr: shared state unavailable, ids kept locally: %s", exc)
+            ids = self._local.record(probs, batch)
+            with self._lock:
+                self.counters["store_fallbacks"] += 1
         with self._lock:
-            ids = np.arange(self._next_id, self._next_id + n, dtype=np.int64)
-            self._next_id += n
-            keep = slice(max(0, n - cap), n)  # a batch bigger than the buffer keeps its tail
-            slots = ids[keep] % cap
-            self._ids[slots] = ids[keep]
-            self._dense[slots] = batch.dense[keep]
-            self._cats[slots] = batch.cats[keep]
-            self._probs[slots] = probs[keep]
-            self._labelled[slots] = False
-            self.counters["predictions"] += n
+            self.counters["predictions"] += len(batch)
         return Prediction(ids, probs, served.version)
 
     def feedback(
         self, ids: Sequence[int] | np.ndarray, labels: Sequence[int] | np.ndarray
     ) -> FeedbackResult:
-        """Join true labels to earlier predictions; feed the monitor and the recent-rows buffer."""
+        """Join true labels to earlier predictions (on any replica, in a cluster); the state
+        feeds the window and the recent rows; the monitor decides on the window."""
         ids_a = np.asarray(ids, dtype=np.int64).reshape(-1)
         y = np.asarray(labels, dtype=np.float32).reshape(-1)
         if ids_a.shape != y.shape:
             raise ValidationError("labels", f"{y.size} labels for {ids_a.size} ids")
         if y.size and not np.isin(y, (0.0, 1.0)).all():
             raise ValidationError("labels", "labels must be 0 or 1")
-        cap = self.cfg.buffer_size
+        found = np.zeros(ids_a.size, dtype=bool)
+        dup = np.zeros(ids_a.size, dtype=bool)
+        local = ids_a >= LOCAL_IDS if self._local is not None else np.zeros(ids_a.size, bool)
+        if local.any() and self._local is not None:
+            joined, _ = self._local.label(ids_a[local], y[local])
+            found[local], dup[local] = joined.found, joined.duplicate
+            self._local.reset(forget_recent=False)  # its window is not the cluster's
+        joined, window = self.state.label(ids_a[~local], y[~local])
+        found[~local], dup[~local] = joined.found, joined.duplicate
         with self._lock:
-            slots = ids_a % cap
-            known = (ids_a >= 0) & (self._ids[slots] == ids_a)
-            dup = known & self._labelled[slots]
-            # The same id twice in one request counts once.
-            _, first = np.unique(ids_a, return_index=True)
-            once = np.zeros(ids_a.size, dtype=bool)
-            once[first] = True
-            ok = known & ~dup & once
-            s = slots[ok]
-            self._labelled[s] = True
-            self.monitor.add(y[ok], self._probs[s])
-            self._push_recent(self._dense[s], self._cats[s], y[ok])
-            self.counters["feedback"] += int(ok.sum())
-            self.counters["unknown_feedback"] += int((~known).sum())
+            self.monitor.load(window.labels, window.probs, window.seen)
+            self.counters["feedback"] += int(found.sum())
+            self.counters["unknown_feedback"] += int((~found & ~dup).sum())
             decision = self.monitor.check()
         if self._on_decision is not None:
             self._on_decision(decision)
         return FeedbackResult(
-            accepted=int(ok.sum()),
-            unknown=[int(i) for i in ids_a[~known]],
-            duplicate=[int(i) for i in ids_a[known & ~(ok)]],
+            accepted=int(found.sum()),
+            unknown=[int(i) for i in ids_a[~found & ~dup]],
+            duplicate=[int(i) for i in ids_a[dup]],
             decision=decision,
         )
 
-    def _push_recent(self, dense: np.ndarray, cats: np.ndarray, y: np.ndarray) -> None:
-        rc = self.cfg.incremental.recent_rows
-        n = len(y)
-        if n == 0:
-            return
-        if n > rc:
-            dense, cats, y, n = dense[-rc:], cats[-rc:], y[-rc:], rc
-        idx = (self._r_pos + np.arange(n)) % rc
-        self._r_dense[idx], self._r_cats[idx], self._r_labels[idx] = dense, cats, y
-        self._r_pos = int((self._r_pos + n) % rc)
-        self._r_n = min(self._r_n + n, rc)
-
     def recent_labelled(self) -> CtrBatch:
-        """Recent labelled rows, oldest first (a copy)."""
-        with self._lock:
-            rc = self.cfg.incremental.recent_rows
-            order = np.arange(self._r_n) if self._r_n < rc else (self._r_pos + np.arange(rc)) % rc
-            return CtrBatch(
-                self._r_dense[order].copy(),
-                self._r_cats[order].copy(),
-                self._r_labels[order].copy(),
-            )
+        """Recent labelled rows, oldest first (every replica's, in a cluster)."""
+        return self.state.recent()
 
-    def reload(self, served: ServedModel) -> None:
-        """Swap in a new version without dropping requests; the monitor restarts its window."""
+    def reload(self, served: ServedModel, reset_state: bool = True) -> None:
+        """Swap in a new version without dropping requests. `reset_state`: start a fresh window
+        (and, if the preprocessing changed, forget rows encoded by the old one); in a cluster
+        only the replica that promoted does that, the others just follow."""
         old = self._served
         same_prep = served.preprocessor.to_dict() == old.preprocessor.to_dict()
         with self._lock:
             self._served = served
-            if not same_prep:
-                # Buffered features were encoded by the old preprocessing: they cannot be reused.
-                self._ids[:] = -1
-                self._r_n = self._r_pos = 0
             self.monitor.reset(served.reference_auc)
             self.counters["reloads"] += 1
-        log.info(
-            "ctr: serving %s (was %s), reference auc %s",
-            served.version,
-            old.version,
-            served.reference_auc,
-        )
+        if reset_state:
+            self.state.reset(forget_recent=not same_prep)
+        if self._local is not None:
+            self._local.reset(forget_recent=not same_prep)
+        log.info("ctr: serving %s (was %s), reference auc %s", served.version, old.version,
+                 served.reference_auc)  # fmt: skip
 
     def stats(self) -> dict[str, Any]:
-        """Counters, the rolling AUC and the served version (for metrics endpoints)."""
+        """Counters, the rolling AUC (the cluster's, in a cluster) and the served version."""
+        window = self.state.window()
         with self._lock:
+            self.monitor.load(window.labels, window.probs, window.seen)
             return {
                 **self.counters,
                 "version": self._served.version,
                 "rolling_auc": self.monitor.rolling_auc(),
                 "window_n": self.monitor.n,
+                "labels_seen": window.seen,
                 "reference_auc": self.monitor.reference_auc,
-                "recent_rows": self._r_n,
+                "recent_rows": window.recent,
             }
 
 

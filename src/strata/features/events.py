@@ -13,7 +13,9 @@ The log is written before the live state, so a crash after the fsync loses nothi
 replays the log (idempotently) into a fresh embedded store. In Valkey mode events first go to a
 Valkey Stream; a consumer group reads them, performs the same three steps and `XACK`s only after
 the durable write, so an event that was added but not processed stays pending and is re-read by
-the next consumer with the same name. An event counts as acknowledged when `ingest` returns.
+the next consumer with the same name, or, once it has been pending for `events.claim_idle_s` (its
+consumer died for good: a replaced pod), by whichever replica consumes next (XAUTOCLAIM). An
+event counts as acknowledged when `ingest` returns.
 One ingestor runs one ingest at a time (a lock): two concurrent calls sharing a consumer name
 could otherwise each return while the other still held its events un-logged.
 
@@ -290,6 +292,7 @@ class EventIngestor:
         # ingestor can be built while the store is down); the embedded mode logs directly.
         opener = getattr(self.store, "event_stream", None)
         self._stream: Any = opener(self.config.stream, self.config.group) if opener else None
+        self._claimed_at = -float("inf")  # monotonic time of the last look for orphans
         self._lock = threading.Lock()  # one ingest/consume/drain at a time
         self._outbox_lock = threading.Lock()  # outbox appends vs. its prefix rewrite
 
@@ -417,6 +420,12 @@ class EventIngestor:
 
     def _consume(self, now: float, block_ms: int | None) -> int:
         total = 0
+        # Entries another replica took and never acknowledged (it died) become ours first;
+        # looked for at most twice per idle bound (one more round trip, not one per request).
+        idle = self.config.claim_idle_s
+        if time.monotonic() - self._claimed_at >= idle / 2:
+            self._claimed_at = time.monotonic()
+            self._stream.claim(self.consumer, int(idle * 1000), self.config.batch_size)
         for start in ("0", ">"):
             while True:
                 batch = self._stream.read(self.consumer, start, self.config.batch_size, block_ms)

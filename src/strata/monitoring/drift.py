@@ -87,6 +87,16 @@ class RollingAucMonitor:
         self._pos = int((self._pos + y.size) % w)
         self._n = min(self._n + y.size, w)
 
+    def load(self, labels: np.ndarray, probs: np.ndarray, labels_seen: int) -> None:
+        """Replace the window with these pairs, oldest first, and the count of labels seen (a
+        window kept elsewhere: the cluster's, in the online store)."""
+        w = self.cfg.window
+        y = np.asarray(labels, dtype=np.float32).ravel()[-w:]
+        p = np.asarray(probs, dtype=np.float32).ravel()[-w:]
+        self._y[: y.size], self._p[: p.size] = y, p
+        self._n, self._pos = int(y.size), int(y.size % w)
+        self.labels_seen = int(labels_seen)
+
     @property
     def n(self) -> int:
         """Labelled predictions currently in the window."""

@@ -4,6 +4,12 @@
 retrain callable (inline, or on a background thread) unless one is already running, in which case
 the trigger is logged as `busy` and dropped (the monitor's cooldown will raise it again if the
 drift persists). Outcomes are logged too. The log is JSON lines, appended.
+
+Several replicas watching one cluster-wide window would each trigger: with a `Lease` (the online
+store's, in a cluster) a retrain starts only where the lease was acquired; the holder renews it
+while it works and keeps it for `hold_s` after (the cluster's cooldown), so the cluster runs one
+retrain per drift. If the holder dies the lease expires after `lease_s` and the next replica
+whose window still triggers takes the retrain over.
 """
 
 from __future__ import annotations
@@ -16,13 +22,53 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from strata.monitoring.drift import DriftDecision
 
 log = logging.getLogger(__name__)
 
 Action = Literal["none", "started", "busy"]
+
+
+class Lease(Protocol):
+    """At most one holder at a time; it expires unless renewed."""
+
+    def acquire(self, holder: str, ttl_s: float) -> bool: ...
+    def renew(self, holder: str, ttl_s: float) -> bool: ...
+    def release(self, holder: str, hold_s: float = 0.0) -> None: ...
+
+
+class MemoryLease:
+    """`Lease` within one process (the embedded mode: one process is the whole cluster)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._holder: str | None = None
+        self._until = 0.0
+
+    def acquire(self, holder: str, ttl_s: float) -> bool:
+        with self._lock:
+            now = self._clock()
+            if self._holder is not None and now < self._until:
+                return False  # held, or kept after a run (the cooldown), by anyone
+            self._holder, self._until = holder, now + ttl_s
+            return True
+
+    def renew(self, holder: str, ttl_s: float) -> bool:
+        with self._lock:
+            if self._holder != holder or self._clock() >= self._until:
+                return False
+            self._until = self._clock() + ttl_s
+            return True
+
+    def release(self, holder: str, hold_s: float = 0.0) -> None:
+        with self._lock:
+            if self._holder == holder:
+                self._until = self._clock() + hold_s
+                if hold_s <= 0:
+                    self._holder = None
 
 
 @dataclass(frozen=True)
@@ -42,7 +88,13 @@ class RetrainTrigger:
         log_path: Path | None = None,
         background: bool = False,
         keep: int = 10_000,
+        lease: Lease | None = None,
+        holder: str = "",
+        lease_s: float = 30.0,
+        hold_s: float = 0.0,
     ) -> None:
+        self._lease, self._holder = lease, holder or f"pid-{threading.get_native_id()}"
+        self._lease_s, self._hold_s = lease_s, hold_s
         self._retrain = retrain
         self._log_path = log_path
         self._background = background
@@ -74,6 +126,11 @@ class RetrainTrigger:
         if not self._lock.acquire(blocking=False):
             self._record({"event": "decision", "action": "busy", **decision.to_dict()})
             return TriggerEvent("busy", decision)
+        if not self._take_lease():
+            self._lock.release()
+            self._record({"event": "decision", "action": "busy", "lease": "held elsewhere",
+                          **decision.to_dict()})  # fmt: skip
+            return TriggerEvent("busy", decision)
         self._record({"event": "decision", "action": "started", **decision.to_dict()})
         if self._background:
             self._thread = threading.Thread(target=self._run, name="ctr-retrain", daemon=True)
@@ -82,8 +139,28 @@ class RetrainTrigger:
             self._run()
         return TriggerEvent("started", decision)
 
+    def _take_lease(self) -> bool:
+        if self._lease is None:
+            return True
+        try:
+            return self._lease.acquire(self._holder, self._lease_s)
+        except Exception as exc:  # the store is away: no lease, no retrain (another may run)
+            log.warning("ctr trigger: lease not acquired: %s", exc)
+            return False
+
+    def _renew_until(self, done: threading.Event) -> None:
+        while not done.wait(self._lease_s / 3):
+            try:
+                if self._lease is not None and not self._lease.renew(self._holder, self._lease_s):
+                    log.warning("ctr trigger: lease lost during the retrain")
+            except Exception as exc:  # the next renewal may get through before it expires
+                log.warning("ctr trigger: lease renewal failed: %s", exc)
+
     def _run(self) -> None:
         t0 = time.perf_counter()
+        done = threading.Event()
+        if self._lease is not None:
+            threading.Thread(target=self._renew_until, args=(done,), daemon=True).start()
         try:
             outcome = dict(self._retrain())
             self.runs += 1
@@ -101,6 +178,12 @@ class RetrainTrigger:
                 }
             )
         finally:
+            done.set()
+            if self._lease is not None:
+                try:
+                    self._lease.release(self._holder, self._hold_s)
+                except Exception as exc:  # it expires by itself
+                    log.warning("ctr trigger: lease not released: %s", exc)
             self._lock.release()
 
     def wait(self, timeout: float | None = None) -> None:
