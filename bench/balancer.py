@@ -11,6 +11,7 @@ import asyncio
 import itertools
 import socket
 import threading
+from contextlib import suppress
 
 
 def _free_port() -> int:
@@ -32,12 +33,13 @@ class Balancer:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # A reset by either side (a replica killed under load) ends the pipe like an EOF does:
+        # the client sees its connection drop, as behind a real balancer.
         try:
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        except (ConnectionError, OSError):
-            pass
+            with suppress(ConnectionError, OSError):
+                while data := await reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
         finally:
             writer.close()
 
@@ -54,14 +56,23 @@ class Balancer:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
-        server = self._loop.run_until_complete(
+        self._server = self._loop.run_until_complete(
             asyncio.start_server(self._handle, "127.0.0.1", self.port)
         )
         self._ready.set()
         try:
             self._loop.run_forever()
         finally:
-            server.close()
+            self._loop.close()
+
+    async def _shutdown(self) -> None:
+        """Stop accepting, end every open pipe, then stop the loop."""
+        self._server.close()
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._loop.stop()
 
     def __enter__(self) -> Balancer:
         self._thread.start()
@@ -69,5 +80,5 @@ class Balancer:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
+        asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop)
         self._thread.join(10)

@@ -7,8 +7,8 @@ Five set-ups on the same trained ML-100K version, each started fresh per repetit
   registry pointer polled once an hour): the online store's own cost;
 - `cluster-1`: one replica in cluster mode (its own event log, following the registry pointer
   through Valkey pub/sub and a 2 s poll), requests sent to it directly;
-- `cluster-1-lb` and `cluster-2-lb`: one and two such replicas behind the balancer
-  (`bench/balancer.py`, a Python asyncio TCP proxy on the same cores).
+- `cluster-1-lb` .. `cluster-N-lb` (`--replicas N`, default 2): 1..N such replicas behind the
+  balancer (`bench/balancer.py`, a Python asyncio TCP proxy on the same cores).
 
 Each runs an open loop at 100 rps for `--duration` seconds (latency from the scheduled send, so
 queueing counts) and a closed loop of 8 connections for `--duration` seconds (max rps). The
@@ -19,6 +19,7 @@ the replicas share the machine's cores, so on 2 cores the max rps of `cluster-2-
 second replica adds under that contention. Median (min-max) over `--reps` repetitions.
 
     .venv/bin/python bench/cluster_load.py                 # 3 reps x 20 s steps, ~13 min
+    .venv/bin/python bench/serve_load.py --replicas 2      # the same (serve_load's entry point)
     .venv/bin/python bench/cluster_load.py --duration 5 --reps 1   # a quick look
 """
 
@@ -57,9 +58,15 @@ SETUPS: dict[str, tuple[int, str, bool, bool]] = {
     "embedded": (1, "memory", False, False),
     "valkey-1": (1, "valkey", False, False),
     "cluster-1": (1, "valkey", True, False),
-    "cluster-1-lb": (1, "valkey", True, True),
-    "cluster-2-lb": (2, "valkey", True, True),
 }
+
+
+def setups(max_replicas: int) -> list[str]:
+    """The set-ups to run: the three single-process ones, then 1..N replicas behind the
+    balancer (`cluster-<n>-lb`)."""
+    for n in range(1, max_replicas + 1):
+        SETUPS[f"cluster-{n}-lb"] = (n, "valkey", True, True)
+    return list(SETUPS)
 
 
 def run_setup(setup: str, s: Any, ds_name: str, url: str, users: np.ndarray, duration: float):
@@ -98,13 +105,15 @@ def _med(values: list[float]) -> dict[str, float]:
             "max": float(max(values))}  # fmt: skip
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--replicas", type=int, default=2, help="up to this many behind the balancer")
     ap.add_argument("--duration", type=float, default=20.0, help="seconds per load step")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--work", type=Path, default=Path("/tmp/strata-bench-cluster"))
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "cluster_load.json")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    names = setups(args.replicas)
     args.work.mkdir(parents=True, exist_ok=True)
     s, ds_name = prepare_ml100k(args.work / "home")
     vk_dir = args.work / "valkey"
@@ -119,9 +128,9 @@ def main() -> None:
 
         snap = pd.read_parquet(Registry(s.registry_dir, ds_name).path() / USER_FEATURES_FILE)
         users = snap["user_id"].to_numpy(np.int64)
-        runs: dict[str, list[dict[str, Any]]] = {k: [] for k in SETUPS}
+        runs: dict[str, list[dict[str, Any]]] = {k: [] for k in names}
         for rep in range(args.reps):
-            for setup in SETUPS:
+            for setup in names:
                 t0 = time.perf_counter()
                 res = run_setup(setup, s, ds_name, url, users, args.duration)
                 runs[setup].append(res)

@@ -25,6 +25,7 @@ timeline (queueing vs a slow stage). Usage:
 
     .venv/bin/python bench/serve_load.py --size both            # ~30 min
     .venv/bin/python bench/serve_load.py --size ml100k --duration 10 --reps 1   # a quick look
+    .venv/bin/python bench/serve_load.py --replicas 2   # replicas behind a balancer (cluster_load)
 """
 
 from __future__ import annotations
@@ -581,6 +582,12 @@ def run_size(
 
 
 def main() -> None:
+    if "--replicas" in sys.argv:
+        # Several replicas behind a balancer, at ML-100K size: bench/cluster_load.py.
+        import cluster_load
+
+        cluster_load.main(sys.argv[1:])
+        return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", choices=["ml100k", "1m", "both"], default="both")
     ap.add_argument(

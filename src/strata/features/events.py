@@ -45,9 +45,7 @@ they never reach the log or the stores.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import socket
 import threading
 import time
@@ -63,6 +61,7 @@ from pydantic import ValidationError as PydanticValidationError
 
 from strata.datasets.base import EVENT_TYPE_PATTERN, EVENT_TYPES
 from strata.errors import StoreUnavailableError, ValidationError
+from strata.features.event_log import EventLog, OwnerLock
 from strata.features.online import (
     ActivityEvents,
     ActivityStore,
@@ -162,89 +161,6 @@ class IngestReport:
         }
 
 
-class EventLog:
-    """Append-only JSONL log with fsync per append; a torn tail from a crash is cut on open."""
-
-    def __init__(self, path: Path, writer: bool = True) -> None:
-        """`writer=False` opens another process's log for reading: its torn tail may be a
-        write in progress, so it is skipped by `read`, never cut."""
-        self.path = Path(path)
-        if writer:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._repair()
-
-    def _repair(self) -> None:
-        if not self.path.exists():
-            return
-        size = self.path.stat().st_size
-        if size == 0:
-            return
-        with self.path.open("rb+") as fh:
-            fh.seek(max(0, size - 1))
-            if fh.read(1) == b"\n":
-                return
-            # A crash mid-write left a partial last line that was never acknowledged: drop it.
-            fh.seek(0)
-            data = fh.read()
-            keep = data.rfind(b"\n") + 1
-            fh.truncate(keep)
-            os.fsync(fh.fileno())
-            log.warning("%s: dropped %d bytes of a torn final record", self.path, size - keep)
-
-    def append(self, records: list[dict[str, Any]]) -> None:
-        """Write all records in one `write` and fsync before returning."""
-        if not records:
-            return
-        data = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records).encode()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-    def size(self) -> int:
-        """Bytes in the log (0 when it does not exist yet)."""
-        try:
-            return self.path.stat().st_size
-        except FileNotFoundError:
-            return 0
-
-    def drop_prefix(self, offset: int) -> None:
-        """Remove the first `offset` bytes (records consumed elsewhere): the rest is written to
-        a temporary file, fsynced and renamed over the log, so a crash leaves old or new."""
-        if not self.path.exists():
-            return
-        with self.path.open("rb") as fh:
-            fh.seek(offset)
-            rest = fh.read()
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with tmp.open("wb") as fh:
-            fh.write(rest)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
-        dirfd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dirfd)
-        finally:
-            os.close(dirfd)
-
-    def read(self, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
-        """Complete records from byte `offset` on, and the offset after the last one."""
-        if not self.path.exists():
-            return [], offset
-        with self.path.open("rb") as fh:
-            fh.seek(offset)
-            data = fh.read()
-        end = data.rfind(b"\n") + 1
-        records = [json.loads(line) for line in data[:end].splitlines() if line.strip()]
-        return records, offset + end
-
-
 def _columns(events: list[Event], categories: Mapping[int, int] | None) -> ActivityEvents:
     cats = None
     if categories is not None:
@@ -288,6 +204,10 @@ class EventIngestor:
         self.log = EventLog(settings.events_dir / f"{name}.jsonl")
         self.outbox = EventLog(settings.events_dir / f"{name}.outbox.jsonl")
         self.consumer = consumer or f"{replica or socket.gethostname()}-{log_name}"
+        self._log_name = log_name
+        self._owner: OwnerLock | None = None
+        if replica is not None:
+            self._owner = _own(settings.events_dir / f"{name}.lock")
         # Valkey mode hands events over through a stream (no network until first use, so an
         # ingestor can be built while the store is down); the embedded mode logs directly.
         opener = getattr(self.store, "event_stream", None)
@@ -390,16 +310,44 @@ class EventIngestor:
             records, end = self.outbox.read()
         if not records:
             return 0
-        size = self.config.batch_size
-        for start in range(0, len(records), size):
-            chunk = records[start : start + size]
-            events = [parse_event({k: v for k, v in r.items() if k != "_at"}) for r in chunk]
-            call(self._ingest_valid, events, max(float(r.get("_at", 0.0)) for r in chunk))
+        self._reingest(records, call)
         with self._outbox_lock:
             # Events appended while draining sit after `end` and stay for the next drain.
             self.outbox.drop_prefix(end)
         log.info("drained %d deferred event(s) from %s", len(records), self.outbox.path.name)
         return len(records)
+
+    def _reingest(self, records: list[dict[str, Any]], call: Callable[..., int]) -> None:
+        size = self.config.batch_size
+        for start in range(0, len(records), size):
+            chunk = records[start : start + size]
+            events = [parse_event({k: v for k, v in r.items() if k != "_at"}) for r in chunk]
+            call(self._ingest_valid, events, max(float(r.get("_at", 0.0)) for r in chunk))
+
+    def adopt_orphans(self, call: Callable[..., int] = _direct) -> int:
+        """Replicas: drain the outbox of every replica that died with events in it (its owner
+        lock is free) through this replica's ingest, then empty it; returns how many. A replica
+        replaced by a pod of another name would otherwise leave acknowledged events there."""
+        if self._owner is None:
+            return 0
+        folder, n = self.outbox.path.parent, 0
+        for path in sorted(folder.glob(f"{self._log_name}.*.outbox.jsonl")):
+            if path == self.outbox.path or path.stat().st_size == 0:
+                continue
+            lock = OwnerLock(path.with_name(path.name.replace(".outbox.jsonl", ".lock")))
+            if not lock.acquire():
+                continue  # its replica is alive: it drains its own outbox
+            try:
+                orphan = EventLog(path)
+                records, end = orphan.read()
+                self._reingest(records, call)
+                orphan.drop_prefix(end)
+                n += len(records)
+                log.warning("took over %d deferred event(s) of a gone replica from %s",
+                            len(records), path.name)  # fmt: skip
+            finally:
+                lock.release()
+        return n
 
     def _ingest_valid(self, events: list[Event], now: float) -> int:
         """Validated, de-duplicated events through the stream (Valkey) or straight to the log;
@@ -457,6 +405,19 @@ class EventIngestor:
                 self._apply(events, max(ats))
                 n += len(events)
         return n
+
+
+def _own(path: Path) -> OwnerLock | None:
+    """This replica's owner lock (retried briefly: a restarted pod of the same name may start
+    before its previous process is gone); None, with a warning, if another process keeps it."""
+    lock = OwnerLock(path)
+    for _ in range(50):
+        if lock.acquire():
+            return lock
+        time.sleep(0.1)
+    log.warning("%s is held by another live process: two replicas share one name "
+                "(events.replica); their logs may interleave", path)  # fmt: skip
+    return None
 
 
 __all__ = [

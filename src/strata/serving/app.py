@@ -66,6 +66,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: Seconds between looks for the outboxes of replicas that are gone (their events drained here).
+_ADOPT_EVERY_S = 10.0
 #: Seconds before a follower tries again to load a version that failed to load.
 _RETRY_FAILED_S = 30.0
 GET_RECOMMEND_PARAMS = frozenset({"user_id", "k", "device", "ts", "stage", "seed"})
@@ -235,12 +237,13 @@ def _install_ctr(app: FastAPI, settings: Settings, metrics: ServingMetrics) -> N
 async def _online_upkeep(state: ServingState) -> None:
     """Background care of the online side, every tick (at most the breaker's longest backoff):
     while the breaker is open, probe the store so it closes without traffic; drain events
-    deferred to the outbox once the store answers; reload the catalog cache when the item
+    deferred to the outbox once the store answers (and, every 10 s, the outbox a gone replica
+    left on the shared volume); reload the catalog cache when the item
     feature version changed (every `catalog_refresh_s`, and right after the store came back)."""
     cfg = state.settings.serve
     link, ingestor = state.link, state.ingestor
     tick = min(cfg.catalog_refresh_s, cfg.store_backoff_max_s)
-    last_refresh = time.monotonic()
+    last_refresh = last_adopt = time.monotonic()
     while True:
         await asyncio.sleep(tick)
         try:
@@ -249,6 +252,9 @@ async def _online_upkeep(state: ServingState) -> None:
                 await asyncio.to_thread(link.health)  # StoreUnavailableError while still down
             if ingestor.has_deferred():
                 await asyncio.to_thread(ingestor.drain_outbox, link.breaker.call)
+            if time.monotonic() - last_adopt >= _ADOPT_EVERY_S:  # outboxes of gone replicas
+                last_adopt = time.monotonic()
+                await asyncio.to_thread(ingestor.adopt_orphans, link.breaker.call)
             if was_open or time.monotonic() - last_refresh >= cfg.catalog_refresh_s:
                 last_refresh = time.monotonic()
                 await asyncio.to_thread(state.pipeline.catalog.refresh)

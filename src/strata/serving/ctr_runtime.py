@@ -180,7 +180,8 @@ class CtrRuntime:
         threads = self.settings.ctr.serve.onnx_threads
         served = await asyncio.to_thread(ServedModel.load, path, target, threads)
         if served.version != self.service.served.version:
-            self.service.reload(served, reset_state=False)  # the promoter reset the state
+            # Shared state: the promoting replica has reset it already; the process's own: now.
+            self.service.reload(served, reset_state=not self.service.shared)
             await asyncio.to_thread(pauses.settle, self.settings.gc)
 
 
