@@ -58,6 +58,9 @@ class ValkeyOnlineConfig(_Strict):
     # Standalone servers read many rows with one multi-key MGET; a cluster needs a pipeline of
     # per-key GETs instead (MGET cannot span slots; one entity's keys share a slot).
     cluster: bool = False
+    # AUTH password (a Kubernetes Secret, an ElastiCache auth token), kept out of the URL so it
+    # needs no URL encoding and never shows in a logged URL; rediss:// URLs turn TLS on.
+    password: SecretStr | None = None
 
 
 OnlineStoreConfig = Annotated[MemoryOnlineConfig | ValkeyOnlineConfig, Field(discriminator="type")]

@@ -38,8 +38,9 @@ class ValkeySignals:
         self.config = config
         self._errors = (redis.exceptions.RedisError, OSError)
         timeout = max(config.timeout_ms / 1000.0, 1.0)
+        password = config.password.get_secret_value() if config.password is not None else None
         self._client: Any = redis.Redis.from_url(
-            config.url, socket_timeout=timeout, socket_connect_timeout=timeout
+            config.url, password=password, socket_timeout=timeout, socket_connect_timeout=timeout
         )
 
     def channel(self, name: str) -> str:

@@ -89,8 +89,10 @@ class ValkeyOnlineStore:
         self._activity: ValkeyActivityStore | None = None
 
     def _connect(self, timeout_s: float) -> Any:
+        password = self.config.password
         return redis.Redis.from_url(
             self.config.url,
+            password=password.get_secret_value() if password is not None else None,
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
             retry=Retry(NoBackoff(), 0),

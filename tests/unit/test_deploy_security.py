@@ -1,0 +1,105 @@
+"""Every pod the manifests in deploy/ create meets Pod Security "restricted" (non-root, seccomp
+RuntimeDefault, no privilege escalation, all capabilities dropped, read-only root filesystem)
+and has resource requests; Valkey requires a password from a Secret, caps its memory below the
+container limit, and admits only labelled strata pods; every strata pod that talks to Valkey
+carries that label and the password; every Deployment has a PodDisruptionBudget."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+
+from tests.unit.test_pipelines_deploy import docs, one
+
+WORKLOADS = ("Deployment", "StatefulSet", "Job", "CronJob", "DaemonSet")
+CLIENT_LABEL = ("strata.io/valkey-client", "true")
+
+
+def _pods() -> list[tuple[str, dict[str, Any]]]:
+    out = []
+    for d in docs():
+        if d["kind"] in WORKLOADS:
+            spec = d["spec"]
+            if d["kind"] == "CronJob":
+                spec = spec["jobTemplate"]["spec"]
+            out.append((f"{d['kind']}/{d['metadata']['name']}", spec["template"]))
+    return out
+
+
+def _env(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def _bytes(quantity: str) -> int:
+    num, unit = re.fullmatch(r"(\d+)([KMG]i?|[kmg]b)?", quantity).groups()  # type: ignore[union-attr]
+    scale = {None: 1, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "kb": 2**10, "mb": 2**20,
+             "gb": 2**30}  # fmt: skip
+    return int(num) * scale[unit]
+
+
+@pytest.mark.parametrize(("name", "pod"), _pods(), ids=[n for n, _ in _pods()])
+def test_every_pod_is_restricted(name: str, pod: dict[str, Any]) -> None:
+    spec = pod["spec"]
+    ctx = spec["securityContext"]
+    assert ctx["runAsNonRoot"] is True and ctx["runAsUser"] > 0, name
+    assert ctx["seccompProfile"]["type"] == "RuntimeDefault", name
+    for c in spec["containers"] + spec.get("initContainers", []):
+        sc = c["securityContext"]
+        assert sc["allowPrivilegeEscalation"] is False, (name, c["name"])
+        assert sc["readOnlyRootFilesystem"] is True, (name, c["name"])
+        assert "ALL" in sc["capabilities"]["drop"], (name, c["name"])
+        assert {"cpu", "memory"} <= c["resources"]["requests"].keys(), (name, c["name"])
+
+
+def test_valkey_needs_a_password_caps_memory_and_admits_only_strata_pods() -> None:
+    all_docs = docs()
+    sts = one(all_docs, "StatefulSet", "valkey")
+    (c,) = sts["spec"]["template"]["spec"]["containers"]
+    args = c["args"]
+    secret = _env(c)["VALKEY_PASSWORD"]["valueFrom"]["secretKeyRef"]
+    assert args[args.index("--requirepass") + 1] == "$(VALKEY_PASSWORD)"
+    cap = _bytes(args[args.index("--maxmemory") + 1])
+    assert cap < _bytes(c["resources"]["limits"]["memory"])  # write errors before an OOM kill
+    assert args[args.index("--maxmemory-policy") + 1] == "noeviction"
+
+    policy = one(all_docs, "NetworkPolicy", "valkey")
+    pod_labels = sts["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    (rule,) = policy["spec"]["ingress"]
+    (source,) = rule["from"]
+    assert source == {"podSelector": {"matchLabels": dict([CLIENT_LABEL])}}
+
+    clients = 0
+    for name, pod in _pods():
+        for c in pod["spec"]["containers"]:
+            env = _env(c)
+            if "STRATA_ONLINE__URL" not in env:
+                continue
+            clients += 1
+            assert CLIENT_LABEL in pod["metadata"]["labels"].items(), name
+            ref = env["STRATA_ONLINE__PASSWORD"]["valueFrom"]["secretKeyRef"]
+            assert ref == secret, name  # the same Secret the server requires
+            assert "@" not in env["STRATA_ONLINE__URL"]["value"], name  # no password in URLs
+    assert clients >= 2  # serving and CTR
+
+
+def test_every_deployment_keeps_one_pod_through_disruptions() -> None:
+    all_docs = docs()
+    for dep in (d for d in all_docs if d["kind"] == "Deployment"):
+        pdb = one(all_docs, "PodDisruptionBudget", dep["metadata"]["name"])
+        labels = dep["spec"]["template"]["metadata"]["labels"]
+        assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+        assert pdb["spec"]["minAvailable"] >= 1
+
+
+def test_serving_probes_follow_the_cluster_mode_contract() -> None:
+    dep = one(docs(), "Deployment", "strata-serving")
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    # /readyz is 503 until the models answer: the startup probe; liveness only on /healthz
+    assert c["startupProbe"]["httpGet"]["path"] == "/readyz"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    replica = _env(c)["STRATA_EVENTS__REPLICA"]["valueFrom"]["fieldRef"]["fieldPath"]
+    assert replica == "metadata.name"
