@@ -15,7 +15,8 @@ global registry):
   or the mean `rate(..._sum) / rate(..._count)`); the buckets are dense between 1 ms and 100 ms,
   where a CPU pod's p95 target sits.
 - `strata_ctr_predictions_total`, `strata_ctr_feedback_total{outcome}`,
-  `strata_ctr_rolling_auc` (NaN while the window has too few labels),
+  `strata_ctr_rolling_auc` (NaN while the window has too few labels), `strata_ctr_auc_floor`
+  (the level below which it triggers),
   `strata_ctr_retrains_total{outcome}` (promoted | rejected | failed),
   `strata_ctr_drift_decisions_total{kind}`.
 
@@ -266,7 +267,7 @@ def _observe_feedback(
         if n:
             m.feedback.labels(outcome).inc(n)
     m.decisions.labels(decision.kind).inc()
-    m.set_auc(decision.auc)
+    m.set_auc(decision.auc, decision.floor)
 
 
 @router.get("/status", name="status")

@@ -71,6 +71,7 @@ class CtrMetrics:
     predictions: Counter
     feedback: Counter
     rolling_auc: Gauge
+    auc_floor: Gauge
     retrains: Counter
     decisions: Counter
 
@@ -100,6 +101,11 @@ class CtrMetrics:
                 "AUC over the last W labelled predictions (NaN below W/2 labels).",
                 registry=registry,
             ),
+            auc_floor=Gauge(
+                "strata_ctr_auc_floor",
+                "The rolling AUC below which the monitor triggers a retrain (NaN: no rule).",
+                registry=registry,
+            ),
             retrains=Counter(
                 "strata_ctr_retrains",
                 "Incremental retrains, by outcome (promoted, rejected, failed).",
@@ -114,9 +120,11 @@ class CtrMetrics:
             ),
         )
 
-    def set_auc(self, auc: float | None) -> None:
-        """Publish the rolling AUC (NaN when the window cannot give one)."""
+    def set_auc(self, auc: float | None, floor: float | None = None) -> None:
+        """Publish the rolling AUC (NaN when the window cannot give one) and its trigger floor
+        (dashboards and the AUC alert compare the two)."""
         self.rolling_auc.set(float("nan") if auc is None else auc)
+        self.auc_floor.set(float("nan") if floor is None else floor)
 
 
 # --- runtime -------------------------------------------------------------------------------
@@ -240,7 +248,7 @@ def build_runtime(
             service.reload(ServedModel.load(model_registry.path(promoted), promoted))
         if promoted is not None and promoted != before:
             announce(signals, ctr_signal(cfg.registry_name), promoted)
-        metrics.set_auc(service.stats()["rolling_auc"])
+        metrics.set_auc(service.stats()["rolling_auc"], service.monitor.floor())
         # Training allocated heavily in this process; a promotion also loaded a new model.
         pauses.settle(settings.gc)
         return out
@@ -256,6 +264,7 @@ def build_runtime(
         lease_s=cfg.serve.lease_s, hold_s=cfg.drift.cooldown_s,
     )  # fmt: skip
     log.info("ctr: serving %s from %s%s", served.version, path, " (cluster state)" * bool(shared))
+    metrics.set_auc(None, service.monitor.floor())  # the floor is known before any label
     runtime = CtrRuntime(settings, service, trigger, metrics, model_registry, signals)
     if signals is not None:
         runtime.closers.append(signals.close)
