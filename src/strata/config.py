@@ -186,6 +186,9 @@ class CtrServeConfig(_Strict):
     # the retrain lease (renewed while a retrain runs; expires this long after its holder died).
     feedback_ttl_s: int = Field(default=86_400, ge=1)
     lease_s: float = Field(default=30.0, gt=0.0)
+    # `strata ctr serve` without a trained version: wait for the first one (503 until then)
+    # instead of exiting (a fresh cluster).
+    wait_for_model: bool = False
 
 
 class CtrConfig(_Strict):
@@ -364,6 +367,9 @@ class ServeConfig(_Strict):
     # Every replica follows the registry's serving pointer: woken at once by a notification
     # through the online store, and polling the pointer this often as the fallback.
     follow_poll_s: float = Field(default=2.0, gt=0.0)
+    # Start without a model version (a fresh cluster): live, unready until the first promotion,
+    # instead of exiting with "run strata train" (the CLI's default, for people).
+    wait_for_model: bool = False
     # Where /recommend runs: on the event loop ("inline"), in the threadpool ("thread"), or
     # "auto": inline with in-process inference (ONNX Runtime), threads with a remote server.
     dispatch: Literal["auto", "inline", "thread"] = "auto"

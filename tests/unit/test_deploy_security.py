@@ -94,12 +94,18 @@ def test_every_deployment_keeps_one_pod_through_disruptions() -> None:
         assert pdb["spec"]["minAvailable"] >= 1
 
 
-def test_serving_probes_follow_the_cluster_mode_contract() -> None:
-    dep = one(docs(), "Deployment", "strata-serving")
+@pytest.mark.parametrize("name", ["strata-serving", "strata-ctr"])
+def test_probes_follow_the_cluster_mode_contract(name: str) -> None:
+    dep = one(docs(), "Deployment", name)
     (c,) = dep["spec"]["template"]["spec"]["containers"]
-    # /readyz is 503 until the models answer: the startup probe; liveness only on /healthz
-    assert c["startupProbe"]["httpGet"]["path"] == "/readyz"
-    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    # the port opens after start-up (models loaded, or waiting for a first version): /healthz
+    # is the startup and liveness probe; /readyz (503 until a version answers) the readiness one
+    assert c["startupProbe"]["httpGet"]["path"] == "/healthz"
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    replica = _env(c)["STRATA_EVENTS__REPLICA"]["valueFrom"]["fieldRef"]["fieldPath"]
-    assert replica == "metadata.name"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    env = _env(c)
+    assert env["STRATA_EVENTS__REPLICA"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    # a fresh install waits for its first version instead of crash-looping
+    flag = "STRATA_SERVE__WAIT_FOR_MODEL" if name == "strata-serving" else (
+        "STRATA_CTR__SERVE__WAIT_FOR_MODEL")  # fmt: skip
+    assert env[flag]["value"] == "true"

@@ -39,10 +39,8 @@ import asyncio
 import hmac
 import json
 import logging
-import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass, field
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from typing import TYPE_CHECKING, Annotated, Literal
 
 from fastapi import Depends, FastAPI, Path, Query, Request
@@ -57,47 +55,25 @@ from strata.serving.follow import announce, follow, serving_signal
 from strata.serving.metrics import RequestMetrics, ServingMetrics
 from strata.serving.online import OnlineLink
 from strata.serving.service import RecommendationPipeline
+from strata.serving.state import (
+    ServingState,
+    follow_pointer,
+    has_model,
+    online_upkeep,
+    reload_version,
+    when_a_model_exists,
+)
 
 if TYPE_CHECKING:
     from strata.config import Settings
-    from strata.features.events import EventIngestor
     from strata.features.online import OnlineStore
-    from strata.features.online.signals import ValkeySignals
 
 log = logging.getLogger(__name__)
 
-#: Seconds between looks for the outboxes of replicas that are gone (their events drained here).
-_ADOPT_EVERY_S = 10.0
-#: Seconds before a follower tries again to load a version that failed to load.
-_RETRY_FAILED_S = 30.0
 GET_RECOMMEND_PARAMS = frozenset({"user_id", "k", "device", "ts", "stage", "seed"})
 
 
 # --- state -------------------------------------------------------------------------------------
-
-
-@dataclass
-class ServingState:
-    """Everything a running app holds: settings, online link, event ingestor, the current
-    pipeline (replaced as a whole on reload) and metrics."""
-
-    settings: Settings
-    link: OnlineLink
-    ingestor: EventIngestor
-    pipeline: RecommendationPipeline
-    metrics: ServingMetrics
-    signals: ValkeySignals | None = None  # replicas' notifications (None: embedded, alone)
-    failed: tuple[str, float] = ("", 0.0)  # the last version that failed to load, and when
-    reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    started: float = field(default_factory=time.time)
-
-    @property
-    def inline(self) -> bool:
-        """Whether /recommend runs on the event loop (see `_serve_recommend`)."""
-        mode = self.settings.serve.dispatch
-        if mode == "auto":
-            return self.settings.inference.type == "onnxruntime"
-        return mode == "inline"
 
 
 async def _state(request: Request) -> ServingState:
@@ -172,17 +148,31 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with pauses.watched(metrics.registry), _serving(app) as state:
-            name = serving_signal(state.pipeline.dataset)
+        async with pauses.watched(metrics.registry), AsyncExitStack() as stack:
+            tasks: list[asyncio.Task[None]] = []
             poll_s = settings.serve.follow_poll_s
-            tasks = [
-                asyncio.create_task(_online_upkeep(state)),
-                asyncio.create_task(follow(lambda: _follow(state), state.signals, name, poll_s)),
-            ]
+
+            async def start() -> None:
+                state = await stack.enter_async_context(_serving(app))
+                name = serving_signal(state.pipeline.dataset)
+                tasks.append(asyncio.create_task(online_upkeep(state)))
+                check = lambda: follow_pointer(state)  # noqa: E731 - the follower's check
+                tasks.append(asyncio.create_task(follow(check, state.signals, name, poll_s)))
+
+            if settings.serve.wait_for_model and not await asyncio.to_thread(has_model, settings):
+                # A fresh install: up and live, unready (503 with the reason) until the first
+                # version is promoted, instead of exiting into a crash loop.
+                app.state.waiting = (
+                    f"no model version of {settings.serve.dataset!r} yet: "
+                    "waiting for the first promotion (run the initial pipeline)"
+                )
+                tasks.append(asyncio.create_task(when_a_model_exists(settings, start)))
+            else:
+                await start()
             try:
                 yield
             finally:
-                for task in tasks:
+                for task in reversed(tasks):
                     task.cancel()
                     with suppress(asyncio.CancelledError):
                         await task
@@ -232,38 +222,6 @@ def _install_ctr(app: FastAPI, settings: Settings, metrics: ServingMetrics) -> N
         log.info("CTR routes not mounted: %s", exc)
         return
     install_ctr(app, settings, metrics.registry)
-
-
-async def _online_upkeep(state: ServingState) -> None:
-    """Background care of the online side, every tick (at most the breaker's longest backoff):
-    while the breaker is open, probe the store so it closes without traffic; drain events
-    deferred to the outbox once the store answers (and, every 10 s, the outbox a gone replica
-    left on the shared volume); reload the catalog cache when the item
-    feature version changed (every `catalog_refresh_s`, and right after the store came back)."""
-    cfg = state.settings.serve
-    link, ingestor = state.link, state.ingestor
-    tick = min(cfg.catalog_refresh_s, cfg.store_backoff_max_s)
-    last_refresh = last_adopt = time.monotonic()
-    while True:
-        await asyncio.sleep(tick)
-        try:
-            was_open = link.breaker.is_open
-            if was_open:
-                await asyncio.to_thread(link.health)  # StoreUnavailableError while still down
-            if ingestor.has_deferred():
-                await asyncio.to_thread(ingestor.drain_outbox, link.breaker.call)
-            if time.monotonic() - last_adopt >= _ADOPT_EVERY_S:  # outboxes of gone replicas
-                last_adopt = time.monotonic()
-                await asyncio.to_thread(ingestor.adopt_orphans, link.breaker.call)
-            if was_open or time.monotonic() - last_refresh >= cfg.catalog_refresh_s:
-                last_refresh = time.monotonic()
-                await asyncio.to_thread(state.pipeline.catalog.refresh)
-        except StoreUnavailableError:
-            continue  # the breaker has logged it; keep serving degraded and cached
-        except (StrataError, OSError) as exc:
-            log.warning("online store upkeep failed: %s", exc)
-        except Exception:  # a bug must not end the loop: without it nothing drains or probes
-            log.exception("online store upkeep failed unexpectedly")
 
 
 def _install_routes(app: FastAPI) -> None:
@@ -343,12 +301,14 @@ def _install_routes(app: FastAPI) -> None:
 
     @app.get("/readyz")
     def readyz(request: Request) -> JSONResponse:
-        """Readiness: the models are loaded and answer (503 with reasons while they are not,
-        so it also serves as the startup probe). An unreachable online store is `degraded`, not
-        unready: every replica keeps serving from snapshots instead of all leaving the Service."""
+        """Readiness: a model version is loaded and answers (503 with the reason while none is:
+        `serve.wait_for_model` until the first promotion). An unreachable online store is
+        `degraded`, not unready: every replica keeps serving from snapshots instead of all
+        leaving the Service."""
         state: ServingState | None = getattr(request.app.state, "serving", None)
         if state is None:
-            return JSONResponse({"ready": False, "reasons": ["not started"]}, status_code=503)
+            why = getattr(request.app.state, "waiting", None) or "not started"
+            return JSONResponse({"ready": False, "reasons": [why]}, status_code=503)
         pipe = state.pipeline
         reasons, degraded = [], []
         health = pipe.backend.health()
@@ -384,7 +344,7 @@ def _install_routes(app: FastAPI) -> None:
         signal the other replicas, which follow the same pointer."""
         _check_admin(request, state)
         try:
-            out = await _reload(state)
+            out = await reload_version(state)
         except StrataError as exc:
             current = state.pipeline.version
             return error_response(409, None, f"reload failed, still serving {current}: {exc}")
@@ -392,49 +352,6 @@ def _install_routes(app: FastAPI) -> None:
             announce, state.signals, serving_signal(state.pipeline.dataset), str(out["version"])
         )
         return JSONResponse(out)
-
-
-async def _reload(state: ServingState) -> dict[str, object]:
-    """Load the registry's serving version off the loop and swap it in; StrataError (counted,
-    logged) when it cannot be loaded, the old version still serving."""
-    async with state.reload_lock:
-        old = state.pipeline
-        t0 = time.perf_counter()
-        try:
-            new = await asyncio.to_thread(
-                RecommendationPipeline.load, state.settings, old.dataset, None, state.link
-            )
-        except StrataError as exc:
-            state.metrics.reloads.labels("failed").inc()
-            log.warning("reload failed, still serving %s: %s", old.version, exc)
-            raise
-        state.pipeline = new  # the atomic swap; in-flight requests keep `old`
-        state.ingestor.categories = new.catalog.categories()
-        state.metrics.set_model(new)
-        state.metrics.reloads.labels("ok").inc()
-        previous = old.version
-        del old  # the last reference this handler holds: its garbage is found just below
-        # The new version's objects out of the collector's reach (see strata.serving.pauses).
-        await asyncio.to_thread(pauses.settle, state.settings.gc)
-    log.info("reloaded %s -> %s", previous, new.version)
-    return {"previous": previous, "version": new.version,
-            "seconds": round(time.perf_counter() - t0, 3)}  # fmt: skip
-
-
-async def _follow(state: ServingState) -> None:
-    """Reload when the registry's serving pointer names another version than the one served."""
-    from strata.registry import Registry
-
-    registry = Registry(state.settings.registry_dir, state.pipeline.dataset)
-    target = await asyncio.to_thread(registry.serving)
-    if target is None or target == state.pipeline.version or state.reload_lock.locked():
-        return
-    if state.failed[0] == target and time.monotonic() - state.failed[1] < _RETRY_FAILED_S:
-        return  # a version that would not load: tried again after a while, not every poll
-    try:
-        await _reload(state)
-    except StrataError:  # counted and logged by _reload
-        state.failed = (target, time.monotonic())
 
 
 def _check_admin(request: Request, state: ServingState) -> None:
@@ -469,7 +386,8 @@ def serve(
 
     from strata.registry import Registry
 
-    Registry(settings.registry_dir, settings.serve.dataset).path(None)  # NotFoundError -> exit 2
+    if not settings.serve.wait_for_model:  # NotFoundError -> exit 2, before binding a port
+        Registry(settings.registry_dir, settings.serve.dataset).path(None)
     cfg = settings.serve
     # No access log: the latency histogram is the per-request record, and formatting a log
     # line per request costs a visible share of the CPU budget on 2 cores.

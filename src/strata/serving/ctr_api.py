@@ -108,8 +108,19 @@ def create_ctr_app(
 
     @app.get("/healthz")
     def healthz(request: Request) -> dict[str, Any]:
+        """The process is up (liveness)."""
         rt: CtrRuntime | None = getattr(request.app.state, "ctr", None)
         return {"ok": rt is not None, "version": rt.service.served.version if rt else None}
+
+    @app.get("/readyz")
+    def readyz(request: Request) -> JSONResponse:
+        """A model version is loaded (readiness, and the startup probe); 503 with the reason
+        while none is (`ctr.serve.wait_for_model`: until the first promotion)."""
+        rt: CtrRuntime | None = getattr(request.app.state, "ctr", None)
+        if rt is None:
+            why = getattr(request.app.state, "ctr_unavailable", None) or "not started"
+            return JSONResponse({"ready": False, "reasons": [why]}, status_code=503)
+        return JSONResponse({"ready": True, "version": rt.service.served.version, "reasons": []})
 
     return app
 
@@ -125,7 +136,8 @@ def serve_ctr(
 
     from strata.ctr.artifacts import ctr_registry
 
-    ctr_registry(settings).path(None)  # NotFoundError before binding a port: CLI exit 2
+    if not settings.ctr.serve.wait_for_model:  # NotFoundError before binding a port: exit 2
+        ctr_registry(settings).path(None)
     cfg = settings.ctr.serve
     # No access log: the latency histogram is the per-request record, and logging every
     # request costs more CPU than scoring a small batch.

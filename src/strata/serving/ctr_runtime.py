@@ -283,35 +283,52 @@ async def ctr_lifespan(
 ) -> AsyncIterator[None]:
     """Load the CTR runtime into `app.state.ctr` for the app's lifetime.
 
-    Without a trained CTR version the app still starts (`/ctr/*` answers 503) unless `required`.
+    Without a trained CTR version the app still starts (`/ctr/*` answers 503 until a first
+    version is promoted, then serves it) unless `required` and not `ctr.serve.wait_for_model`.
     """
     metrics = CtrMetrics.create(registry if registry is not None else CollectorRegistry())
     app.state.ctr_metrics = metrics
     app.state.ctr_unavailable = None
-    runtime: CtrRuntime | None = None
+    app.state.ctr = None
+    tasks: list[asyncio.Task[None]] = []
+
+    def start(runtime: CtrRuntime) -> None:
+        app.state.ctr, app.state.ctr_unavailable = runtime, None
+        name = ctr_signal(settings.ctr.registry_name)
+        poll_s = settings.serve.follow_poll_s
+        tasks.append(asyncio.create_task(follow(runtime.follow_pointer, runtime.signals, name,
+                                                poll_s)))  # fmt: skip
+
+    async def when_a_model_exists() -> None:
+        # No version yet (a fresh install): /ctr/* answer 503 until the first one is promoted.
+        from strata.ctr.artifacts import ctr_registry
+
+        reg = ctr_registry(settings)
+        while await asyncio.to_thread(reg.serving) is None:
+            await asyncio.sleep(settings.serve.follow_poll_s)
+        start(await asyncio.to_thread(build_runtime, settings, metrics, None, retrain_factory))
+        log.info("ctr: a first version was promoted: serving %s", app.state.ctr.service.served)
+
     try:
-        runtime = await asyncio.to_thread(build_runtime, settings, metrics, None, retrain_factory)
+        start(await asyncio.to_thread(build_runtime, settings, metrics, None, retrain_factory))
     except StrataError as exc:
-        if required:
+        missing = isinstance(exc, NotFoundError)
+        if required and not (missing and settings.ctr.serve.wait_for_model):
             raise
         # Mounted in the main app: a missing or broken CTR version must not stop the recommender.
-        hint = ": run `strata ctr train`" if isinstance(exc, NotFoundError) else ""
+        hint = ": run `strata ctr train`" if missing else ""
         app.state.ctr_unavailable = f"{exc}{hint}"
         log.warning("ctr: no model to serve (%s); /ctr/* will answer 503", exc)
-    app.state.ctr = runtime
-    follower = None
-    if runtime is not None:
-        name = ctr_signal(settings.ctr.registry_name)
-        follower = asyncio.create_task(
-            follow(runtime.follow_pointer, runtime.signals, name, settings.serve.follow_poll_s)
-        )
+        if missing:
+            tasks.append(asyncio.create_task(when_a_model_exists()))
     try:
         yield
     finally:
-        if follower is not None:
-            follower.cancel()
+        for task in reversed(tasks):
+            task.cancel()
             with suppress(asyncio.CancelledError):
-                await follower
+                await task
+        runtime: CtrRuntime | None = app.state.ctr
         if runtime is not None:
             await asyncio.to_thread(runtime.close, settings.ctr.serve.shutdown_wait_s)
         app.state.ctr = None

@@ -1,0 +1,146 @@
+"""What a running serving app holds (`ServingState`) and how it changes over its life: the
+online store's upkeep (probe while down, drain outboxes, adopt a gone replica's outbox, refresh
+the catalog), swapping in another model version (`reload_version`), following the registry's
+`serving` pointer (`follow_pointer`), and waiting for a first version on a fresh install
+(`when_a_model_exists`). `app.py` wires these into the FastAPI app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from strata.errors import StoreUnavailableError, StrataError
+from strata.serving import pauses
+from strata.serving.metrics import ServingMetrics
+from strata.serving.online import OnlineLink
+from strata.serving.service import RecommendationPipeline
+
+if TYPE_CHECKING:
+    from strata.config import Settings
+    from strata.features.events import EventIngestor
+    from strata.features.online.signals import ValkeySignals
+
+log = logging.getLogger(__name__)
+
+#: Seconds between looks for the outboxes of replicas that are gone (their events drained here).
+_ADOPT_EVERY_S = 10.0
+#: Seconds before a follower tries again to load a version that failed to load.
+_RETRY_FAILED_S = 30.0
+
+
+@dataclass
+class ServingState:
+    """Everything a running app holds: settings, online link, event ingestor, the current
+    pipeline (replaced as a whole on reload) and metrics."""
+
+    settings: Settings
+    link: OnlineLink
+    ingestor: EventIngestor
+    pipeline: RecommendationPipeline
+    metrics: ServingMetrics
+    signals: ValkeySignals | None = None  # replicas' notifications (None: embedded, alone)
+    failed: tuple[str, float] = ("", 0.0)  # the last version that failed to load, and when
+    reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    started: float = field(default_factory=time.time)
+
+    @property
+    def inline(self) -> bool:
+        """Whether /recommend runs on the event loop (see `_serve_recommend`)."""
+        mode = self.settings.serve.dispatch
+        if mode == "auto":
+            return self.settings.inference.type == "onnxruntime"
+        return mode == "inline"
+
+
+async def online_upkeep(state: ServingState) -> None:
+    """Background care of the online side, every tick (at most the breaker's longest backoff):
+    while the breaker is open, probe the store so it closes without traffic; drain events
+    deferred to the outbox once the store answers (and, every 10 s, the outbox a gone replica
+    left on the shared volume); reload the catalog cache when the item
+    feature version changed (every `catalog_refresh_s`, and right after the store came back)."""
+    cfg = state.settings.serve
+    link, ingestor = state.link, state.ingestor
+    tick = min(cfg.catalog_refresh_s, cfg.store_backoff_max_s)
+    last_refresh = last_adopt = time.monotonic()
+    while True:
+        await asyncio.sleep(tick)
+        try:
+            was_open = link.breaker.is_open
+            if was_open:
+                await asyncio.to_thread(link.health)  # StoreUnavailableError while still down
+            if ingestor.has_deferred():
+                await asyncio.to_thread(ingestor.drain_outbox, link.breaker.call)
+            if time.monotonic() - last_adopt >= _ADOPT_EVERY_S:  # outboxes of gone replicas
+                last_adopt = time.monotonic()
+                await asyncio.to_thread(ingestor.adopt_orphans, link.breaker.call)
+            if was_open or time.monotonic() - last_refresh >= cfg.catalog_refresh_s:
+                last_refresh = time.monotonic()
+                await asyncio.to_thread(state.pipeline.catalog.refresh)
+        except StoreUnavailableError:
+            continue  # the breaker has logged it; keep serving degraded and cached
+        except (StrataError, OSError) as exc:
+            log.warning("online store upkeep failed: %s", exc)
+        except Exception:  # a bug must not end the loop: without it nothing drains or probes
+            log.exception("online store upkeep failed unexpectedly")
+
+
+async def reload_version(state: ServingState) -> dict[str, object]:
+    """Load the registry's serving version off the loop and swap it in; StrataError (counted,
+    logged) when it cannot be loaded, the old version still serving."""
+    async with state.reload_lock:
+        old = state.pipeline
+        t0 = time.perf_counter()
+        try:
+            new = await asyncio.to_thread(
+                RecommendationPipeline.load, state.settings, old.dataset, None, state.link
+            )
+        except StrataError as exc:
+            state.metrics.reloads.labels("failed").inc()
+            log.warning("reload failed, still serving %s: %s", old.version, exc)
+            raise
+        state.pipeline = new  # the atomic swap; in-flight requests keep `old`
+        state.ingestor.categories = new.catalog.categories()
+        state.metrics.set_model(new)
+        state.metrics.reloads.labels("ok").inc()
+        previous = old.version
+        del old  # the last reference this handler holds: its garbage is found just below
+        # The new version's objects out of the collector's reach (see strata.serving.pauses).
+        await asyncio.to_thread(pauses.settle, state.settings.gc)
+    log.info("reloaded %s -> %s", previous, new.version)
+    return {"previous": previous, "version": new.version,
+            "seconds": round(time.perf_counter() - t0, 3)}  # fmt: skip
+
+
+def has_model(settings: Settings) -> bool:
+    from strata.registry import Registry
+
+    return Registry(settings.registry_dir, settings.serve.dataset).serving() is not None
+
+
+async def when_a_model_exists(settings: Settings, start: Callable[[], Awaitable[None]]) -> None:
+    """Poll the registry until the dataset has a serving version, then `start` serving it."""
+    while not await asyncio.to_thread(has_model, settings):
+        await asyncio.sleep(settings.serve.follow_poll_s)
+    log.info("a first model version of %s was promoted: loading it", settings.serve.dataset)
+    await start()
+
+
+async def follow_pointer(state: ServingState) -> None:
+    """Reload when the registry's serving pointer names another version than the one served."""
+    from strata.registry import Registry
+
+    registry = Registry(state.settings.registry_dir, state.pipeline.dataset)
+    target = await asyncio.to_thread(registry.serving)
+    if target is None or target == state.pipeline.version or state.reload_lock.locked():
+        return
+    if state.failed[0] == target and time.monotonic() - state.failed[1] < _RETRY_FAILED_S:
+        return  # a version that would not load: tried again after a while, not every poll
+    try:
+        await reload_version(state)
+    except StrataError:  # counted and logged by _reload
+        state.failed = (target, time.monotonic())
