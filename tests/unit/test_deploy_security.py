@@ -109,3 +109,24 @@ def test_probes_follow_the_cluster_mode_contract(name: str) -> None:
     flag = "STRATA_SERVE__WAIT_FOR_MODEL" if name == "strata-serving" else (
         "STRATA_CTR__SERVE__WAIT_FOR_MODEL")  # fmt: skip
     assert env[flag]["value"] == "true"
+
+
+def test_a_fresh_install_trains_its_first_version_on_the_shared_volume() -> None:
+    all_docs = docs()
+    job = one(all_docs, "Job", "strata-bootstrap")
+    pod = job["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["command"][:5] == ["strata", "pipeline", "run", "initial", "--local"]
+    storage = c["command"][c["command"].index("--storage") + 1]
+    claim = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    # the registry it promotes into is the one the serving pods follow
+    serving = one(all_docs, "Deployment", "strata-serving")["spec"]["template"]["spec"]
+    serving_claims = {v["name"]: v for v in serving["volumes"]}
+    (s_c,) = serving["containers"]
+    s_mounts = {m["mountPath"]: m["name"] for m in s_c["volumeMounts"]}
+    assert (
+        claim[mounts[storage]]["persistentVolumeClaim"]
+        == (serving_claims[s_mounts[storage]]["persistentVolumeClaim"])
+    )
+    assert _env(c)["STRATA_HOME"]["value"] == _env(s_c)["STRATA_HOME"]["value"] == storage
