@@ -180,7 +180,12 @@ def create_app(
     @asynccontextmanager
     async def _serving(app: FastAPI) -> AsyncIterator[ServingState]:
         link = OnlineLink.open(settings, store)
-        pipe = await asyncio.to_thread(RecommendationPipeline.load, settings, None, None, link)
+        try:
+            pipe = await asyncio.to_thread(RecommendationPipeline.load, settings, None, None, link)
+        except BaseException:
+            if store is None:
+                link.close()  # a version that fails to load leaves no connection behind
+            raise
         ingestor = EventIngestor(
             settings, store=link.store, bloom=link.bloom,
             item_categories=pipe.catalog.categories(), event_types=pipe.event_types,

@@ -304,10 +304,21 @@ async def ctr_lifespan(
         from strata.ctr.artifacts import ctr_registry
 
         reg = ctr_registry(settings)
-        while await asyncio.to_thread(reg.serving) is None:
-            await asyncio.sleep(settings.serve.follow_poll_s)
-        start(await asyncio.to_thread(build_runtime, settings, metrics, None, retrain_factory))
-        log.info("ctr: a first version was promoted: serving %s", app.state.ctr.service.served)
+        while True:
+            while await asyncio.to_thread(reg.serving) is None:
+                await asyncio.sleep(settings.serve.follow_poll_s)
+            try:
+                runtime = await asyncio.to_thread(
+                    build_runtime, settings, metrics, None, retrain_factory
+                )
+            except StrataError as exc:  # a broken first version: the next promotion may fix it
+                app.state.ctr_unavailable = f"{exc}"
+                log.warning("ctr: the first version did not load (%s); trying again", exc)
+                await asyncio.sleep(30.0)
+                continue
+            start(runtime)
+            log.info("ctr: a first version was promoted: %s", runtime.service.served.version)
+            return
 
     try:
         start(await asyncio.to_thread(build_runtime, settings, metrics, None, retrain_factory))

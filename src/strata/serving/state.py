@@ -117,17 +117,26 @@ async def reload_version(state: ServingState) -> dict[str, object]:
 
 
 def has_model(settings: Settings) -> bool:
+    """Whether the served dataset has a serving version in the registry."""
     from strata.registry import Registry
 
     return Registry(settings.registry_dir, settings.serve.dataset).serving() is not None
 
 
 async def when_a_model_exists(settings: Settings, start: Callable[[], Awaitable[None]]) -> None:
-    """Poll the registry until the dataset has a serving version, then `start` serving it."""
-    while not await asyncio.to_thread(has_model, settings):
-        await asyncio.sleep(settings.serve.follow_poll_s)
-    log.info("a first model version of %s was promoted: loading it", settings.serve.dataset)
-    await start()
+    """Poll the registry until the dataset has a serving version, then `start` serving it; a
+    version that fails to load is tried again after a while (the next promotion may fix it)."""
+    while True:
+        while not await asyncio.to_thread(has_model, settings):
+            await asyncio.sleep(settings.serve.follow_poll_s)
+        log.info("a first model version of %s was promoted: loading it", settings.serve.dataset)
+        try:
+            await start()
+            return
+        except StrataError as exc:
+            log.warning("the first version did not load (%s); trying again in %.0f s", exc,
+                        _RETRY_FAILED_S)  # fmt: skip
+            await asyncio.sleep(_RETRY_FAILED_S)
 
 
 async def follow_pointer(state: ServingState) -> None:
@@ -142,5 +151,5 @@ async def follow_pointer(state: ServingState) -> None:
         return  # a version that would not load: tried again after a while, not every poll
     try:
         await reload_version(state)
-    except StrataError:  # counted and logged by _reload
+    except StrataError:  # counted and logged by reload_version
         state.failed = (target, time.monotonic())
