@@ -405,6 +405,13 @@ class PipelinesConfig(_Strict):
     k8s_namespace: str | None = None
     k8s_deployment: str = "strata-serving"
     k8s_manifest: str = "deploy/serving.yaml"
+    # Compiled for a cluster: the ConfigMap of settings every step reads (STRATA_* keys), a GPU
+    # for the training steps, and a PersistentVolumeClaim mounted as the storage (instead of
+    # s3://) in every step.
+    settings_config_map: str = "strata-settings"
+    gpu: bool = False
+    pvc: str | None = None
+    pvc_mount_path: str = "/data"
 
 
 # --- root ----------------------------------------------------------------------------------

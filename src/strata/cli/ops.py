@@ -163,7 +163,8 @@ def pipeline_compile(
     """Compile initial, incremental and ctr-retrain to KFP v2 YAML."""
     from strata.pipelines.pipelines import compile_all
 
-    paths = compile_all(out, image or settings().pipelines.image)
+    cfg = settings().pipelines
+    paths = compile_all(out, cfg.model_copy(update={"image": image}) if image else cfg)
     print_json({"compiled": [str(p) for p in paths]})
 
 

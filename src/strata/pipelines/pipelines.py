@@ -5,6 +5,14 @@ Every step has side effects on that storage, so KFP's result cache is switched o
 them. Conditional steps are not KFP `If` blocks: a step that has nothing to do (no accepted
 version, no serving URL) returns a recorded no-op, so the graph is the same straight line on a
 cluster and locally.
+
+Compiled for a cluster (`cluster=` a `PipelinesConfig`), every step pod also gets what it needs
+there and nothing else (`for_cluster`): CPU/memory requests by kind of step (a GPU for the
+training steps when `pipelines.gpu`), the settings from the `strata-settings` ConfigMap and the
+`strata-valkey` / `strata-admin` Secrets as environment (so materialize writes to the cluster's
+Valkey and deploy has the admin token), the label the Valkey NetworkPolicy admits, a non-root
+security context, and the shared volume when `pipelines.pvc` names one. The local runner gets
+none of it: its steps run in this process's environment.
 """
 
 # No `from __future__ import annotations`: KFP reads the pipeline signatures as real types.
@@ -13,19 +21,57 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from strata.config import PipelinesConfig
 from strata.pipelines.components import make_components, require_kfp
 
 PIPELINES = ("initial", "incremental", "ctr-retrain")
+#: Steps that train (more CPU and memory; the GPU when asked for).
+TRAINING_STEPS = frozenset({"encode-content", "train-two-tower", "train-ranker", "finetune",
+                            "ctr-retrain"})  # fmt: skip
+#: Settings a step reads from the `strata-settings` ConfigMap (each key optional).
+SETTINGS_KEYS = ("STRATA_ONLINE__TYPE", "STRATA_ONLINE__URL", "STRATA_PIPELINES__SERVING_URL",
+                 "STRATA_PIPELINES__K8S_NAMESPACE")  # fmt: skip
+#: Secret name -> (key -> environment variable).
+SECRETS = {"strata-valkey": {"password": "STRATA_ONLINE__PASSWORD"},
+           "strata-admin": {"token": "STRATA_SERVE__ADMIN_TOKEN"}}  # fmt: skip
 
 
-def make_pipelines(image: str) -> dict[str, Callable[..., Any]]:
-    """The three KFP pipeline objects, with components running in `image`."""
+def for_cluster(task: Any, step: str, cfg: PipelinesConfig) -> Any:
+    """What a step pod needs on a cluster (module docstring)."""
+    from kfp import kubernetes
+
+    heavy = step in TRAINING_STEPS
+    task.set_cpu_request("2" if heavy else "500m").set_memory_request("6G" if heavy else "2G")
+    task.set_memory_limit("8G" if heavy else "4G")
+    if heavy and cfg.gpu:
+        task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
+        kubernetes.add_toleration(task, key="nvidia.com/gpu", operator="Exists",
+                                  effect="NoSchedule")  # fmt: skip
+    kubernetes.use_config_map_as_env(task, cfg.settings_config_map,
+                                     {k: k for k in SETTINGS_KEYS}, optional=True)  # fmt: skip
+    for secret, keys in SECRETS.items():
+        kubernetes.use_secret_as_env(task, secret, keys, optional=True)
+    kubernetes.add_pod_label(task, "strata.io/valkey-client", "true")
+    kubernetes.set_security_context(task, run_as_user=10001, run_as_group=10001,
+                                    run_as_non_root=True)  # fmt: skip
+    if cfg.pvc:
+        kubernetes.mount_pvc(task, pvc_name=cfg.pvc, mount_path=cfg.pvc_mount_path)
+    return task
+
+
+def make_pipelines(
+    image: str, cluster: PipelinesConfig | None = None
+) -> dict[str, Callable[..., Any]]:
+    """The three KFP pipeline objects, with components running in `image`; `cluster`: compiled
+    for a Kubernetes cluster (`for_cluster` on every step)."""
     dsl = require_kfp()
 
     c = make_components(image)
 
     def nocache(task: Any) -> Any:
         task.set_caching_options(False)
+        if cluster is not None:
+            for_cluster(task, task.component_spec.name.replace("_", "-"), cluster)
         return task
 
     @dsl.pipeline(
@@ -120,7 +166,9 @@ def make_pipelines(image: str) -> dict[str, Callable[..., Any]]:
     return {"initial": initial, "incremental": incremental, "ctr-retrain": ctr_retrain}
 
 
-def get_pipeline(name: str, image: str) -> Callable[..., Any]:
+def get_pipeline(
+    name: str, image: str, cluster: PipelinesConfig | None = None
+) -> Callable[..., Any]:
     """One pipeline by CLI name; ValidationError for an unknown one."""
     from strata.errors import ValidationError
 
@@ -128,11 +176,12 @@ def get_pipeline(name: str, image: str) -> Callable[..., Any]:
         raise ValidationError(
             "pipeline", f"unknown pipeline {name!r}; known: {', '.join(PIPELINES)}"
         )
-    return make_pipelines(image)[name]
+    return make_pipelines(image, cluster)[name]
 
 
-def compile_pipeline(name: str, out: Path, image: str) -> Path:
-    """Compile one pipeline to `<out>/<name>.yaml` (written to a temp name, then renamed)."""
+def compile_pipeline(name: str, out: Path, cfg: PipelinesConfig) -> Path:
+    """Compile one pipeline for a cluster (image, resources, settings, volume from `cfg`) to
+    `<out>/<name>.yaml` (written to a temp name, then renamed)."""
     import os
 
     require_kfp()
@@ -142,13 +191,13 @@ def compile_pipeline(name: str, out: Path, image: str) -> Path:
     dest = out / f"{name}.yaml"
     tmp = out / f".{name}.tmp.yaml"
     try:
-        compiler.Compiler().compile(get_pipeline(name, image), str(tmp))
+        compiler.Compiler().compile(get_pipeline(name, cfg.image, cfg), str(tmp))
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
     return dest
 
 
-def compile_all(out: Path, image: str) -> list[Path]:
+def compile_all(out: Path, cfg: PipelinesConfig) -> list[Path]:
     """Compile every pipeline into `out`: one YAML per pipeline for a KFP cluster."""
-    return [compile_pipeline(name, out, image) for name in PIPELINES]
+    return [compile_pipeline(name, out, cfg) for name in PIPELINES]

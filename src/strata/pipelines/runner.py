@@ -145,7 +145,7 @@ def submit(
     """Compile `name` and submit one run to the KFP host (optionally wait for it to finish)."""
     cfg = settings.pipelines
     with tempfile.TemporaryDirectory(prefix="strata-kfp-") as tmp:
-        package = compile_pipeline(name, Path(tmp), cfg.image)
+        package = compile_pipeline(name, Path(tmp), cfg)
         try:
             client = _client(host)
             run = client.create_run_from_pipeline_package(
@@ -180,7 +180,7 @@ def schedule(
     cfg = settings.pipelines
     expr = kfp_cron(cron)
     with tempfile.TemporaryDirectory(prefix="strata-kfp-") as tmp:
-        package = compile_pipeline(name, Path(tmp), cfg.image)
+        package = compile_pipeline(name, Path(tmp), cfg)
         try:
             client = _client(host)
             exp = client.create_experiment(cfg.experiment)
