@@ -154,3 +154,20 @@ def test_every_built_in_object_validates_strictly(version: str) -> None:
             errors.append(f"{d['kind']}/{d['metadata']['name']}: {exc}")
     assert not errors, errors
     assert checked >= 15
+
+
+def test_pods_run_as_strata_and_the_deploy_step_may_roll_the_serving_deployment() -> None:
+    all_docs = docs()
+    sa = one(all_docs, "ServiceAccount", "strata")
+    assert sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].startswith("arn:aws:iam::")
+    for name, pod in _pods():
+        assert pod["spec"].get("serviceAccountName") == "strata" or name == "StatefulSet/valkey"
+    role = one(all_docs, "Role", "strata-deployer")
+    (rule,) = role["rules"]
+    # what strata.pipelines.kube.apply_serving calls: read, create the first time, patch
+    assert rule["resources"] == ["deployments"] and set(rule["verbs"]) == {"get", "create", "patch"}
+    binding = one(all_docs, "RoleBinding", "strata-deployer")
+    assert binding["roleRef"]["name"] == "strata-deployer"
+    assert {"kind": "ServiceAccount", "name": "strata", "namespace": "strata"} in binding[
+        "subjects"
+    ]
