@@ -171,3 +171,26 @@ def test_pods_run_as_strata_and_the_deploy_step_may_roll_the_serving_deployment(
     assert {"kind": "ServiceAccount", "name": "strata", "namespace": "strata"} in binding[
         "subjects"
     ]
+
+
+def test_each_pod_lands_on_its_pool() -> None:
+    all_docs = docs()
+    pools = {
+        d["metadata"]["name"]: d["spec"]["template"] for d in all_docs if d["kind"] == "NodePool"
+    }
+
+    def capacity(pool: dict[str, Any]) -> set[str]:
+        (req,) = [
+            r for r in pool["spec"]["requirements"] if r["key"] == "karpenter.sh/capacity-type"
+        ]
+        return set(req["values"])
+
+    by_label = {p["metadata"]["labels"]["strata.io/pool"]: p for p in pools.values()}
+    for name, pod in _pods():
+        pool = by_label[pod["spec"]["nodeSelector"]["strata.io/pool"]]
+        if name == "StatefulSet/valkey":
+            assert capacity(pool) == {"on-demand"}  # a spot reclaim would empty the store
+        else:
+            assert "spot" in capacity(pool)
+    gpu = by_label["gpu"]
+    assert gpu["spec"]["taints"] == [{"key": "nvidia.com/gpu", "effect": "NoSchedule"}]
