@@ -24,7 +24,6 @@ import numpy as np
 
 from strata.ctr.preprocess import CtrBatch
 from strata.ctr.state import Joined, Window
-from strata.errors import StoreUnavailableError
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -114,13 +113,10 @@ class ValkeyCtrState:
 
     @contextmanager
     def _guard(self) -> Iterator[None]:
-        try:
-            with self.store.guard():
-                yield
-        except StoreUnavailableError:
-            raise
-        except Exception as exc:  # a script error reply (NOSCRIPT after a flush, OOM, ...)
-            raise StoreUnavailableError(f"ctr state: {exc}") from exc
+        """The store's guard: network failures and error replies (NOSCRIPT after a flush, OOM)
+        become StoreUnavailableError."""
+        with self.store.guard():
+            yield
 
     def _pack(self, first: np.ndarray, batch: CtrBatch) -> list[bytes]:
         head = np.asarray(first, dtype="<f4").reshape(-1, 1).view(np.uint8)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from strata.errors import StoreUnavailableError
 from strata.monitoring.drift import DriftDecision
 
 log = logging.getLogger(__name__)
@@ -144,7 +145,7 @@ class RetrainTrigger:
             return True
         try:
             return self._lease.acquire(self._holder, self._lease_s)
-        except Exception as exc:  # the store is away: no lease, no retrain (another may run)
+        except StoreUnavailableError as exc:  # no lease, no retrain (another replica may run)
             log.warning("ctr trigger: lease not acquired: %s", exc)
             return False
 
@@ -153,7 +154,7 @@ class RetrainTrigger:
             try:
                 if self._lease is not None and not self._lease.renew(self._holder, self._lease_s):
                     log.warning("ctr trigger: lease lost during the retrain")
-            except Exception as exc:  # the next renewal may get through before it expires
+            except StoreUnavailableError as exc:  # the next renewal may get through in time
                 log.warning("ctr trigger: lease renewal failed: %s", exc)
 
     def _run(self) -> None:
@@ -182,7 +183,7 @@ class RetrainTrigger:
             if self._lease is not None:
                 try:
                     self._lease.release(self._holder, self._hold_s)
-                except Exception as exc:  # it expires by itself
+                except StoreUnavailableError as exc:  # it expires by itself
                     log.warning("ctr trigger: lease not released: %s", exc)
             self._lock.release()
 
