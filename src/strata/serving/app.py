@@ -40,7 +40,7 @@ import hmac
 import json
 import logging
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager, suppress
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING, Annotated, Literal
 
 from fastapi import Depends, FastAPI, Path, Query, Request
@@ -51,7 +51,7 @@ from strata.errors import NotFoundError, StoreUnavailableError, StrataError, Val
 from strata.serving import pauses
 from strata.serving.bodies import RecommendBody, parse_events, recommendation_json, request_user
 from strata.serving.errors import error_response, install_error_handlers
-from strata.serving.follow import announce, follow, serving_signal
+from strata.serving.follow import announce, cancel_all, follow, serving_signal
 from strata.serving.metrics import RequestMetrics, ServingMetrics
 from strata.serving.online import OnlineLink
 from strata.serving.service import RecommendationPipeline
@@ -172,10 +172,7 @@ def create_app(
             try:
                 yield
             finally:
-                for task in reversed(tasks):
-                    task.cancel()
-                    with suppress(asyncio.CancelledError):
-                        await task
+                await cancel_all(tasks)
 
     @asynccontextmanager
     async def _serving(app: FastAPI) -> AsyncIterator[ServingState]:

@@ -21,7 +21,7 @@ import os
 import socket
 import threading
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +31,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from strata.config import Settings
 from strata.errors import NotFoundError, StrataError
 from strata.serving import pauses
-from strata.serving.follow import announce, follow
+from strata.serving.follow import announce, cancel_all, follow
 
 if TYPE_CHECKING:
     from strata.ctr.drift import FeatureDriftReference
@@ -335,10 +335,7 @@ async def ctr_lifespan(
     try:
         yield
     finally:
-        for task in reversed(tasks):
-            task.cancel()
-            with suppress(asyncio.CancelledError):
-                await task
+        await cancel_all(tasks)
         runtime: CtrRuntime | None = app.state.ctr
         if runtime is not None:
             await asyncio.to_thread(runtime.close, settings.ctr.serve.shutdown_wait_s)

@@ -61,6 +61,14 @@ async def follow(
         stop.set()
 
 
+async def cancel_all(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel background tasks, newest first, and wait until each has ended."""
+    for task in reversed(tasks):
+        task.cancel()
+        with suppress(asyncio.CancelledError):
+            await task
+
+
 def announce(signals: ValkeySignals | None, name: str, version: str) -> None:
     """Tell the other replicas that `name` now serves `version` (best effort: they poll too)."""
     from strata.errors import StoreUnavailableError
