@@ -293,7 +293,9 @@ class TritonExportConfig(_Strict):
     max_batch_size: int = Field(default=1024, ge=1)
     preferred_batch_sizes: tuple[int, ...] = (64, 256)
     max_queue_delay_us: int = Field(default=500, ge=0)
-    instances: int = Field(default=1, ge=1)  # instance_group count (KIND_CPU)
+    instances: int = Field(default=1, ge=1)  # instance_group count
+    # Where each instance runs: KIND_GPU on a GPU node (Triton's ONNX Runtime backend with CUDA)
+    instance_kind: Literal["KIND_CPU", "KIND_GPU"] = "KIND_CPU"
     intra_op_threads: int = Field(default=1, ge=1)
 
     @model_validator(mode="after")
@@ -400,11 +402,10 @@ class PipelinesConfig(_Strict):
     min_new_events: int = Field(default=10, ge=1)  # incremental: fewer new events -> skip
     min_ranker_auc: float = Field(default=0.5, ge=0.0, le=1.0)  # initial gate floor
     run_timeout_s: int = Field(default=3600, ge=1)  # waiting for a submitted KFP run
-    # Deploy on a cluster: with a namespace set, the deploy step also patches (or creates from
-    # `k8s_manifest`) the serving Deployment so a rollout picks up the new model version.
+    # Deploy on a cluster: with a namespace set, the deploy step also patches the serving
+    # Deployment (installed by the Helm chart) so a rollout records the new model version.
     k8s_namespace: str | None = None
     k8s_deployment: str = "strata-serving"
-    k8s_manifest: str = "deploy/serving.yaml"
     # Compiled for a cluster: the ConfigMap of settings every step reads (STRATA_* keys), a GPU
     # for the training steps, and a PersistentVolumeClaim mounted as the storage (instead of
     # s3://) in every step.

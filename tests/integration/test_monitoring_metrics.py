@@ -11,7 +11,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from strata.ctr.artifacts import ctr_registry, publish
@@ -21,7 +20,7 @@ from strata.serving.app import create_app
 from tests.integration.test_ctr_http import _records
 from tests.unit.ctr_support import synthetic_parquet, tiny_cfg
 from tests.unit.serving_support import LiveServer, serving_settings
-from tests.unit.test_pipelines_deploy import DEPLOY, adapter_rules, docs
+from tests.unit.test_pipelines_deploy import adapter_rules, docs, one
 
 pytestmark = pytest.mark.integration
 NAME = re.compile(r"\bstrata_[a-z0-9_]+")
@@ -34,12 +33,15 @@ def _queries() -> dict[str, list[str]]:
     out: dict[str, list[str]] = {"adapter": []}
     for rule in adapter_rules():
         out["adapter"] += [rule["seriesQuery"], rule["name"]["matches"], rule["metricsQuery"]]
-    monitoring = list(yaml.safe_load_all((DEPLOY / "monitoring.yaml").read_text()))
-    rules = next(d for d in monitoring if d["kind"] == "PrometheusRule")
+    chart = docs()
+    rules = one(chart, "PrometheusRule", "strata")
     out["alerts"] = [r["expr"] for g in rules["spec"]["groups"] for r in g["rules"]]
-    board = next(d for d in monitoring if d["kind"] == "ConfigMap")
-    dashboard = json.loads(board["data"]["strata.json"])
-    out["dashboard"] = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    boards = one(chart, "ConfigMap", "strata-grafana-dashboards")["data"]
+    assert boards, "no dashboard in the chart"
+    out["dashboard"] = [
+        t["expr"] for text in boards.values() for p in json.loads(text)["panels"]
+        for t in p["targets"]
+    ]  # fmt: skip
     return out
 
 

@@ -90,7 +90,9 @@ def python_backend_repository(exported: Path, out: Path) -> None:
         shutil.copyfile(MODEL_PY, out / name / "1" / "model.py")
 
 
-def start_tritonserver(dist: TritonDist, repo: Path, work: Path) -> tuple[subprocess.Popen, int]:
+def start_tritonserver(
+    dist: TritonDist, repo: Path, work: Path, extra_args: tuple[str, ...] = ()
+) -> tuple[subprocess.Popen, int]:
     """Start tritonserver on free loopback ports; return the process and its HTTP port."""
     backends = work / "backends"
     # The stub must sit in backends/python; the rest of the backend folder is reused as is.
@@ -117,6 +119,7 @@ def start_tritonserver(dist: TritonDist, repo: Path, work: Path) -> tuple[subpro
             "--http-address=127.0.0.1",
             "--grpc-address=127.0.0.1",
             "--exit-timeout-secs=5",
+            *extra_args,
         ],
         env=env,
         stdout=log,
@@ -161,12 +164,17 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         yield Served(v, client, local)
     finally:
         client.close()
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    """Terminate, then kill if it has not exited within 20 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 @pytest.mark.parametrize("model", list(MODEL_FILES))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from strata.config import OnnxRuntimeConfig, Settings, TritonBackendConfig, Trit
 from strata.errors import DataError, MissingExtraError, NotFoundError, ValidationError
 from strata.serving.backends import (
     TRITON_TO_NUMPY,
+    VERSION_PARAM,
     InferenceBackend,
     InferenceUnavailableError,
     OnnxRuntimeBackend,
@@ -177,6 +179,66 @@ def test_cli_export_triton(version: Version, tmp_path: Path) -> None:
     r = _cli("export", "triton", "--dataset", "tiny", "--out", str(out), "--max-batch-size", "8",
              home=version.settings.home)  # fmt: skip
     assert r.returncode == 2 and "preferred_batch_sizes" in r.stderr
+    r = _cli("export", "triton", "--dataset", "tiny", "--out", str(out), "--follow", "1",
+             "--version", "v0001", home=version.settings.home)  # fmt: skip
+    assert r.returncode == 2 and "--follow" in r.stderr and len(r.stderr.splitlines()) == 1
+
+
+def test_follow_exports_waits_for_a_version_and_tracks_promotions(tmp_path: Path) -> None:
+    """The Triton sidecar's loop: nothing before the first promotion, then each promoted version
+    once; a version whose files no longer match their hashes is skipped (the last good export
+    stays) and the next good promotion is exported."""
+    import threading
+
+    from strata.registry import Registry
+    from strata.serving.triton import follow_exports
+
+    home = tmp_path / "home"
+    out = tmp_path / "repo"
+    settings = Settings(home=home, triton_export=TritonExportConfig(instance_kind="KIND_GPU"))
+    stop = threading.Event()
+    t = threading.Thread(target=follow_exports, args=(settings, "tiny", out, 0.05, stop))
+    t.start()
+
+    def wait_for(version: str) -> None:
+        deadline = time.monotonic() + 30
+        while _version_of(out) != version:
+            assert time.monotonic() < deadline, f"{version} was not exported"
+            time.sleep(0.05)
+
+    try:
+        time.sleep(0.3)
+        assert not out.exists() or not any(out.iterdir())  # no version yet: nothing exported
+        first = register_small_models(home)
+        wait_for(first.version)
+        group = read_model_config(out / "ranker")["instance_group"][0]
+        assert group["kind"] == ["KIND_GPU"]
+        second = register_small_models(home)
+        wait_for(second.version)
+        # a corrupt promotion is skipped; the previous export stays in place
+        third = register_small_models(home)
+        reg = Registry(settings.registry_dir, "tiny")
+        reg.promote(second.version)
+        f = reg.path(third.version) / "ranker.onnx"
+        f.write_bytes(f.read_bytes()[:-10])
+        reg.promote(third.version)
+        time.sleep(0.5)
+        assert _version_of(out) == second.version
+        fourth = register_small_models(home)
+        wait_for(fourth.version)
+    finally:
+        stop.set()
+        t.join(10)
+    assert not t.is_alive()
+
+
+def _version_of(repo: Path) -> str:
+    """The registry version recorded in an exported ranker's config ("" before any export)."""
+    if not (repo / "ranker" / "config.pbtxt").is_file():
+        return ""
+    params = read_model_config(repo / "ranker").get("parameters", [])
+    by_key = {p["key"][0]: p["value"][0]["string_value"][0] for p in params}
+    return str(by_key.get(VERSION_PARAM, ""))
 
 
 # --- ONNX Runtime backend --------------------------------------------------------------------

@@ -83,6 +83,8 @@ def test_compile_writes_one_yaml_per_pipeline_with_steps_in_order(tmp_path: Path
          "--cron"),
         (["schedule", "incremental", "--cron", "0 3 * * *"], "needs a KFP host"),
         (["run", "incremental", "--host", "http://127.0.0.1:9"], "KFP host http://127.0.0.1:9"),
+        (["run", "incremental", "--local", "--unless-serving"], "--unless-serving: applies to"),
+        (["run", "initial", "--local", "--unless-serving"], "--unless-serving: applies to"),
     ],
 )  # fmt: skip
 def test_cli_errors_are_one_line_exit_2(tmp_path: Path, args: list[str], needle: str) -> None:
@@ -192,3 +194,19 @@ def test_drift_trigger_runs_ctr_retrain_pipeline_locally(
     assert outcome["deployed"] is False  # no serving URL configured: reported, not hidden
     # The recent rows went through the storage, as on a cluster.
     assert list((storage / "ctr" / "recent").glob("recent-*.npz"))
+
+
+def test_bootstrap_rerun_is_a_no_op_once_the_dataset_serves(tmp_path: Path) -> None:
+    """`--unless-serving` (the chart's bootstrap Job): nothing happens when the storage's
+    registry already serves the dataset; the answer names the serving version."""
+    import json
+
+    from tests.unit.backend_support import register_small_models
+
+    v = register_small_models(tmp_path, "tiny")
+    res = cli("run", "initial", "--local", "--storage", str(tmp_path), "--dataset", "tiny",
+              "--unless-serving", home=tmp_path / "elsewhere")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["skipped"] is True and out["serving"] == v.version
+    assert not (tmp_path / "kfp-local").exists()  # no pipeline ran

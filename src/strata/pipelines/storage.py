@@ -41,6 +41,23 @@ def resolve_uri(settings: Settings, uri: str | None = None) -> str:
     return chosen
 
 
+def serving_version(uri: str, dataset: str) -> str | None:
+    """The serving version of `dataset` in the registry under the storage at `uri` (None before
+    the first promotion); a remote storage is asked for the pointer file only."""
+    from strata.registry import POINTER, Registry
+
+    if not is_remote(uri):
+        return Registry(local_path(uri) / "registry", dataset).serving()
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(uri)
+    Registry(Path("registry"), dataset)  # the same name check as a local registry
+    pointer = f"{root.rstrip('/')}/registry/{dataset}/{POINTER}"
+    if not fs.exists(pointer):
+        return None
+    return fs.cat_file(pointer).decode().strip() or None
+
+
 @contextmanager
 def workspace(uri: str, base: Settings | None = None) -> Iterator[Settings]:
     """Settings whose home is the storage at `uri` (mirrored through fsspec when remote)."""

@@ -14,11 +14,12 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from strata.errors import DataError
+from strata.errors import DataError, NotFoundError
 from strata.serving.backends import MODEL_FILES, VERSION_PARAM
 
 if TYPE_CHECKING:
@@ -146,7 +147,8 @@ def model_config_text(
             f"  max_queue_delay_microseconds: {cfg.max_queue_delay_us}\n"
             "}"
         )
-    parts.append(f"instance_group [\n  {{\n    count: {cfg.instances}\n    kind: KIND_CPU\n  }}\n]")
+    group = f"    count: {cfg.instances}\n    kind: {cfg.instance_kind}"
+    parts.append(f"instance_group [\n  {{\n{group}\n  }}\n]")
     # Read by Triton's ONNX Runtime backend: keep each instance to its share of the cores.
     parts.append(_param("intra_op_thread_count", str(cfg.intra_op_threads)))
     if dataset:
@@ -206,6 +208,34 @@ def export_triton(
     check_repository(out, files)
     log.info("exported %s %s to Triton repository %s", dataset, path.name, out)
     return TritonExport(Path(out), tuple(files), dataset, path.name)
+
+
+def follow_exports(
+    settings: Settings,
+    dataset: str,
+    out: Path,
+    interval_s: float,
+    stop: threading.Event | None = None,
+) -> None:
+    """Keep `out` serving what the registry serves: export the serving version of `dataset` as
+    soon as there is one, then again each time the pointer moves (polled every `interval_s`),
+    until `stop` is set. Models are swapped in by rename, so a Triton server polling `out` loads
+    whole models only. A version that cannot be exported (corrupt files) is logged and retried
+    at the next poll; the last good export stays in place meanwhile."""
+    from strata.registry import Registry
+
+    reg = Registry(settings.registry_dir, dataset)
+    stop = stop or threading.Event()
+    last: str | None = None
+    while not stop.is_set():
+        current = reg.serving()
+        if current is not None and current != last:
+            try:
+                export_triton(settings, dataset, out, current)
+                last = current
+            except (DataError, NotFoundError) as exc:
+                log.warning("cannot export %s %s (keeping %s): %s", dataset, current, last, exc)
+        stop.wait(interval_s)
 
 
 # --- reading configs back --------------------------------------------------------------------
