@@ -219,6 +219,7 @@ def test_follow_exports_waits_for_a_version_and_tracks_promotions(tmp_path: Path
         third = register_small_models(home)
         reg = Registry(settings.registry_dir, "tiny")
         reg.promote(second.version)
+        wait_for(second.version)  # (third may have been exported before it was corrupted)
         f = reg.path(third.version) / "ranker.onnx"
         f.write_bytes(f.read_bytes()[:-10])
         reg.promote(third.version)

@@ -85,6 +85,8 @@ def test_compile_writes_one_yaml_per_pipeline_with_steps_in_order(tmp_path: Path
         (["run", "incremental", "--host", "http://127.0.0.1:9"], "KFP host http://127.0.0.1:9"),
         (["run", "incremental", "--local", "--unless-serving"], "--unless-serving: applies to"),
         (["run", "initial", "--local", "--unless-serving"], "--unless-serving: applies to"),
+        (["run", "initial", "--host", "http://127.0.0.1:9", "--dataset", "d", "--unless-serving"],
+         "--unless-serving: applies to"),
     ],
 )  # fmt: skip
 def test_cli_errors_are_one_line_exit_2(tmp_path: Path, args: list[str], needle: str) -> None:

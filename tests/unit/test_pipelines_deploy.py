@@ -123,6 +123,23 @@ def test_every_profile_renders_into_the_release_namespace(profile: str | None) -
     )
 
 
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ("servng.replicas=3", "additional properties 'servng' not allowed"),  # a typo
+        ("serving.autoscaling.p95LatencyTarget=50ms", "/serving/autoscaling/p95LatencyTarget"),
+        ("externalValkey.url=http://cache:6379", "/externalValkey/url"),
+        ("triton.gpu=yes", "/triton/gpu"),
+    ],
+)
+def test_bad_values_fail_the_render_naming_the_key(override: str, needle: str) -> None:
+    res = subprocess.run(
+        [str(helm()), "template", "strata", str(CHART), "--set", override],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert res.returncode != 0 and needle in res.stderr, res.stderr
+
+
 def test_a_missing_external_endpoint_is_a_clear_render_error() -> None:
     res = subprocess.run(
         [str(helm()), "template", "strata", str(CHART), "--set", "valkey.enabled=false"],

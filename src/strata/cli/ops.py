@@ -227,8 +227,9 @@ def pipeline_run(
     if local == (kfp_host is not None):
         raise ValidationError("--local/--host", "give exactly one of --local or --host URL")
     if unless_serving:
-        if name != "initial" or not dataset:
-            raise ValidationError("--unless-serving", "applies to `initial` with --dataset")
+        if name != "initial" or not dataset or kfp_host is not None:
+            # with --host a local path names the cluster's volume, which this machine cannot see
+            raise ValidationError("--unless-serving", "applies to `initial --local --dataset`")
         current = serving_version(resolve_uri(s, storage), dataset)
         if current is not None:
             print_json({"pipeline": name, "skipped": True, "serving": current,

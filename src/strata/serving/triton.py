@@ -220,20 +220,23 @@ def follow_exports(
     """Keep `out` serving what the registry serves: export the serving version of `dataset` as
     soon as there is one, then again each time the pointer moves (polled every `interval_s`),
     until `stop` is set. Models are swapped in by rename, so a Triton server polling `out` loads
-    whole models only. A version that cannot be exported (corrupt files) is logged and retried
-    at the next poll; the last good export stays in place meanwhile."""
+    whole models only. A version that cannot be exported (files that no longer match their
+    hashes) is logged once and skipped until the pointer moves again (versions are immutable);
+    the last good export stays in place meanwhile."""
     from strata.registry import Registry
 
     reg = Registry(settings.registry_dir, dataset)
     stop = stop or threading.Event()
     last: str | None = None
+    failed: str | None = None
     while not stop.is_set():
         current = reg.serving()
-        if current is not None and current != last:
+        if current is not None and current not in (last, failed):
             try:
                 export_triton(settings, dataset, out, current)
-                last = current
+                last, failed = current, None
             except (DataError, NotFoundError) as exc:
+                failed = current
                 log.warning("cannot export %s %s (keeping %s): %s", dataset, current, last, exc)
         stop.wait(interval_s)
 
