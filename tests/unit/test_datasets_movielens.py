@@ -224,3 +224,56 @@ def test_recbole_header_is_checked(tmp_path: Path) -> None:
 def test_unknown_dataset_name() -> None:
     with pytest.raises(UnknownDatasetError, match="movielens-100k"):
         load("movielens-1b")
+
+
+def test_a_relative_images_folder_keeps_every_poster(
+    ml100k_dir: Path, posters_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: `--images ml-100k-posters` given relative to the working directory (as the
+    README's examples do) must find the same posters as the absolute path, through the cache
+    and through an explicit dataset folder alike (once the folder was joined twice and every
+    poster was lost without an error)."""
+    from strata.features.content import image_paths
+
+    (tmp_path / "rel").mkdir()
+    for n in (1, 2, 50):
+        shutil.copyfile(posters_dir / f"{n}.jpg", tmp_path / "rel" / f"{n}.jpg")
+    monkeypatch.chdir(tmp_path)
+    s = Settings(home=tmp_path / "home")
+    for ds in (read_movielens_100k(ml100k_dir, images=Path("rel")),
+               load("movielens-100k", path=ml100k_dir, images=Path("rel"), settings=s),
+               load("movielens-100k", images=Path("rel"), settings=s)):  # fmt: skip  # cache
+        paths = image_paths(ds.items, Path("rel"))
+        found = {int(i) for i, p in zip(ds.items["item_id"], paths, strict=True)
+                 if p is not None and p.is_file()}  # fmt: skip
+        assert found == {1, 2, 50}
+        assert all(Path(p).is_absolute() for p in ds.items["image_path"].dropna())
+
+
+def test_an_images_folder_without_a_readable_image_is_an_error(
+    ml100k_dir: Path, tmp_path: Path
+) -> None:
+    """`strata features encode --images DIR`: exit 2 with one line when no item has an image
+    file there, before any encoding, and when none of the files decodes; nothing is written."""
+    import subprocess
+    import sys
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "readme.txt").write_text("not a poster")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "1.jpg").write_bytes(b"not a jpeg at all")
+    home = tmp_path / "home"
+    for folder, needle in ((empty, "no item has an image file here"),
+                           (broken, "none of the 1 image files could be read")):  # fmt: skip
+        res = subprocess.run(
+            [sys.executable, "-m", "strata.cli", "features", "encode", "--dataset",
+             "movielens-100k", "--path", str(ml100k_dir), "--images", str(folder)],
+            capture_output=True, text=True, env={"STRATA_HOME": str(home), "PATH": "/usr/bin:/bin"},
+            timeout=600,
+        )  # fmt: skip
+        *warnings, last = res.stderr.strip().splitlines()  # a warning names each bad file
+        assert res.returncode == 2 and last.startswith("error:") and needle in last, res.stderr
+        assert all("Traceback" not in w for w in warnings), res.stderr
+    assert not list(home.glob("offline/**/*.parquet"))  # no item_content was written

@@ -175,7 +175,7 @@ def item_texts(items: pd.DataFrame) -> list[str]:
     return texts
 
 
-def _image_paths(items: pd.DataFrame, images_dir: Path | None) -> list[Path | None]:
+def image_paths(items: pd.DataFrame, images_dir: Path | None) -> list[Path | None]:
     """Each item's poster: its `image_path`, else `<images_dir>/<item_id>.jpg` when present."""
     import pandas as pd
 
@@ -232,7 +232,7 @@ def encode_item_content(
     # Images.
     image_emb = np.zeros((n, IMAGE_DIM), dtype=np.float32)
     has_image = np.zeros(n, dtype=bool)
-    paths = _image_paths(items, images_dir)
+    paths = image_paths(items, images_dir)
     if image_encoder is not None and any(p is not None for p in paths):
         icache = cache_for(image_encoder)
         keys: list[str | None] = []
@@ -265,10 +265,12 @@ def encode_item_content(
         for start in bar:
             pixels, ok = [], []
             for i in miss[start : start + chunk]:
-                arr = image_encoder.pixels(raw.pop(i))  # None (logged) for a corrupt image: missing
-                if arr is not None:
-                    pixels.append(arr)
-                    ok.append(i)
+                arr = image_encoder.pixels(raw.pop(i))  # None for a corrupt image: missing
+                if arr is None:
+                    log.warning("%s: not a readable image, treated as missing", paths[i])
+                    continue
+                pixels.append(arr)
+                ok.append(i)
             if not ok:
                 continue
             vecs = image_encoder.encode(np.stack(pixels))

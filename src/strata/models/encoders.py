@@ -258,8 +258,10 @@ def load_image(source: Path | bytes) -> np.ndarray | None:
             rgb = img.convert("RGB").resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
             arr = np.asarray(rgb, dtype=np.float32)
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
-        where = "<bytes>" if isinstance(source, bytes) else source
-        log.warning("unreadable image %s treated as missing: %s", where, exc)
+        if isinstance(source, bytes):  # the caller knows where they came from and says so
+            log.debug("unreadable image bytes: %s", exc)
+        else:
+            log.warning("unreadable image %s treated as missing: %s", source, exc)
         return None
     return ((arr - 127.0) / 128.0).transpose(2, 0, 1).copy()
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from strata.errors import DataError
-from strata.features.content import IMAGE_DIM, TEXT_DIM, encode_item_content
+from strata.features.content import IMAGE_DIM, TEXT_DIM, encode_item_content, image_paths
 from strata.models.encoders import Backend, ImageEncoder, TextEncoder
 
 if TYPE_CHECKING:
@@ -29,17 +29,32 @@ def encode_dataset_content(
     backend: Backend = "onnx",
     show_progress: bool = True,
 ) -> pd.DataFrame:
-    """Encode a dataset's items with the default text and image encoders (cached under home)."""
+    """Encode a dataset's items with the default text and image encoders (cached under home).
+
+    An images folder that gives no item a readable image is an error (DataError, exit 2), checked
+    for files before anything is encoded and for decodable images after: a run that was asked
+    for posters never silently trains on text alone."""
     cache = content_cache_dir(settings)
-    if images_dir is not None and not Path(images_dir).is_dir():
-        raise DataError(images_dir, "images folder does not exist")
-    return encode_item_content(
+    files = 0
+    if images_dir is not None:
+        if not Path(images_dir).is_dir():
+            raise DataError(images_dir, "images folder does not exist")
+        files = sum(1 for p in image_paths(items, images_dir) if p is not None and p.is_file())
+        if not files:
+            raise DataError(
+                images_dir, "no item has an image file here (expected <item id>.jpg or the "
+                "paths the dataset's image column names)"
+            )  # fmt: skip
+    df = encode_item_content(
         items,
         TextEncoder(cache, backend=backend),
         ImageEncoder(cache, backend=backend),
         images_dir=images_dir,
         show_progress=show_progress,
     )
+    if images_dir is not None and not bool(df["has_image"].any()):
+        raise DataError(images_dir, f"none of the {files} image files could be read as an image")
+    return df
 
 
 def encode_and_store(
