@@ -1,0 +1,171 @@
+"""The live catalogue: items added, changed or retired while a dataset serves (`POST /items`,
+`strata items add|update|retire`), kept durably on the shared storage next to the event logs.
+
+`<home>/catalog/<dataset>/items.jsonl` is an append-only log of `add`, `update` and `retire`
+records (fsync per append; appends from several replicas serialised by a lock file), and each
+item's image is stored once under `images/<sha256>.<ext>`. Replaying the log gives the current
+live items; the log's size is its revision, so a replica knows whether it is up to date by one
+`stat`. Only what needs no model version is checked here (field shapes, image bytes); whether the
+genres and the id fit a version is the serving side's check (`strata.serving.live`).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import io
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from strata.errors import ValidationError
+from strata.features.event_log import EventLog
+
+if TYPE_CHECKING:
+    from strata.config import Settings
+
+#: Largest accepted image file, and largest decoded size (a small file can decode huge).
+MAX_IMAGE_BYTES = 5 * 2**20
+MAX_IMAGE_PIXELS = 25_000_000
+_FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
+
+Op = Literal["add", "update", "retire"]
+
+
+class LiveItem(BaseModel):
+    """What describes a live item: the same content the encoders and the item tower see for a
+    trained item (title, genres, year, description, poster)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    item_id: int = Field(ge=0, le=2**63 - 1)
+    title: str = Field(min_length=1, max_length=500)
+    genres: tuple[str, ...] = Field(default=(), max_length=30)
+    year: int | None = Field(default=None, ge=1800, le=2200)
+    description: str = Field(default="", max_length=5000)
+    image: str | None = None  # file name under images/ (set from the uploaded bytes)
+
+    @field_validator("title")
+    @classmethod
+    def _title_not_blank(cls, v: str) -> str:
+        v = v.strip()
+        if not v:
+            raise ValueError("must not be empty")
+        return v
+
+    @field_validator("genres")
+    @classmethod
+    def _genres_distinct(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if any(not g.strip() for g in v):
+            raise ValueError("genre names must not be empty")
+        return tuple(dict.fromkeys(g.strip() for g in v))
+
+
+def parse_item(data: dict[str, Any]) -> LiveItem:
+    """A `LiveItem` from outside data; ValidationError naming the first bad field."""
+    import pydantic
+
+    try:
+        return LiveItem.model_validate(data)
+    except pydantic.ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "item"
+        raise ValidationError(field, err["msg"]) from None
+
+
+def check_image(data: bytes) -> str:
+    """The file extension of an acceptable image; ValidationError("image") for anything that
+    is not a JPEG/PNG/WebP image within the byte and pixel limits (checked before decoding)."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not data:
+        raise ValidationError("image", "empty file")
+    if len(data) > MAX_IMAGE_BYTES:
+        raise ValidationError("image", f"{len(data)} bytes; at most {MAX_IMAGE_BYTES}")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            fmt, (w, h) = img.format, img.size
+            if w * h > MAX_IMAGE_PIXELS:
+                raise ValidationError("image", f"{w}x{h} pixels; at most {MAX_IMAGE_PIXELS}")
+            img.verify()  # structure and checksums, without decoding the pixels
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ValidationError("image", f"not a readable image: {exc}") from None
+    except Image.DecompressionBombError as exc:
+        raise ValidationError("image", str(exc)) from None
+    if fmt not in _FORMATS:
+        raise ValidationError("image", f"format {fmt}; expected JPEG, PNG or WebP")
+    return _FORMATS[fmt]
+
+
+class LiveCatalogue:
+    """The durable live items of one dataset under `<home>/catalog/<dataset>/`."""
+
+    def __init__(self, settings: Settings, dataset: str) -> None:
+        self.dir = settings.home / "catalog" / dataset
+        self.images = self.dir / "images"
+        self._log = EventLog(self.dir / "items.jsonl", writer=False)
+
+    @property
+    def revision(self) -> int:
+        """Bytes of the log: changes with every record, equal on every replica once seen."""
+        return self._log.size()
+
+    def records(self) -> list[dict[str, Any]]:
+        """Every complete record, oldest first."""
+        return self._log.read(0)[0]
+
+    def state(self) -> tuple[dict[int, LiveItem], set[int]]:
+        """Replay: the live items by id (latest content) and the ids retired."""
+        live: dict[int, LiveItem] = {}
+        retired: set[int] = set()
+        for r in self.records():
+            iid = int(r["item_id"])
+            if r["op"] == "retire":
+                retired.add(iid)
+                live.pop(iid, None)
+            else:
+                live[iid] = LiveItem.model_validate(r["item"])
+                retired.discard(iid)
+        return live, retired
+
+    def image_path(self, item: LiveItem) -> Path | None:
+        """Where the item's image is stored (None without one)."""
+        return None if item.image is None else self.images / item.image
+
+    def store_image(self, data: bytes) -> str:
+        """Keep checked image bytes once (content-addressed); their file name."""
+        ext = check_image(data)
+        name = f"{hashlib.sha256(data).hexdigest()[:32]}.{ext}"
+        path = self.images / name
+        if not path.exists():
+            from strata.atomic import atomic_write_bytes
+
+            self.images.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(path, data)
+        return name
+
+    def append(self, op: Op, item_id: int, item: LiveItem | None = None) -> dict[str, Any]:
+        """Append one record durably (fsynced before returning); the record."""
+        record: dict[str, Any] = {"op": op, "item_id": int(item_id), "at": time.time()}
+        if item is not None:
+            record["item"] = item.model_dump(mode="json")
+        with self._locked():
+            EventLog(self._log.path).append([record])  # cuts a torn tail left by a crash
+        return record
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Serialise appends across processes and replicas (flock on a sibling file)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.dir / "items.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)

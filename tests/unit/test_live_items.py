@@ -1,0 +1,204 @@
+"""The live catalogue's foundations: the durable log of added/updated/retired items (replay,
+concurrent appends, torn tails, image checks) and a version's feature space extended with new
+items, whose rows the item tower reads exactly like the version's own rows of the same content
+with an unknown id and no popularity."""
+
+from __future__ import annotations
+
+import io
+import multiprocessing
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from strata.config import Settings
+from strata.errors import ValidationError
+from strata.features.live_items import (
+    MAX_IMAGE_BYTES,
+    LiveCatalogue,
+    check_image,
+    parse_item,
+)
+from strata.models.space import POP_COL, FeatureSpace
+from strata.models.space_extend import extend_items, year_scale
+
+from .serving_support import DATASET, serving_settings, tiny_world
+
+
+def _png(w: int = 8, h: int = 8, fmt: str = "PNG") -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h), (200, 30, 30)).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+# --- the durable log ---------------------------------------------------------------------------
+
+
+def test_replay_gives_the_latest_content_and_the_retired_ids(tmp_path: Path) -> None:
+    cat = LiveCatalogue(Settings(home=tmp_path), "tiny")
+    assert cat.revision == 0 and cat.state() == ({}, set())
+    a = parse_item({"item_id": 900, "title": " Arrival ", "genres": ["Drama", "Drama"]})
+    assert a.title == "Arrival" and a.genres == ("Drama",)  # trimmed, deduplicated
+    cat.append("add", 900, a)
+    r1 = cat.revision
+    cat.append("add", 901, parse_item({"item_id": 901, "title": "B", "year": 2001}))
+    cat.append("update", 900, a.model_copy(update={"year": 2016}))
+    cat.append("retire", 901)
+    assert cat.revision > r1
+    live, retired = LiveCatalogue(Settings(home=tmp_path), "tiny").state()  # another process
+    assert list(live) == [900] and live[900].year == 2016 and retired == {901}
+    cat.append("add", 901, parse_item({"item_id": 901, "title": "B again"}))  # back in service
+    live, retired = cat.state()
+    assert live[901].title == "B again" and retired == set()
+
+
+def test_a_torn_tail_is_skipped_by_readers_and_cut_by_the_next_append(tmp_path: Path) -> None:
+    cat = LiveCatalogue(Settings(home=tmp_path), "tiny")
+    cat.append("add", 1, parse_item({"item_id": 1, "title": "one"}))
+    log = cat.dir / "items.jsonl"
+    with log.open("ab") as fh:
+        fh.write(b'{"op":"add","item_id":2,"item":{"item_')  # a crash mid-write
+    assert list(cat.state()[0]) == [1]
+    cat.append("add", 3, parse_item({"item_id": 3, "title": "three"}))
+    assert sorted(cat.state()[0]) == [1, 3]
+    assert all(line.endswith(b"}") for line in log.read_bytes().splitlines())
+
+
+def _append_many(home: str, worker: int) -> None:
+    cat = LiveCatalogue(Settings(home=Path(home)), "tiny")
+    for i in range(40):
+        iid = worker * 1000 + i
+        cat.append("add", iid, parse_item({"item_id": iid, "title": "x" * (50 + i * 7)}))
+
+
+def test_appends_from_several_processes_never_interleave(tmp_path: Path) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_append_many, args=(str(tmp_path), w)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    live, _ = LiveCatalogue(Settings(home=tmp_path), "tiny").state()
+    assert len(live) == 160  # every record whole, none lost
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        ({"item_id": 5, "title": "   "}, "title"),
+        ({"item_id": -1, "title": "a"}, "item_id"),
+        ({"item_id": 2**63, "title": "a"}, "item_id"),
+        ({"item_id": 5, "title": "a", "year": 99999}, "year"),
+        ({"item_id": 5, "title": "a", "genres": ["ok", " "]}, "genres"),
+        ({"item_id": 5, "title": "a", "colour": "red"}, "colour"),
+        ({"title": "a"}, "item_id"),
+    ],
+)
+def test_bad_items_name_the_field(data: dict, field: str) -> None:
+    with pytest.raises(ValidationError) as exc:
+        parse_item(data)
+    assert exc.value.field == field
+
+
+def test_images_are_checked_before_they_are_kept(tmp_path: Path) -> None:
+    cat = LiveCatalogue(Settings(home=tmp_path), "tiny")
+    assert check_image(_png()) == "png" and check_image(_png(fmt="JPEG")) == "jpg"
+    name = cat.store_image(_png())
+    assert (cat.images / name).read_bytes() == _png() and cat.store_image(_png()) == name
+    for bad, needle in (
+        (b"", "empty"),
+        (b"GIF89a not really", "not a readable image"),
+        (_png()[:40], "not a readable image"),  # truncated
+        (b"\x89PNG" + b"0" * MAX_IMAGE_BYTES, "bytes; at most"),
+        (_png(6000, 5000), "pixels; at most"),  # small file, 30 M pixels
+        (_png(fmt="BMP"), "expected JPEG, PNG or WebP"),
+    ):
+        with pytest.raises(ValidationError, match=needle) as exc:
+            check_image(bad)
+        assert exc.value.field == "image"
+    assert len(list(cat.images.iterdir())) == 1  # nothing else was written
+
+
+# --- a version's space with new items ---------------------------------------------------------
+
+
+def test_new_rows_are_the_versions_own_rows_with_an_unknown_id(tmp_path: Path) -> None:
+    """The same titles, genres and years entered as new items give exactly the item-tower
+    vectors of the version's own rows once their id embedding and popularity are removed: the
+    live path encodes items the way training did."""
+    from strata.engine.version import ModelVersion
+    from strata.models.infer import embed_items
+
+    mv = ModelVersion.open(serving_settings(tmp_path), DATASET)
+    items = tiny_world().items.head(12).copy()
+    items["item_id"] = items["item_id"] + 10_000  # new ids, same content
+    space = extend_items(mv.space, items, None, mv.as_of)
+    assert len(space.item_ids) == len(mv.space.item_ids) + 12
+    assert np.array_equal(space.item_ids[: len(mv.space.item_ids)], mv.space.item_ids)
+    two_tower, _ = mv.torch_models()
+    rows, found = space.item_rows(items["item_id"].to_numpy())
+    assert found.all() and (space.t["item_idx"][rows] == 0).all()
+    live = embed_items(two_tower, space.items(rows))
+
+    own, _ = mv.space.item_rows(items["item_id"].to_numpy() - 10_000)
+    ref = mv.space.items(own)
+    ref.item[:] = 0  # unknown id
+    ref.item_num[:, POP_COL] = 0.0  # no popularity yet
+    assert np.allclose(live, embed_items(two_tower, ref), atol=1e-5)
+    # the version's own rows are untouched (same vectors as the saved embeddings)
+    old_rows, _ = space.item_rows(mv.space.item_ids)
+    assert np.allclose(embed_items(two_tower, space.items(old_rows)), mv.item_embeddings, atol=1e-5)
+
+
+def _small_space() -> FeatureSpace:
+    items = pd.DataFrame(
+        {
+            "item_id": [10, 20, 30],
+            "title": ["a", "b", "c"],
+            "year": pd.array([1990, 2000, None], dtype="Int16"),
+            "genres": [["x"], ["y"], ["x", "y"]],
+            "description": ["", "", ""],
+        }
+    )
+    users = pd.DataFrame({"user_id": [1], "gender": ["M"], "occupation": ["o"], "age": [30]})
+    events = pd.DataFrame({"user_id": [1], "item_id": [20], "ts": [0], "value": [1.0]})
+    return FeatureSpace.fit(users, items, events)
+
+
+def test_ids_between_existing_ones_keep_the_table_sorted() -> None:
+    space = _small_space()
+    mean, std = year_scale(space)
+    assert (mean, std) == pytest.approx((1995.0, 5.0))
+    new = pd.DataFrame({"item_id": [15, 40], "year": pd.array([2000, None], dtype="Int16"),
+                        "genres": [["y"], []]})  # fmt: skip
+    out = extend_items(space, new, None, as_of=0)
+    assert out.item_ids.tolist() == [10, 15, 20, 30, 40]
+    for iid in (10, 20, 30):  # every old item keeps its row content
+        a, b = out.item_rows(np.array([iid]))[0], space.item_rows(np.array([iid]))[0]
+        assert np.array_equal(out.t["genres"][a], space.t["genres"][b])
+        assert out.t["item_idx"][a] == space.t["item_idx"][b]
+    r15 = out.item_rows(np.array([15]))[0]
+    assert out.t["item_num"][r15, 0] == pytest.approx((2000 - 1995) / 5)  # same standardising
+    assert out.t["genres"][r15].tolist() == [[0.0, 1.0]] and out.t["item_idx"][r15] == 0
+    assert space.item_ids.tolist() == [10, 20, 30]  # the version's own space is unchanged
+
+
+@pytest.mark.parametrize(
+    ("new", "field"),
+    [
+        ({"item_id": [20], "year": [None], "genres": [["x"]]}, "item_id"),  # already there
+        ({"item_id": [50, 50], "year": [None, None], "genres": [[], []]}, "item_id"),
+        ({"item_id": [50], "year": [None], "genres": [["Western"]]}, "genres"),
+    ],
+)
+def test_items_that_do_not_fit_the_version_name_the_field(new: dict, field: str) -> None:
+    df = pd.DataFrame(new)
+    df["year"] = df["year"].astype("Int16")
+    with pytest.raises(ValidationError) as exc:
+        extend_items(_small_space(), df, None, as_of=0)
+    assert exc.value.field == field
