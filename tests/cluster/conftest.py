@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -109,13 +110,20 @@ class Cluster:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """3 serving replicas behind the balancer, on one shared home and one Valkey."""
-    root = tmp_path_factory.mktemp("cluster")
+    with running_cluster(tmp_path_factory.mktemp("cluster"), 3, "r") as c:
+        yield c
+
+
+@contextmanager
+def running_cluster(root: Path, n: int, prefix: str) -> Iterator[Cluster]:
+    """`n` serving replicas of the trained `tiny` registry on `root/shared`, one private Valkey
+    and a balancer; everything stopped on exit."""
     home = root / "shared"
     serving_settings(home)  # the trained `tiny` registry copied onto the shared volume
     (root / "vk").mkdir()
     valkey = PrivateValkey(root / "vk")
     valkey.start()
-    replicas = [Replica(f"r{i}", home, valkey.url, root) for i in range(3)]
+    replicas = [Replica(f"{prefix}{i}", home, valkey.url, root) for i in range(n)]
     try:
         for r in replicas:
             r.start()

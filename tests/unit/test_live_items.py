@@ -50,7 +50,7 @@ def test_replay_gives_the_latest_content_and_the_retired_ids(tmp_path: Path) -> 
     cat.append("retire", 901)
     assert cat.revision > r1
     live, retired = LiveCatalogue(Settings(home=tmp_path), "tiny").state()  # another process
-    assert list(live) == [900] and live[900].year == 2016 and retired == {901}
+    assert sorted(live) == [900, 901] and live[900].year == 2016 and retired == {901}
     cat.append("add", 901, parse_item({"item_id": 901, "title": "B again"}))  # back in service
     live, retired = cat.state()
     assert live[901].title == "B again" and retired == set()
@@ -202,3 +202,70 @@ def test_items_that_do_not_fit_the_version_name_the_field(new: dict, field: str)
     with pytest.raises(ValidationError) as exc:
         extend_items(_small_space(), df, None, as_of=0)
     assert exc.value.field == field
+
+
+# --- the command line and a loaded pipeline ----------------------------------------------------
+
+
+def _cli(home: Path, *args: str) -> tuple[int, str, str]:
+    import subprocess
+    import sys
+
+    res = subprocess.run(
+        [sys.executable, "-m", "strata.cli", "items", *args, "--dataset", DATASET],
+        capture_output=True, text=True, env={"STRATA_HOME": str(home), "PATH": "/usr/bin:/bin"},
+        timeout=300,
+    )  # fmt: skip
+    return res.returncode, res.stdout, res.stderr
+
+
+def test_cli_changes_reach_a_pipeline_loaded_afterwards(tmp_path: Path) -> None:
+    """`strata items add|update|retire` write the log a serving pipeline builds its live
+    catalogue from: the added item takes the fresh slot (the version has no other fresh item),
+    is searched next to the index, and is gone from both once retired."""
+    import json
+
+    from strata.serving.service import RecommendationPipeline
+
+    s = serving_settings(tmp_path)
+    image = tmp_path / "poster.png"
+    image.write_bytes(_png())
+    add = ["add", "--id", "777", "--title", "Cold Open", "--genres", "Comedy, Drama"]
+    rc, out, err = _cli(tmp_path, *add, "--year", "2001", "--image", str(image))
+    assert rc == 0, err
+    assert json.loads(out)["item"]["genres"] == ["Comedy", "Drama"]
+    rc, _, err = _cli(tmp_path, "add", "--id", "778", "--title", "x", "--genres", "Western")
+    assert rc == 2 and err.strip().splitlines()[-1].startswith("error: genres:"), err
+    rc, _, err = _cli(tmp_path, "update", "--id", "3", "--title", "renamed")
+    assert rc == 2 and "part of the model version" in err, err
+
+    pipe = RecommendationPipeline.load(s)
+    assert pipe.live is not None and pipe.live.ids.tolist() == [777]
+    rec = pipe.recommend(3, k=20)
+    assert rec.item_ids[10] == 777 and rec.candidates["fresh"] == 1
+    top = pipe.recommend(3, k=100, stage="retrieval").item_ids
+    assert 777 in top.tolist()
+
+    rc, _, err = _cli(tmp_path, "retire", "--id", "777")
+    assert rc == 0, err
+    pipe = RecommendationPipeline.load(s)
+    assert 777 not in pipe.recommend(3, k=20).item_ids.tolist()
+    assert 777 not in pipe.recommend(3, k=100, stage="retrieval").item_ids.tolist()
+    assert pipe.catalog.positions(np.array([777]))[1].all()  # its events are still accepted
+
+
+def test_live_retriever_merges_drops_retired_and_pads() -> None:
+    from strata.engine.stages import ExactIndex
+    from strata.serving.live import LiveRetriever
+
+    rng = np.random.default_rng(0)
+    base = ExactIndex(np.arange(1, 11), rng.normal(size=(10, 4)).astype(np.float32))
+    live = ExactIndex(np.array([100, 101]), rng.normal(size=(2, 4)).astype(np.float32))
+    q = rng.normal(size=(3, 4)).astype(np.float32)
+    both = ExactIndex(np.r_[np.arange(1, 11), [100, 101]], np.vstack([base.emb, live.emb]))
+    ids, sc = LiveRetriever(base, live, np.array([], np.int64)).search(q, 5)
+    want_ids, want_sc = both.search(q, 5)
+    assert np.array_equal(ids, want_ids) and np.allclose(sc, want_sc)
+    ids, _ = LiveRetriever(base, live, np.array([3, 100])).search(q, 12)
+    assert not np.isin(ids, [3, 100]).any()
+    assert (ids[:, :10] >= 0).all() and (ids[:, 10:] == -1).all()  # 10 left, padded to 12

@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 from strata.cli.common import print_json, settings
+from strata.cli.items import items_app
 from strata.cli.ops import ctr_app, export_app, index_app, pipeline_app
 from strata.config import Settings
 from strata.errors import StrataError
@@ -36,6 +37,7 @@ app.add_typer(ctr_app, name="ctr")
 app.add_typer(index_app, name="index")
 app.add_typer(export_app, name="export")
 app.add_typer(pipeline_app, name="pipeline")
+app.add_typer(items_app, name="items")
 
 
 # --- demo ----------------------------------------------------------------------------------

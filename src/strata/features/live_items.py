@@ -48,7 +48,8 @@ class LiveItem(BaseModel):
     genres: tuple[str, ...] = Field(default=(), max_length=30)
     year: int | None = Field(default=None, ge=1800, le=2200)
     description: str = Field(default="", max_length=5000)
-    image: str | None = None  # file name under images/ (set from the uploaded bytes)
+    # file name under images/, set from the uploaded bytes (content hash + format), never a path
+    image: str | None = Field(default=None, pattern=r"^[0-9a-f]{32}\.(jpg|png|webp)$")
 
     @field_validator("title")
     @classmethod
@@ -120,18 +121,19 @@ class LiveCatalogue:
         return self._log.read(0)[0]
 
     def state(self) -> tuple[dict[int, LiveItem], set[int]]:
-        """Replay: the live items by id (latest content) and the ids retired."""
-        live: dict[int, LiveItem] = {}
+        """Replay: every item ever added, by id, with its latest content (a retired item stays
+        in the catalogue, so events for it are still accepted), and the ids retired now (never
+        recommended)."""
+        items: dict[int, LiveItem] = {}
         retired: set[int] = set()
         for r in self.records():
             iid = int(r["item_id"])
             if r["op"] == "retire":
                 retired.add(iid)
-                live.pop(iid, None)
             else:
-                live[iid] = LiveItem.model_validate(r["item"])
+                items[iid] = LiveItem.model_validate(r["item"])
                 retired.discard(iid)
-        return live, retired
+        return items, retired
 
     def image_path(self, item: LiveItem) -> Path | None:
         """Where the item's image is stored (None without one)."""

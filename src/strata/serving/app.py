@@ -52,6 +52,8 @@ from strata.serving import pauses
 from strata.serving.bodies import RecommendBody, parse_events, recommendation_json, request_user
 from strata.serving.errors import error_response, install_error_handlers
 from strata.serving.follow import announce, cancel_all, follow, serving_signal
+from strata.serving.items_api import install_items
+from strata.serving.live import describe
 from strata.serving.metrics import RequestMetrics, ServingMetrics
 from strata.serving.online import OnlineLink
 from strata.serving.service import RecommendationPipeline
@@ -210,6 +212,7 @@ def create_app(
     app = FastAPI(title="strata", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
     _install_routes(app)
+    install_items(app, _admin_state)
     if ctr:
         _install_ctr(app, settings, metrics)
     app.add_middleware(RequestMetrics, metrics=metrics)
@@ -294,7 +297,9 @@ def _install_routes(app: FastAPI) -> None:
         info = pipe.catalog.item(dense) if dense is not None and dense < 2**63 else None
         if info is None:
             raise NotFoundError(f"item {item_id} is not in the catalog of {pipe.version}")
-        return JSONResponse({**info, "item_id": item_id if pipe.ids is not None else dense})
+        live = describe(pipe.live, dense) if dense is not None else None  # added after training
+        return JSONResponse({**info, "item_id": item_id if pipe.ids is not None else dense,
+                             "live": live})  # fmt: skip
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -354,6 +359,13 @@ def _install_routes(app: FastAPI) -> None:
             announce, state.signals, serving_signal(state.pipeline.dataset), str(out["version"])
         )
         return JSONResponse(out)
+
+
+async def _admin_state(request: Request) -> ServingState:
+    """The app's state for a request that carries the admin token (401/403 otherwise)."""
+    state = await _state(request)
+    _check_admin(request, state)
+    return state
 
 
 def _check_admin(request: Request, state: ServingState) -> None:

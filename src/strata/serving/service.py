@@ -47,8 +47,10 @@ from strata.serving.online import OnlineLink
 
 if TYPE_CHECKING:
     from strata.config import Settings
+    from strata.engine.recommend import FreshItems
     from strata.models.batch import QueryFeatures
     from strata.serving.backends import InferenceBackend
+    from strata.serving.live import ItemEmbedder, LiveOverlay
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +116,14 @@ class _BloomFilter:
         return out
 
 
+def _fresh(fresh: FreshItems, live: LiveOverlay | None) -> FreshItems:
+    """The fresh-slot candidates without retired items."""
+    if live is None or not len(live.retired):
+        return fresh
+    keep = ~np.isin(fresh.ids, live.retired)
+    return type(fresh)(fresh.ids[keep], fresh.year[keep], fresh.emb[keep])
+
+
 # --- the pipeline -----------------------------------------------------------------------------
 
 
@@ -131,6 +141,7 @@ class RecommendationPipeline:
         index: Retriever,
         index_info: dict[str, Any],
         link: OnlineLink,
+        live: LiveOverlay | None = None,
     ) -> None:
         from strata.engine.recommend import Engine, FreshItems
         from strata.models.space import USER_INPUT_FEATURES
@@ -145,7 +156,14 @@ class RecommendationPipeline:
         self.manifest = mv.manifest
         self.version = mv.version
         self.as_of = mv.as_of
-        self.space = space = mv.space
+        # With live items: the version's space and index extended by the live catalogue.
+        self.live = live
+        self.base_index = index
+        self.space = space = mv.space if live is None else live.space
+        item_ids, item_emb = mv.item_ids, mv.item_embeddings
+        if live is not None:
+            index = live.retriever(index)
+            item_ids, item_emb = live.embeddings(item_ids, item_emb)
         self.snapshot = mv.snapshot
         self.history = mv.history
         self.backend = backend
@@ -157,7 +175,7 @@ class RecommendationPipeline:
         self.event_types: tuple[str, ...] = tuple(space.meta.get("event_types", EVENT_TYPES))
         self.engine = Engine(
             BackendModels(backend), index, LiveItems(space, self.catalog), mv.history,
-            FreshItems.of(space, mv.item_ids, mv.item_embeddings), mv.score_weight,
+            _fresh(FreshItems.of(space, item_ids, item_emb), live), mv.score_weight,
             self.config.fresh, self.config.diversity,
         )  # fmt: skip
         self.fresh_ids = self.engine.fresh_ids
@@ -165,6 +183,7 @@ class RecommendationPipeline:
         self.devices = tuple(space.meta["devices"])
         self.user_features = tuple(USER_INPUT_FEATURES)
         self._warned_features = False
+        self.embedder: ItemEmbedder | None = None  # set by `load`: the live items' item tower
 
     # construction -----------------------------------------------------------------------------
 
@@ -178,21 +197,39 @@ class RecommendationPipeline:
     ) -> RecommendationPipeline:
         """Load `version` (default: the registry's serving one) with its backend and index."""
         from strata.serving.backends import create_backend
+        from strata.serving.live import ItemEmbedder, build_overlay
 
         mv = ModelVersion.open(settings, dataset or settings.serve.dataset, version)
         index, info = mv.index()
         backend = create_backend(settings, mv.dataset, mv.version)
+        embedder = ItemEmbedder(settings, mv)
         pipe = cls(
             settings, mv, backend, index, info,
             link if link is not None else OnlineLink.open(settings),
+            build_overlay(settings, mv, embedder),
         )  # fmt: skip
+        pipe.embedder = embedder
+        pipe._warm_catalog()
+        log.info("pipeline %s/%s ready: %d items (%d live), index %s", mv.dataset, pipe.version,
+                 len(pipe.catalog), len(pipe.live.ids) if pipe.live else 0,
+                 info.get("kind"))  # fmt: skip
+        return pipe
+
+    def with_live(self, live: LiveOverlay) -> RecommendationPipeline:
+        """The same version with another live catalogue (a new pipeline; this one unchanged)."""
+        pipe = type(self)(
+            self.settings, self.model_version, self.backend, self.base_index, self.index_info,
+            self.link, live,
+        )  # fmt: skip
+        pipe.embedder = self.embedder
+        pipe._warm_catalog()
+        return pipe
+
+    def _warm_catalog(self) -> None:
         try:
-            pipe.catalog.refresh()
+            self.catalog.refresh()
         except StoreUnavailableError as exc:
             log.warning("catalog cache not loaded (store down), will retry: %s", exc)
-        log.info("pipeline %s/%s ready: %d items, index %s", mv.dataset, pipe.version,
-                 len(pipe.catalog), info.get("kind"))  # fmt: skip
-        return pipe
 
     # validation -------------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from strata.errors import StoreUnavailableError, StrataError
 from strata.serving import pauses
@@ -139,13 +139,47 @@ async def when_a_model_exists(settings: Settings, start: Callable[[], Awaitable[
             await asyncio.sleep(_RETRY_FAILED_S)
 
 
+async def change_live(
+    state: ServingState, change: tuple[str, int, dict[str, Any] | None, bytes | None] | None = None
+) -> dict[str, Any] | None:
+    """Apply one live-catalogue change (op, item id, fields, image bytes) and swap in the
+    pipeline with it, or (no change) rebuild the live catalogue from the log after another
+    replica's change. Serialised with reloads; the record appended, if any."""
+    from strata.serving.live import ItemEmbedder, apply_change, build_overlay
+
+    async with state.reload_lock:
+        pipe = state.pipeline
+        embedder = pipe.embedder or ItemEmbedder(state.settings, pipe.model_version)
+        record = None
+        if change is None:
+            overlay = await asyncio.to_thread(
+                build_overlay, state.settings, pipe.model_version, embedder
+            )
+        else:
+            overlay, record = await asyncio.to_thread(
+                apply_change, state.settings, pipe.model_version, embedder, *change
+            )
+        new = await asyncio.to_thread(pipe.with_live, overlay)
+        state.pipeline = new
+        state.ingestor.categories = new.catalog.categories()
+    return record
+
+
 async def follow_pointer(state: ServingState) -> None:
-    """Reload when the registry's serving pointer names another version than the one served."""
+    """Reload when the registry's serving pointer names another version than the one served;
+    rebuild the live catalogue when its log moved (another replica's or the CLI's change)."""
+    from strata.features.live_items import LiveCatalogue
     from strata.registry import Registry
 
     registry = Registry(state.settings.registry_dir, state.pipeline.dataset)
     target = await asyncio.to_thread(registry.serving)
-    if target is None or target == state.pipeline.version or state.reload_lock.locked():
+    if state.reload_lock.locked():
+        return
+    if target is None or target == state.pipeline.version:
+        live = state.pipeline.live
+        seen = -1 if live is None else live.revision
+        if LiveCatalogue(state.settings, state.pipeline.dataset).revision != seen:
+            await change_live(state)
         return
     if state.failed[0] == target and time.monotonic() - state.failed[1] < _RETRY_FAILED_S:
         return  # a version that would not load: tried again after a while, not every poll
