@@ -269,3 +269,34 @@ def test_live_retriever_merges_drops_retired_and_pads() -> None:
     ids, _ = LiveRetriever(base, live, np.array([3, 100])).search(q, 12)
     assert not np.isin(ids, [3, 100]).any()
     assert (ids[:, :10] >= 0).all() and (ids[:, 10:] == -1).all()  # 10 left, padded to 12
+
+
+def test_the_next_training_includes_the_live_items(tmp_path: Path) -> None:
+    """A training run after live adds has them in its catalogue (uninteracted: fresh items of
+    the new version, vectors from its own item tower); the overlay of that version then serves
+    them from the version itself, and a retirement still holds."""
+    from strata.engine.version import ModelVersion
+    from strata.serving.live import ItemEmbedder, build_overlay
+    from strata.training.data import Tables
+    from strata.training.train import train
+
+    from .tiny_world import fast_settings, tiny_dataset
+
+    s = fast_settings(tmp_path)
+    cat = LiveCatalogue(s, DATASET)
+    cat.append("add", 500, parse_item({"item_id": 500, "title": "Late", "genres": ["Drama"],
+                                       "year": 2003}))  # fmt: skip
+    cat.append("add", 501, parse_item({"item_id": 501, "title": "Later", "genres": ["Action"]}))
+    cat.append("retire", 501)
+    ds = tiny_dataset()
+    ts = np.sort(ds.interactions["ts"].to_numpy())
+    train(s, DATASET, until=int(ts[int(len(ts) * 0.6)]),
+          tables=Tables(ds.users, ds.items, ds.interactions, None))  # fmt: skip
+    mv = ModelVersion.open(s, DATASET)
+    rows, found = mv.space.item_rows(np.array([500, 501]))
+    assert found.all() and (mv.space.t["item_idx"][rows] == 0).all()  # no interactions yet
+    assert mv.space.t["genres"][rows[0]][mv.space.meta["genres"].index("Drama")] == 1.0
+    assert {500, 501} <= set(mv.space.item_ids[mv.space.fresh_rows() - 1].tolist())
+    overlay = build_overlay(s, mv, ItemEmbedder(s, mv))
+    assert len(overlay.ids) == 0 and overlay.retired.tolist() == [501]
+    assert sorted(overlay.items) == [500, 501]

@@ -27,6 +27,8 @@ from strata.errors import ValidationError
 from strata.features.event_log import EventLog
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from strata.config import Settings
 
 #: Largest accepted image file, and largest decoded size (a small file can decode huge).
@@ -134,6 +136,26 @@ class LiveCatalogue:
                 items[iid] = LiveItem.model_validate(r["item"])
                 retired.discard(iid)
         return items, retired
+
+    def frame(self, items: dict[int, LiveItem]) -> pd.DataFrame:
+        """Items as the catalogue table that `FeatureSpace` and the content encoders read
+        (item_id, title, year, genres, description, image_path), sorted by id."""
+        import numpy as np
+        import pandas as pd
+
+        rows = sorted(items.items())
+        return pd.DataFrame(
+            {
+                "item_id": np.array([i for i, _ in rows], np.int64),
+                "title": [it.title for _, it in rows],
+                "year": pd.array([it.year for _, it in rows], dtype="Int16"),
+                "genres": [list(it.genres) for _, it in rows],
+                "description": [it.description for _, it in rows],
+                "image_path": [
+                    None if (p := self.image_path(it)) is None else str(p) for _, it in rows
+                ],
+            }
+        )
 
     def image_path(self, item: LiveItem) -> Path | None:
         """Where the item's image is stored (None without one)."""

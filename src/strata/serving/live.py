@@ -118,25 +118,6 @@ class ItemEmbedder:
         return embed_items(self._tower, space.items(rows))
 
 
-def frame(items: dict[int, LiveItem], catalogue: LiveCatalogue) -> pd.DataFrame:
-    """Live items as the catalogue table `FeatureSpace` and the content encoders read."""
-    import pandas as pd
-
-    rows = sorted(items.items())
-    return pd.DataFrame(
-        {
-            "item_id": np.array([i for i, _ in rows], np.int64),
-            "title": [it.title for _, it in rows],
-            "year": pd.array([it.year for _, it in rows], dtype="Int16"),
-            "genres": [list(it.genres) for _, it in rows],
-            "description": [it.description for _, it in rows],
-            "image_path": [
-                None if (p := catalogue.image_path(it)) is None else str(p) for _, it in rows
-            ],
-        }
-    )
-
-
 def build_overlay(
     settings: Settings,
     mv: ModelVersion,
@@ -161,7 +142,7 @@ def build_overlay(
             retired.discard(iid)
     new = {i: it for i, it in items.items() if not _in_version(mv, i)}
     if new:
-        df = frame(new, catalogue)
+        df = catalogue.frame(new)
         space = extend_items(mv.space, df, embedder.content(df), mv.as_of)
         ids = df["item_id"].to_numpy(np.int64)
         emb = embedder.vectors(space, ids)

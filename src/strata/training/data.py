@@ -100,7 +100,38 @@ def training_data(
                               f"no interactions{where} to train on")  # fmt: skip
     cut = int(rows["ts"].max()) + 1 if until is None else int(until)
     content = load_content(settings, store, dataset, images)
-    return store, TrainingData(store.users(dataset), store.items(dataset), rows, cut, content)
+    items, content = with_live_items(settings, dataset, store.items(dataset), content)
+    return store, TrainingData(store.users(dataset), items, rows, cut, content)
+
+
+def with_live_items(
+    settings: Settings, dataset: str, items: pd.DataFrame, content: pd.DataFrame | None
+) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """The catalogue with the items added live (`strata items add`, `POST /items`) that it does
+    not hold yet, their content encoded when the run trains with content: a training includes
+    every item served so far, retired ones too (their events are training data)."""
+    import pandas as pd
+
+    from strata.features.live_items import LiveCatalogue
+
+    live, _ = LiveCatalogue(settings, dataset).state()
+    known = set(items["item_id"].to_numpy(np.int64).tolist())
+    new = {i: it for i, it in live.items() if i not in known}
+    if not new:
+        return items, content
+    df = LiveCatalogue(settings, dataset).frame(new)
+    if "external_id" in items.columns:
+        raise ValidationError("items", "live items need a dataset with integer item ids")
+    merged = pd.concat([items, df], ignore_index=True)
+    if content is not None:
+        from strata.features.content import encode_item_content
+        from strata.models.encoders import ImageEncoder, TextEncoder
+        from strata.training.content import content_cache_dir
+
+        cache = content_cache_dir(settings)
+        added = encode_item_content(df, TextEncoder(cache), ImageEncoder(cache))
+        content = pd.concat([content, added], ignore_index=True)
+    return merged, content
 
 
 def load_dataset(settings: Settings, name: str, images: Path | None = None) -> RecDataset:
