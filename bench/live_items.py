@@ -57,16 +57,25 @@ def _serve(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
     raise SystemExit("server did not become ready")
 
 
+def shared_movielens() -> tuple[Path, Path] | None:
+    """The shared ML-100K folder and its posters (None, with the reason printed, if absent)."""
+    ml, posters = SHARED / "ml-100k", SHARED / "ml-100k-posters"
+    if ml.is_dir() and posters.is_dir():
+        return ml, posters
+    print(f"needs {ml} and {posters}", file=sys.stderr)
+    return None
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--home", type=Path, default=None)
     ap.add_argument("--n", type=int, default=20, help="adds with and without image per rep")
     ap.add_argument("--reps", type=int, default=3)
     args = ap.parse_args()
-    ml, posters = SHARED / "ml-100k", SHARED / "ml-100k-posters"
-    if not ml.is_dir() or not posters.is_dir():
-        print(f"needs {ml} and {posters}", file=sys.stderr)
+    found = shared_movielens()
+    if found is None:
         return 2
+    ml, posters = found
     home = args.home or Path(tempfile.mkdtemp(prefix="strata-live-bench-"))
     env = {**os.environ, "STRATA_HOME": str(home), "STRATA_SERVE__ADMIN_TOKEN": TOKEN}
     if not (home / "registry" / "movielens-100k" / "serving").exists():

@@ -300,3 +300,31 @@ def test_the_next_training_includes_the_live_items(tmp_path: Path) -> None:
     overlay = build_overlay(s, mv, ItemEmbedder(s, mv))
     assert len(overlay.ids) == 0 and overlay.retired.tolist() == [501]
     assert sorted(overlay.items) == [500, 501]
+
+
+def test_a_change_leaves_its_replica_up_to_date_with_the_log(tmp_path: Path) -> None:
+    """The overlay `apply_change` returns is the log's state (its revision is the log's size
+    after the append), so the replica that took the change does not rebuild it again; a
+    rejected change appends nothing."""
+    from strata.engine.version import ModelVersion
+    from strata.errors import NotFoundError
+    from strata.serving.live import ItemEmbedder, apply_change
+
+    s = serving_settings(tmp_path)
+    mv = ModelVersion.open(s, DATASET)
+    emb = ItemEmbedder(s, mv)
+    cat = LiveCatalogue(s, DATASET)
+    overlay, _ = apply_change(s, mv, emb, "add", 4000, {"title": "a", "genres": ["Drama"]})
+    assert overlay.revision == cat.revision > 0 and overlay.ids.tolist() == [4000]
+    overlay, rec = apply_change(s, mv, emb, "update", 4000, {"year": 1999})
+    assert rec["item"]["title"] == "a" and rec["item"]["year"] == 1999
+    assert overlay.revision == cat.revision
+    before = cat.revision
+    with pytest.raises(ValidationError) as exc:
+        apply_change(s, mv, emb, "add", 4001, {"title": "b", "image": "0" * 32 + ".png"})
+    assert exc.value.field == "image"
+    with pytest.raises(NotFoundError):
+        apply_change(s, mv, emb, "retire", 123456, None)
+    with pytest.raises(ValidationError):
+        apply_change(s, mv, emb, "update", 3, {"title": "trained item"})
+    assert cat.revision == before

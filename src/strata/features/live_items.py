@@ -112,6 +112,7 @@ class LiveCatalogue:
         self.dir = settings.home / "catalog" / dataset
         self.images = self.dir / "images"
         self._log = EventLog(self.dir / "items.jsonl", writer=False)
+        self.last_span = (0, 0)  # the log's size before and after this object's last append
 
     @property
     def revision(self) -> int:
@@ -179,7 +180,10 @@ class LiveCatalogue:
         if item is not None:
             record["item"] = item.model_dump(mode="json")
         with self._locked():
-            EventLog(self._log.path).append([record])  # cuts a torn tail left by a crash
+            log = EventLog(self._log.path)  # cuts a torn tail left by a crash
+            before = log.size()
+            log.append([record])
+            self.last_span = (before, log.size())
         return record
 
     @contextmanager

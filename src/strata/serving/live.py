@@ -17,8 +17,7 @@ rebuilt index.
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
@@ -34,8 +33,6 @@ if TYPE_CHECKING:
     from strata.engine.version import ModelVersion
     from strata.models.space import FeatureSpace
     from strata.models.two_tower import TwoTower
-
-log = logging.getLogger(__name__)
 
 
 class LiveRetriever:
@@ -95,6 +92,7 @@ class ItemEmbedder:
     def __init__(self, settings: Settings, mv: ModelVersion) -> None:
         self.settings, self.mv = settings, mv
         self._tower: TwoTower | None = None
+        self._encoders: tuple[Any, Any] | None = None
 
     def content(self, items: pd.DataFrame) -> pd.DataFrame | None:
         """Text and image vectors of `items` (item_id, title, year, genres, description,
@@ -102,11 +100,14 @@ class ItemEmbedder:
         if not self.mv.space.meta.get("has_content"):
             return None
         from strata.features.content import encode_item_content
-        from strata.models.encoders import ImageEncoder, TextEncoder
-        from strata.training.content import content_cache_dir
 
-        cache = content_cache_dir(self.settings)
-        return encode_item_content(items, TextEncoder(cache), ImageEncoder(cache))
+        if self._encoders is None:  # loaded once per version (each is a model session)
+            from strata.models.encoders import ImageEncoder, TextEncoder
+            from strata.training.content import content_cache_dir
+
+            cache = content_cache_dir(self.settings)
+            self._encoders = (TextEncoder(cache), ImageEncoder(cache))
+        return encode_item_content(items, *self._encoders)
 
     def vectors(self, space: FeatureSpace, ids: np.ndarray) -> np.ndarray:
         """Item-tower vectors (L, D) of `ids` from the extended `space`."""
@@ -158,12 +159,6 @@ def _in_version(mv: ModelVersion, item_id: int) -> bool:
     return pos < len(ids) and int(ids[pos]) == item_id
 
 
-def check_new(mv: ModelVersion, overlay: LiveOverlay, item_id: int) -> None:
-    """ValidationError("item_id") when `item_id` is already in the catalogue or live."""
-    if _in_version(mv, item_id) or item_id in overlay.items:
-        raise ValidationError("item_id", f"item {item_id} already exists")
-
-
 def describe(overlay: LiveOverlay | None, item_id: int) -> dict[str, Any] | None:
     """A live item's stored description (None when it is not a live item)."""
     if overlay is None or item_id not in overlay.items:
@@ -204,11 +199,12 @@ def apply_change(
             raise ValidationError("item_id", f"item {item_id} already exists")
         item = parse_item({**(fields or {}), "item_id": item_id})
     elif op == "update":
-        if item_id not in items or in_version:
-            why = "is part of the model version (it changes with training)" if in_version else (
-                "is not a live item")  # fmt: skip
-            raise (ValidationError("item_id", f"item {item_id} {why}") if in_version
-                   else NotFoundError(f"item {item_id} {why}"))  # fmt: skip
+        if in_version:
+            raise ValidationError(
+                "item_id", f"item {item_id} is part of the model version (it changes with training)"
+            )
+        if item_id not in items:
+            raise NotFoundError(f"item {item_id} is not a live item")
         item = parse_item({**items[item_id].model_dump(), **(fields or {}), "item_id": item_id})
     elif op == "retire":
         if not (in_version or item_id in items):
@@ -219,4 +215,7 @@ def apply_change(
         item = item.model_copy(update={"image": catalogue.store_image(image)})
     overlay = build_overlay(settings, mv, embedder, (op, item_id, item))
     record = catalogue.append(cast("Op", op), item_id, item)
+    before, after = catalogue.last_span
+    if before == overlay.revision:  # nobody appended in between: the overlay is the log's state
+        overlay = replace(overlay, revision=after)
     return overlay, record
