@@ -106,6 +106,20 @@ class Registry:
             if not f.exists() or sha256_file(f) != digest:
                 raise DataError(f, "missing or hash mismatch with manifest")
 
+    def decisions(self, last: int = 50) -> list[dict[str, Any]]:
+        """The last `last` gate decisions of `decisions.jsonl`, oldest first (a line being
+        written, or a damaged one, is skipped)."""
+        f = self.dir / "decisions.jsonl"
+        if not f.exists():
+            return []
+        out = []
+        for line in f.read_text().splitlines()[-last:]:
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return out
+
     def append_log(self, record: dict[str, Any]) -> None:
         """Append one JSON line to `<dataset>/decisions.jsonl` (fine-tune gate decisions)."""
         self.dir.mkdir(parents=True, exist_ok=True)

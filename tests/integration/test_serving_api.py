@@ -233,3 +233,22 @@ def test_seed_makes_a_request_repeatable(tmp_path: Path) -> None:
             for seed in range(5)
         }  # fmt: skip
         assert len(lists) > 1
+
+
+def test_registry_lists_versions_pointer_and_gate_decisions(
+    server: tuple[str, object], http: httpx.Client
+) -> None:
+    """GET /registry: the versions newest first with their metrics, the pointer, the version
+    this replica serves, and the last gate decisions (a torn last line is skipped)."""
+    _, settings = server
+    reg = Registry(settings.registry_dir, DATASET)  # type: ignore[attr-defined]
+    body = http.get("/registry").json()
+    assert body["serving"] == body["this_replica"] == reg.serving()
+    assert [v["version"] for v in body["versions"]] == list(reversed(reg.versions()))
+    assert "ranker_auc_valid" in body["versions"][-1]["metrics"]
+    reg.append_log({"kind": "incremental", "accepted": False, "reasons": ["recall fell"]})
+    with (reg.dir / "decisions.jsonl").open("a") as fh:
+        fh.write('{"kind": "incremen')  # a record being written
+    decisions = http.get("/registry", params={"last": 5}).json()["decisions"]
+    assert decisions[-1]["reasons"] == ["recall fell"]
+    assert http.get("/registry", params={"last": 0}).status_code == 422

@@ -301,6 +301,26 @@ def _install_routes(app: FastAPI) -> None:
         return JSONResponse({**info, "item_id": item_id if pipe.ids is not None else dense,
                              "live": live})  # fmt: skip
 
+    @app.get("/registry")
+    def registry(pipe: PipelineDep, last: Annotated[int, Query(ge=1, le=500)] = 50) -> JSONResponse:
+        """The served dataset's model versions (newest first: kind, creation, data range,
+        metrics), the registry's serving pointer, the version this replica serves, and the
+        last `last` promotion-gate decisions (for operators and the web UI)."""
+        from strata.registry import Registry
+
+        reg = Registry(pipe.settings.registry_dir, pipe.dataset)
+        versions = []
+        for v in reversed(reg.versions()):
+            try:
+                m = reg.manifest(v)
+            except StrataError:
+                continue  # a version being written or damaged is listed by nothing here
+            keep = ("version", "kind", "created", "parent", "data_range", "metrics")
+            versions.append({k: m.get(k) for k in keep})
+        return JSONResponse({"dataset": pipe.dataset, "serving": reg.serving(),
+                             "this_replica": pipe.version, "versions": versions,
+                             "decisions": reg.decisions(last)})  # fmt: skip
+
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
         """The process is up (liveness)."""
