@@ -65,6 +65,7 @@ from strata.serving.state import (
     reload_version,
     when_a_model_exists,
 )
+from strata.serving.web import install_web
 
 if TYPE_CHECKING:
     from strata.config import Settings
@@ -213,6 +214,7 @@ def create_app(
     install_error_handlers(app)
     _install_routes(app)
     install_items(app, _admin_state)
+    install_web(app, _pipeline)
     if ctr:
         _install_ctr(app, settings, metrics)
     app.add_middleware(RequestMetrics, metrics=metrics)
@@ -284,7 +286,9 @@ def _install_routes(app: FastAPI) -> None:
 
     @app.get("/items/{item_id}")
     async def item(
-        item_id: Annotated[str, Path(min_length=1, max_length=256)], pipe: PipelineDep
+        request: Request,
+        item_id: Annotated[str, Path(min_length=1, max_length=256)],
+        pipe: PipelineDep,
     ) -> JSONResponse:
         """What the catalog knows about one item (404 when it is not in it); the owner's item
         id for a declared dataset, else an integer."""
@@ -298,7 +302,8 @@ def _install_routes(app: FastAPI) -> None:
         if info is None:
             raise NotFoundError(f"item {item_id} is not in the catalog of {pipe.version}")
         live = describe(pipe.live, dense) if dense is not None else None  # added after training
-        return JSONResponse({**info, "item_id": item_id if pipe.ids is not None else dense,
+        shown = await asyncio.to_thread(request.app.state.item_display(pipe).get, pipe, dense)
+        return JSONResponse({**info, **shown, "item_id": item_id if pipe.ids is not None else dense,
                              "live": live})  # fmt: skip
 
     @app.get("/registry")
