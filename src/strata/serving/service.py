@@ -161,7 +161,8 @@ class RecommendationPipeline:
         self.base_index = index
         self.space = space = mv.space if live is None else live.space
         item_ids, item_emb = mv.item_ids, mv.item_embeddings
-        if live is not None:
+        if live is not None and (len(live.ids) or len(live.retired)):
+            # only then: an empty live catalogue adds nothing to the request path
             index = live.retriever(index)
             item_ids, item_emb = live.embeddings(item_ids, item_emb)
         self.snapshot = mv.snapshot
