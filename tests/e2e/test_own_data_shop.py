@@ -119,6 +119,8 @@ def _serve_in_own_ids(http: httpx.Client, skus: set[str]) -> None:
     assert len(items) == 5 and set(items) <= skus
     info = http.get(f"/items/{items[0]}").json()
     assert info["item_id"] == items[0] and any(g.startswith("brand=") for g in info["genres"])
+    # The shop declares no year (a nullable column of pd.NA): the title is shown, no year.
+    assert info["title"] and info["year"] is None, info
     assert http.get("/items/SKU-999999").status_code == 404
     post = http.post("/recommend", json={"user_id": "U-000042", "k": 5})
     assert [it["item_id"] for it in post.json()["items"]] == items

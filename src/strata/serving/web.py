@@ -51,11 +51,14 @@ class ItemDisplay:
             if self._rows is None:
                 rows: dict[int, tuple[str, int | None, str | None]] = {}
                 try:
+                    import pandas as pd
+
                     from strata.features.offline import OfflineStore
 
                     df = OfflineStore(self._settings).items(self._dataset)
                     for r in df.itertuples():
-                        year = None if r.year is None or r.year != r.year else int(r.year)
+                        # pandas gives NaN, None or pd.NA (nullable Int16 of declared data)
+                        year = None if pd.isna(r.year) else int(r.year)
                         path = r.image_path if isinstance(r.image_path, str) else None
                         rows[int(r.item_id)] = (str(r.title), year, path)
                 except (StrataError, OSError) as exc:
