@@ -81,6 +81,24 @@ def test_reload_on_one_replica_moves_every_replica(cluster: Cluster) -> None:
     assert body["model_version"] == "v0003"
 
 
+def test_every_replica_shows_what_every_replica_serves(cluster: Cluster) -> None:
+    """GET /replicas on any replica lists all of them with the version each one serves (their
+    beats through Valkey, at most 5 s old), so the operations page sees past the balancer."""
+    names = sorted(r.name for r in cluster.replicas)
+    served = {r.name: r.version() for r in cluster.replicas}
+
+    def roster(url: str) -> dict[str, str]:
+        body = httpx.get(url + "/replicas", timeout=5).json()
+        assert body["error"] is None
+        return {m["replica"]: m["model_version"] for m in body["replicas"]}
+
+    for rep in cluster.replicas:
+        assert _wait_until(lambda rep=rep: roster(rep.url) == served, 12) < float("inf"), rep.name
+        body = httpx.get(rep.url + "/replicas", timeout=5).json()
+        assert body["self"] == rep.name and sorted(served) == names
+        assert all(not m["degraded"] and time.time() - m["ts"] < 15 for m in body["replicas"])
+
+
 def test_an_event_through_the_balancer_reaches_every_replica(cluster: Cluster) -> None:
     user = 7
     top = httpx.get(cluster.lb.url + "/recommend", params={"user_id": user, "k": 10}).json()

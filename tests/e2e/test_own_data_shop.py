@@ -121,6 +121,11 @@ def _serve_in_own_ids(http: httpx.Client, skus: set[str]) -> None:
     assert info["item_id"] == items[0] and any(g.startswith("brand=") for g in info["genres"])
     # The shop declares no year (a nullable column of pd.NA): the title is shown, no year.
     assert info["title"] and info["year"] is None, info
+    # Posters are addressed by the shop's ids too (a tenth of the products have none).
+    with_image = [i for i in items if http.get(f"/items/{i}").json()["image"]]
+    assert with_image, items
+    poster = http.get(f"/items/{with_image[0]}/image")
+    assert poster.status_code == 200 and poster.headers["content-type"] == "image/png"
     assert http.get("/items/SKU-999999").status_code == 404
     post = http.post("/recommend", json={"user_id": "U-000042", "k": 5})
     assert [it["item_id"] for it in post.json()["items"]] == items

@@ -144,6 +144,9 @@ def test_operations_show_traffic_and_the_served_version(server: str, browser) ->
         page.wait_for_function("document.querySelectorAll('#versions tbody tr').length >= 1")
         assert page.inner_text("#model") == "v0001"
         assert "this replica serves v0001" in page.inner_text("#pointer")
+        page.wait_for_function("document.querySelectorAll('#replicas tbody tr').length === 1")
+        cells = page.locator("#replicas tbody td").all_inner_texts()
+        assert cells[0].endswith("(this page)") and cells[1] == "v0001" and cells[4] == "ok"
         assert "ms" in page.inner_text("#latency")
         assert page.inner_text("#ctr") == "no CTR model served here"  # none trained in this home
         chart = "document.querySelector('#rate-chart polyline')"

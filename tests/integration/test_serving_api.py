@@ -252,3 +252,25 @@ def test_registry_lists_versions_pointer_and_gate_decisions(
     decisions = http.get("/registry", params={"last": 5}).json()["decisions"]
     assert decisions[-1]["reasons"] == ["recall fell"]
     assert http.get("/registry", params={"last": 0}).status_code == 422
+
+
+def test_replicas_lists_this_replica_alone_in_the_embedded_mode(
+    server: tuple[str, object], http: httpx.Client
+) -> None:
+    """GET /replicas without a shared store: this replica, with what it serves."""
+    ready = http.get("/readyz").json()
+    body = http.get("/replicas").json()
+    assert body["error"] is None and [m["replica"] for m in body["replicas"]] == [body["self"]]
+    (me,) = body["replicas"]
+    assert me["model_version"] == ready["model_version"] and me["dataset"] == ready["dataset"]
+    assert me["item_feature_version"] == ready["item_feature_version"]
+    assert me["live_items"] == me["live_revision"] == 0 and me["degraded"] is False
+
+
+def test_item_image_takes_the_catalogues_ids(http: httpx.Client) -> None:
+    """GET /items/{id}/image: 422 naming item_id for a non-integer id of an integer dataset,
+    404 for an item without a poster or outside the catalogue."""
+    r = http.get("/items/abc/image")
+    assert r.status_code == 422 and "item_id" in r.text
+    assert http.get("/items/3/image").status_code == 404
+    assert http.get(f"/items/{2**64}/image").status_code == 404

@@ -65,7 +65,7 @@ from strata.serving.state import (
     reload_version,
     when_a_model_exists,
 )
-from strata.serving.web import install_web
+from strata.serving.web import dense_item, install_web
 
 if TYPE_CHECKING:
     from strata.config import Settings
@@ -214,7 +214,7 @@ def create_app(
     install_error_handlers(app)
     _install_routes(app)
     install_items(app, _admin_state)
-    install_web(app, _pipeline)
+    install_web(app, _pipeline, _state)
     if ctr:
         _install_ctr(app, settings, metrics)
     app.add_middleware(RequestMetrics, metrics=metrics)
@@ -292,13 +292,8 @@ def _install_routes(app: FastAPI) -> None:
     ) -> JSONResponse:
         """What the catalog knows about one item (404 when it is not in it); the owner's item
         id for a declared dataset, else an integer."""
-        if pipe.ids is None and not (item_id.isascii() and item_id.isdigit()):
-            raise ValidationError("item_id", "must be an integer >= 0")
-        try:
-            dense = pipe.ids.item(item_id) if pipe.ids is not None else int(item_id)
-        except ValidationError:
-            dense = None
-        info = pipe.catalog.item(dense) if dense is not None and dense < 2**63 else None
+        dense = dense_item(pipe, item_id)
+        info = pipe.catalog.item(dense) if dense is not None else None
         if info is None:
             raise NotFoundError(f"item {item_id} is not in the catalog of {pipe.version}")
         live = describe(pipe.live, dense) if dense is not None else None  # added after training

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -31,6 +33,9 @@ log = logging.getLogger(__name__)
 _ADOPT_EVERY_S = 10.0
 #: Seconds before a follower tries again to load a version that failed to load.
 _RETRY_FAILED_S = 30.0
+#: Seconds between a replica's roster beats, and how long a silent one stays listed.
+BEAT_EVERY_S = 5.0
+ROSTER_MAX_AGE_S = 3 * BEAT_EVERY_S
 
 
 @dataclass
@@ -49,6 +54,38 @@ class ServingState:
     started: float = field(default_factory=time.time)
 
     @property
+    def replica(self) -> str:
+        """This replica's name: `events.replica` (the pod name in a cluster), else host-pid."""
+        return self.settings.events.replica or f"{socket.gethostname()}-{os.getpid()}"
+
+    def status(self) -> dict[str, Any]:
+        """What this replica serves, for the roster and the operations page."""
+        pipe = self.pipeline
+        return {
+            "replica": self.replica, "dataset": pipe.dataset, "model_version": pipe.version,
+            "item_feature_version": pipe.catalog.feature_version,
+            "live_items": len(pipe.live.ids) if pipe.live is not None else 0,
+            "live_revision": pipe.live.revision if pipe.live is not None else 0,  # log offset
+            "degraded": self.link.breaker.is_open, "started": self.started,
+        }  # fmt: skip
+
+    async def replicas(self) -> tuple[list[dict[str, Any]], str | None]:
+        """Every live replica's status (this one's alone in the embedded mode, or when the
+        store is down: then with the reason)."""
+        if self.signals is None:
+            return [{**self.status(), "ts": time.time()}], None
+        try:
+            listed = await asyncio.to_thread(
+                self.link.breaker.call, self.signals.roster, self.pipeline.dataset,
+                ROSTER_MAX_AGE_S,
+            )  # fmt: skip
+        except StoreUnavailableError as exc:
+            return [{**self.status(), "ts": time.time()}], f"roster unavailable: {exc}"
+        if not any(r.get("replica") == self.replica for r in listed):
+            listed.append({**self.status(), "ts": time.time()})  # not beaten yet
+        return listed, None
+
+    @property
     def inline(self) -> bool:
         """Whether /recommend runs on the event loop (see `_serve_recommend`)."""
         mode = self.settings.serve.dispatch
@@ -59,6 +96,7 @@ class ServingState:
 
 async def online_upkeep(state: ServingState) -> None:
     """Background care of the online side, every tick (at most the breaker's longest backoff):
+    beat this replica's status into the roster (every `BEAT_EVERY_S`, replicas only);
     while the breaker is open, probe the store so it closes without traffic; drain events
     deferred to the outbox once the store answers (and, every 10 s, the outbox a gone replica
     left on the shared volume); reload the catalog cache when the item
@@ -67,6 +105,7 @@ async def online_upkeep(state: ServingState) -> None:
     link, ingestor = state.link, state.ingestor
     tick = min(cfg.catalog_refresh_s, cfg.store_backoff_max_s)
     last_refresh = last_adopt = time.monotonic()
+    last_beat = -float("inf")
     while True:
         await asyncio.sleep(tick)
         try:
@@ -81,6 +120,12 @@ async def online_upkeep(state: ServingState) -> None:
             if was_open or time.monotonic() - last_refresh >= cfg.catalog_refresh_s:
                 last_refresh = time.monotonic()
                 await asyncio.to_thread(state.pipeline.catalog.refresh)
+            if state.signals is not None and time.monotonic() - last_beat >= BEAT_EVERY_S:
+                last_beat = time.monotonic()  # a beat that fails waits for the next period
+                await asyncio.to_thread(
+                    link.breaker.call, state.signals.beat, state.pipeline.dataset, state.replica,
+                    state.status(),
+                )  # fmt: skip
         except StoreUnavailableError:
             continue  # the breaker has logged it; keep serving degraded and cached
         except (StrataError, OSError) as exc:

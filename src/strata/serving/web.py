@@ -19,7 +19,7 @@ from fastapi import Path as PathParam
 from fastapi import Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
-from strata.errors import NotFoundError, StrataError
+from strata.errors import NotFoundError, StrataError, ValidationError
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
     from strata.serving.service import RecommendationPipeline
+    from strata.serving.state import ServingState
 
 log = logging.getLogger(__name__)
 
@@ -94,12 +95,29 @@ class ItemDisplay:
         return self._load().get(item_id, (None, None, None))
 
 
+def dense_item(pipe: RecommendationPipeline, item_id: str) -> int | None:
+    """The dense id of a path's item id (the owner's id for a declared dataset, else a
+    non-negative integer): None when the catalogue cannot hold it; a 422 naming `item_id` when
+    a dataset of integer ids is given something else."""
+    if pipe.ids is None:
+        if not (item_id.isascii() and item_id.isdigit()):
+            raise ValidationError("item_id", "must be an integer >= 0")
+        dense = int(item_id)
+        return dense if dense < 2**63 else None
+    try:
+        return int(pipe.ids.item(item_id))
+    except ValidationError:
+        return None
+
+
 def _asset(name: str) -> bytes:
     return resources.files("strata.serving").joinpath("web", name).read_bytes()
 
 
 def install_web(
-    app: FastAPI, pipeline: Callable[[Request], Awaitable[RecommendationPipeline]]
+    app: FastAPI,
+    pipeline: Callable[[Request], Awaitable[RecommendationPipeline]],
+    serving: Callable[[Request], Awaitable[ServingState]],
 ) -> None:
     """Mount the UI pages, their assets and the read endpoints they use."""
 
@@ -135,14 +153,25 @@ def install_web(
             "live_items": len(pipe.live.ids) if pipe.live else 0,
         })  # fmt: skip
 
+    @app.get("/replicas")
+    async def replicas(request: Request) -> JSONResponse:
+        """What every live replica of this dataset serves: model version, item feature version,
+        live-catalogue revision, degraded or not, last beat. Replicas beat into the online
+        store every few seconds; the embedded mode (or a store that is down, with `error`) lists
+        this replica alone."""
+        state = await serving(request)
+        listed, error = await state.replicas()
+        return JSONResponse({"self": state.replica, "replicas": listed, "error": error})
+
     @app.get("/items/{item_id}/image")
     async def item_image(
-        request: Request, item_id: Annotated[int, PathParam(ge=0, le=2**63 - 1)]
+        request: Request, item_id: Annotated[str, PathParam(min_length=1, max_length=256)]
     ) -> FileResponse:
         """An item's poster (the images given to `features encode --images`, or a live item's
-        upload); 404 when it has none."""
+        upload); 404 when it has none. The owner's item id for a declared dataset."""
         pipe = await pipeline(request)
-        path = display(pipe).image(pipe, item_id)
+        dense = dense_item(pipe, item_id)
+        path = display(pipe).image(pipe, dense) if dense is not None else None
         if path is None:
             raise NotFoundError(f"item {item_id} has no image")
         return FileResponse(path, media_type=_IMAGE_TYPES[path.suffix.lower()],

@@ -6,12 +6,18 @@ woken at once. Pub/sub is fire and forget: a replica disconnected at that moment
 message. So a signal only makes a follower fast; each follower also polls the source of truth
 (the registry's `serving` pointer) slowly and converges without it. The embedded store has no
 peers: `open_signals` gives None there, and followers poll only.
+
+The same store keeps the roster of live replicas (`beat`, `roster`): each one writes its status
+(versions served, degraded or not) every few seconds, so any replica can show operators what all
+of them serve. A member that stops beating drops out; nothing in the roster is needed to serve.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any
@@ -87,6 +93,43 @@ class ValkeySignals:
         thread = threading.Thread(target=run, name="strata-signals", daemon=True)
         thread.start()
         return thread
+
+    def beat(self, group: str, member: str, status: dict[str, Any]) -> None:
+        """Record `member`'s status (a JSON object, stamped with the time) in the roster of
+        `group` (`<key_prefix>:replicas:<group>`, one hash field per member).
+        StoreUnavailableError when the store cannot be reached."""
+        body = json.dumps({**status, "ts": time.time()}, separators=(",", ":"))
+        try:
+            self._client.hset(self._roster_key(group), member, body)
+        except self._errors as exc:
+            raise StoreUnavailableError(f"roster {group}: {exc}") from exc
+
+    def roster(self, group: str, max_age_s: float) -> list[dict[str, Any]]:
+        """The statuses in `group` beaten within `max_age_s` seconds, by member name; members
+        silent for longer (a replica that is gone) are removed on the way.
+        StoreUnavailableError when the store cannot be reached."""
+        key, now = self._roster_key(group), time.time()
+        try:
+            raw = self._client.hgetall(key)
+            out, gone = [], []
+            for member, body in sorted(raw.items()):
+                try:
+                    status = json.loads(body)
+                    fresh = now - float(status["ts"]) <= max_age_s
+                except (ValueError, KeyError, TypeError):
+                    fresh = False  # not ours or torn: dropped like a silent member
+                if fresh:
+                    out.append({**status, "replica": _text(member)})
+                else:
+                    gone.append(member)
+            if gone:
+                self._client.hdel(key, *gone)
+        except self._errors as exc:
+            raise StoreUnavailableError(f"roster {group}: {exc}") from exc
+        return out
+
+    def _roster_key(self, group: str) -> str:
+        return f"{self.config.key_prefix}:replicas:{group}"
 
     def close(self) -> None:
         self._client.close()

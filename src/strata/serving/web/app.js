@@ -26,7 +26,7 @@ async function init() {
   clickType = cat.event_types.includes("click") ? "click" : cat.event_types[0];
   for (const g of cat.genres) {
     const l = document.createElement("label");
-    l.innerHTML = `<input type="checkbox" value="${g}"> ${g}`;
+    l.innerHTML = `<input type="checkbox" value="${esc(g)}"> ${esc(g)}`;
     $("new-genres").append(l);
   }
   $("token").value = sessionStorage.getItem("strata-token") || "";
@@ -65,11 +65,11 @@ async function recommend() {
     const card = document.createElement("div");
     card.className = "card";
     card.dataset.item = String(it.item_id);
-    const img = d.image ? `/items/${it.item_id}/image` : PLACEHOLDER;
+    const img = d.image ? `/items/${encodeURIComponent(it.item_id)}/image` : PLACEHOLDER;
     const sc = it.scores;
     card.innerHTML = `<span class="badge">${i + 1}</span>${d.live ? '<span class="badge fresh">new</span>' : ""}` +
       `<img alt="" src="${img}"><div class="t"><b title="${esc(d.title || "")}">${esc(d.title || "item " + it.item_id)}</b>` +
-      `<span class="muted">${(d.genres || []).join(", ")}${d.year ? " · " + d.year : ""}</span><br>` +
+      `<span class="muted">${esc((d.genres || []).join(", "))}${d.year ? " · " + esc(d.year) : ""}</span><br>` +
       `score ${it.score.toFixed(3)} · retr ${sc.retrieval.toFixed(3)}${sc.ranker !== undefined ? " · rank " + sc.ranker.toFixed(3) : ""}</div>`;
     card.querySelector("img").onerror = (e) => { e.target.src = PLACEHOLDER; };
     card.onclick = () => click(it.item_id, d.title);

@@ -1,4 +1,4 @@
-// strata operations: this replica's /metrics (Prometheus text), /readyz, /registry and, when the
+// strata operations: this replica's /metrics (Prometheus text), /readyz, /registry, /replicas and, when the
 // CTR routes are mounted, /ctr/status; rates and quantiles come from deltas between two polls.
 "use strict";
 const $ = (id) => document.getElementById(id);
@@ -58,7 +58,11 @@ function spark(svg, series, lines = []) {
   svg.innerHTML = html;
 }
 
-function row(cells) { const tr = document.createElement("tr"); tr.innerHTML = cells.map((c) => `<td>${c}</td>`).join(""); return tr; }
+function row(cells) {  // text only: names and reasons come from the API, never parsed as HTML
+  const tr = document.createElement("tr");
+  for (const c of cells) { const td = document.createElement("td"); td.textContent = String(c); tr.append(td); }
+  return tr;
+}
 
 async function tick() {
   const t = performance.now() / 1000;
@@ -124,7 +128,19 @@ async function registry() {
          (d.reasons || []).join("; ")])));
 }
 
+async function replicas() {
+  const r = await fetch("/replicas").then((x) => x.json());
+  const now = Date.now() / 1000;
+  $("roster-note").textContent = (r.error ? r.error + " · " : "") +
+    `${r.replicas.length} replica(s) serving; this page is served by ${r.self}`;
+  $("replicas").tBodies[0].replaceChildren(...r.replicas.map((x) =>
+    row([x.replica + (x.replica === r.self ? " (this page)" : ""), x.model_version, x.item_feature_version || "",
+         String(x.live_items), x.degraded ? "degraded" : "ok", `${Math.max(0, now - x.ts).toFixed(0)} s ago`])));
+}
+
 tick();
 registry();
+replicas();
+setInterval(() => replicas().catch(() => {}), POLL_MS);
 setInterval(() => tick().catch(() => {}), POLL_MS);
 setInterval(() => registry().catch(() => {}), 10 * POLL_MS);
