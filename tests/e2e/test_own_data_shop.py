@@ -90,7 +90,8 @@ def test_a_shop_from_its_own_files_to_recommendations_in_its_own_ids(tmp_path: P
     port = _free_port()
     server = subprocess.Popen(
         [str(STRATA), "serve", "--dataset", "shop", "--port", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env={**env, "STRATA_SERVE__ADMIN_TOKEN": "shop-admin"}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
@@ -105,6 +106,7 @@ def test_a_shop_from_its_own_files_to_recommendations_in_its_own_ids(tmp_path: P
                 assert time.monotonic() < deadline, "server did not become ready"
                 time.sleep(0.5)
             _serve_in_own_ids(http, skus)
+            _a_live_item_in_own_ids(http, shop)
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -144,3 +146,30 @@ def _serve_in_own_ids(http: httpx.Client, skus: set[str]) -> None:
     assert bad_item.status_code == 422 and bad_item.json()["detail"][0]["field"] == "item_id"
     bad_type = http.post("/events", json={**ev, "event_id": "web-3", "type": "click"})
     assert bad_type.status_code == 422 and bad_type.json()["detail"][0]["field"] == "type"
+
+
+def _a_live_item_in_own_ids(http: httpx.Client, shop: Path) -> None:
+    """The live catalogue speaks the shop's ids: add a SKU with a product image, see it, send
+    an event for it, retire it; a clash with a catalogue SKU is a 422 naming item_id."""
+    import base64
+
+    auth = {"Authorization": "Bearer shop-admin"}
+    genres = http.get("/catalog").json()["genres"]
+    brand = next(g for g in genres if g.startswith("brand="))
+    image = base64.b64encode((shop / "images" / "SKU-000001.png").read_bytes()).decode()
+    body = {"item_id": "SKU-LIVE-1", "title": "Limited Edition Puzzle", "genres": [brand],
+            "image_base64": image}  # fmt: skip
+    r = http.post("/items", json=body, headers=auth)
+    assert r.status_code == 201 and r.json()["item_id"] == "SKU-LIVE-1", r.text
+    info = http.get("/items/SKU-LIVE-1").json()
+    assert info["title"] == "Limited Edition Puzzle" and info["image"] is True
+    assert info["live"]["external_id"] == "SKU-LIVE-1" and info["genres"] == [brand]
+    assert http.get("/items/SKU-LIVE-1/image").status_code == 200
+    ev = {"event_id": "live-1", "user_id": "U-000042", "item_id": "SKU-LIVE-1", "type": "view",
+          "ts": 1_800_000_000}  # fmt: skip
+    assert http.post("/events", json=ev).status_code == 200
+    clash = http.post("/items", json={**body, "item_id": "SKU-000001"}, headers=auth)
+    assert clash.status_code == 422 and clash.json()["detail"][0]["field"] == "item_id"
+    assert http.delete("/items/SKU-LIVE-1", headers=auth).json()["item_id"] == "SKU-LIVE-1"
+    assert http.get("/items/SKU-LIVE-1").json()["live"]["retired"] is True
+    assert http.delete("/items/SKU-NOPE", headers=auth).status_code == 404

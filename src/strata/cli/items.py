@@ -16,7 +16,9 @@ items_app = typer.Typer(help="The live catalogue: items served without retrainin
                         no_args_is_help=True)  # fmt: skip
 
 DatasetOpt = Annotated[str, typer.Option("--dataset", help="Served dataset.")]
-IdOpt = Annotated[int, typer.Option("--id", min=0, help="Item id (integer).")]
+IdOpt = Annotated[str, typer.Option(
+    "--id", help="Item id: an integer, or the owner's id for a dataset added with `data add`.",
+)]  # fmt: skip
 TitleOpt = Annotated[str | None, typer.Option(help="Title.")]
 GenresOpt = Annotated[str | None, typer.Option(help="Comma-separated genres of the version.")]
 YearOpt = Annotated[int | None, typer.Option(help="Release year.")]
@@ -25,11 +27,11 @@ ImageOpt = Annotated[Path | None, typer.Option(help="Image file (JPEG, PNG or We
 
 
 def _change(
-    dataset: str, op: str, item_id: int, fields: dict[str, Any], image: Path | None
+    dataset: str, op: str, item_id: str, fields: dict[str, Any], image: Path | None
 ) -> None:
     from strata.engine.version import ModelVersion
     from strata.errors import DataError
-    from strata.serving.live import ItemEmbedder, apply_change
+    from strata.serving.live import ItemEmbedder, apply_change, resolve_item
 
     s = settings()
     mv = ModelVersion.open(s, dataset)
@@ -43,7 +45,9 @@ def _change(
         s, mv, ItemEmbedder(s, mv), op, item_id, {k: v for k, v in fields.items() if v is not None},
         data,
     )  # fmt: skip
+    dense, external = resolve_item(mv.space, item_id)
     print_json({"dataset": dataset, "version": mv.version, **record,
+                "item_id": external if external is not None else dense,
                 "live_items": len(overlay.ids)})  # fmt: skip
 
 

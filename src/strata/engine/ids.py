@@ -9,7 +9,9 @@ A user id the version has never seen (a customer who signed up after training) m
 id in a reserved range, derived from the id's bytes alone, so every replica, the event path and
 `/recommend` agree on it without shared state: its events build online features and fill the
 Bloom filter under that id, and its requests read them. Unknown item ids are an error: items
-enter through the catalogue.
+enter through the catalogue. An item added live (`POST /items`) gets its dense id the same way,
+from its own id's bytes (`new_item_id`, another reserved range), so every replica, the live log
+and the next training agree on it without allocating anything.
 """
 
 from __future__ import annotations
@@ -24,15 +26,27 @@ from strata.errors import ValidationError
 if TYPE_CHECKING:
     from strata.models.space import FeatureSpace
 
-#: Dense ids of users the version does not know start here (far above any catalogue size).
+#: Dense ids of users the version does not know start here (far above any catalogue size);
+#: those of items added live to a declared dataset start at NEW_ITEM_BASE. Each range is 2^40.
 NEW_USER_BASE = 1 << 40
+NEW_ITEM_BASE = 1 << 42
 MAX_ID_LENGTH = 256
+
+
+def _hashed(base: int, external: str) -> int:
+    digest = hashlib.blake2b(external.encode("utf-8"), digest_size=8).digest()
+    return base + int.from_bytes(digest, "big") % (1 << 40)
 
 
 def new_user_id(external: str) -> int:
     """The dense id of a user unknown to the version: NEW_USER_BASE + 40 bits of a hash."""
-    digest = hashlib.blake2b(external.encode("utf-8"), digest_size=8).digest()
-    return NEW_USER_BASE + int.from_bytes(digest, "big") % NEW_USER_BASE
+    return _hashed(NEW_USER_BASE, external)
+
+
+def new_item_id(external: str) -> int:
+    """The dense id of an item added live: NEW_ITEM_BASE + 40 bits of a hash (two live ids
+    sharing one, about n^2 / 2^41 for n live items, are refused at the second add)."""
+    return _hashed(NEW_ITEM_BASE, external)
 
 
 class IdMap:
@@ -56,16 +70,20 @@ class IdMap:
 
     def user(self, external: object, field: str = "user_id") -> int:
         """The dense id of an owner's user id (a reserved-range id for users never seen)."""
-        text = _text(external, field)
+        text = owner_id(external, field)
         return self._user_dense.get(text) or new_user_id(text)
 
     def item(self, external: object, field: str = "item_id") -> int:
         """The dense id of an owner's item id; ValidationError naming `field` when unknown."""
-        text = _text(external, field)
+        text = owner_id(external, field)
         dense = self._item_dense.get(text)
         if dense is None:
             raise ValidationError(field, f"unknown item {text!r}")
         return dense
+
+    def has_item(self, external: object, field: str = "item_id") -> bool:
+        """Whether the owner's item id is in this catalogue (ValidationError for a bad id)."""
+        return owner_id(external, field) in self._item_dense
 
     def items_external(self, dense: np.ndarray) -> list[str]:
         """Owner ids of dense item ids (every id must be in the catalogue)."""
@@ -73,7 +91,8 @@ class IdMap:
         return self._item_external[rows].tolist()
 
 
-def _text(value: object, field: str) -> str:
+def owner_id(value: object, field: str) -> str:
+    """An owner's id as text (str or int, 1..256 characters); ValidationError naming `field`."""
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise ValidationError(field, "expected a string or an integer id")
     text = str(value)

@@ -45,7 +45,8 @@ class LiveItem(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    item_id: int = Field(ge=0, le=2**63 - 1)
+    item_id: int = Field(ge=0, le=2**63 - 1)  # dense (`engine.ids.new_item_id` for own ids)
+    external_id: str | None = Field(default=None, min_length=1, max_length=256)  # owner's id
     title: str = Field(min_length=1, max_length=500)
     genres: tuple[str, ...] = Field(default=(), max_length=30)
     year: int | None = Field(default=None, ge=1800, le=2200)
@@ -140,14 +141,17 @@ class LiveCatalogue:
 
     def frame(self, items: dict[int, LiveItem]) -> pd.DataFrame:
         """Items as the catalogue table that `FeatureSpace` and the content encoders read
-        (item_id, title, year, genres, description, image_path), sorted by id."""
+        (item_id, title, year, genres, description, image_path, and external_id for a declared
+        dataset's items), sorted by id."""
         import numpy as np
         import pandas as pd
 
         rows = sorted(items.items())
+        own = any(it.external_id is not None for _, it in rows)
         return pd.DataFrame(
             {
                 "item_id": np.array([i for i, _ in rows], np.int64),
+                **({"external_id": [it.external_id for _, it in rows]} if own else {}),
                 "title": [it.title for _, it in rows],
                 "year": pd.array([it.year for _, it in rows], dtype="Int16"),
                 "genres": [list(it.genres) for _, it in rows],

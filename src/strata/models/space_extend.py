@@ -42,11 +42,11 @@ def extend_items(
 ) -> FeatureSpace:
     """A new `FeatureSpace` holding `space`'s catalogue plus `items` (item_id, year, genres; ids
     not in the catalogue), with `content` (item_id, text_emb, image_emb, has_text, has_image)
-    for their vectors and ages as of `as_of` (the version's cut-off). `space` is not changed."""
-    if "item_external" in space.meta:
-        raise ValidationError(
-            "item_id", "live items need a dataset with integer item ids (this one keeps its own)"
-        )
+    for their vectors and ages as of `as_of` (the version's cut-off); a declared dataset's
+    items also carry their owner's ids (external_id). `space` is not changed."""
+    own = "item_external" in space.meta
+    if own and ("external_id" not in items.columns or items["external_id"].isna().any()):
+        raise ValidationError("item_id", "this dataset keeps its own item ids: each item needs one")
     new_ids = items["item_id"].to_numpy(np.int64)
     if len(np.unique(new_ids)) != len(new_ids):
         raise ValidationError("item_id", "duplicate ids among the added items")
@@ -91,7 +91,13 @@ def extend_items(
     for name in _ITEM_TABLES:
         body = np.concatenate([t[name][1:], added[name].astype(t[name].dtype)])[order]
         tables[name] = np.concatenate([t[name][:1], body])
-    out = FeatureSpace({**space.meta, "item_ids": ids[order].tolist()}, tables)
+    meta = {**space.meta, "item_ids": ids[order].tolist()}
+    if own:  # the owner's ids stay aligned with item_ids (`engine.ids.IdMap`)
+        external = np.array([*space.meta["item_external"], *items["external_id"]], dtype=object)
+        if len(set(external)) != len(external):
+            raise ValidationError("item_id", "an owner's item id is already in the catalogue")
+        meta["item_external"] = external[order].tolist()
+    out = FeatureSpace(meta, tables)
     rows, _ = out.item_rows(new_ids)
     age = out._age(rows, np.array([as_of], np.int64))  # the formula the version's rows used
     if age is not None:

@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from strata.errors import ValidationError
 from strata.features.live_items import MAX_IMAGE_BYTES
 from strata.serving.follow import announce, serving_signal
+from strata.serving.live import resolve_item
 from strata.serving.state import ServingState, change_live
 
 if TYPE_CHECKING:
@@ -30,7 +31,8 @@ if TYPE_CHECKING:
 
 #: What the JSON body of POST/PATCH may hold besides the image.
 FIELDS = ("title", "genres", "year", "description")
-ItemId = Annotated[int, Path(ge=0, le=2**63 - 1)]
+# An integer for the built-in datasets, the owner's id for a declared one (`resolve_item`).
+ItemId = Annotated[str, Path(min_length=1, max_length=256)]
 
 
 def _image(body: dict[str, Any]) -> bytes | None:
@@ -55,7 +57,7 @@ def _fields(body: dict[str, Any], allow: tuple[str, ...]) -> dict[str, Any]:
 
 
 async def _apply(
-    request: Request, op: str, item_id: int, body: dict[str, Any], admin: Admin
+    request: Request, op: str, item_id: object, body: dict[str, Any], admin: Admin
 ) -> JSONResponse:
     state = await admin(request)
     t0 = time.perf_counter()
@@ -65,8 +67,9 @@ async def _apply(
     record = await change_live(state, (op, item_id, fields, image))
     pipe = state.pipeline
     await asyncio.to_thread(announce, state.signals, serving_signal(pipe.dataset), "catalogue")
+    dense, external = resolve_item(pipe.space, item_id)
     out = {
-        "item_id": item_id,
+        "item_id": external if external is not None else dense,
         "op": op,
         "version": pipe.version,
         "item": (record or {}).get("item"),
@@ -83,10 +86,13 @@ def install_items(app: FastAPI, admin: Admin) -> None:
     @app.post("/items", status_code=201)
     async def add_item(request: Request, body: Annotated[dict[str, Any], Body()]) -> JSONResponse:
         """Add an item (id, title, genres, year, description, image_base64): retrievable by the
-        next /recommend, without retraining."""
-        raw = body.get("item_id")
-        if isinstance(raw, bool) or not isinstance(raw, int) or not 0 <= raw < 2**63:
-            raise ValidationError("item_id", "must be an integer in 0..2^63-1")
+        next /recommend, without retraining. The id is an integer, or the owner's id (text)
+        for a declared dataset."""
+        if "item_id" not in body:
+            raise ValidationError("item_id", "required")
+        raw = body["item_id"]
+        if isinstance(raw, bool) or not isinstance(raw, int | str):
+            raise ValidationError("item_id", "must be an integer (or a declared dataset's id)")
         return await _apply(request, "add", raw, body, admin)
 
     @app.patch("/items/{item_id}")

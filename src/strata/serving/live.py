@@ -171,20 +171,42 @@ def describe(overlay: LiveOverlay | None, item_id: int) -> dict[str, Any] | None
     }
 
 
+def resolve_item(space: FeatureSpace, raw: object) -> tuple[int, str | None]:
+    """The dense id of an item id from outside, and the owner's id. A dataset of integer ids
+    takes an integer in 0..2^63-1 (or its decimal text, from a URL path) and has no owner's id;
+    a declared dataset takes its own ids (text or integer): a catalogue item's dense id, else the
+    one derived from the id (`engine.ids.new_item_id`). ValidationError names `item_id`."""
+    from strata.engine.ids import new_item_id, owner_id
+
+    if "item_external" not in space.meta:
+        if isinstance(raw, str) and raw.isascii() and raw.isdigit() and len(raw) < 20:
+            raw = int(raw)
+        if isinstance(raw, bool) or not isinstance(raw, int) or not 0 <= raw < 2**63:
+            raise ValidationError("item_id", "must be an integer in 0..2^63-1")
+        return raw, None
+    text = owner_id(raw, "item_id")
+    external = space.meta["item_external"]
+    try:  # the version's catalogue: its ids are few enough to search (live ones are derived)
+        return int(space.item_ids[external.index(text)]), text
+    except ValueError:
+        return new_item_id(text), text
+
+
 def apply_change(
     settings: Settings,
     mv: ModelVersion,
     embedder: ItemEmbedder,
     op: str,
-    item_id: int,
+    raw_id: object,
     fields: dict[str, Any] | None = None,
     image: bytes | None = None,
 ) -> tuple[LiveOverlay, dict[str, Any]]:
-    """Add, update (a partial `fields` change) or retire one item of the served dataset: check
-    it against the version and the log, build the overlay it leads to (content encoded, item
-    tower run), and only then append the record, so a rejected change writes nothing but a
-    content-addressed image file. Returns the overlay and the record. ValidationError names the
-    field; NotFoundError for an item that is not there to update or retire."""
+    """Add, update (a partial `fields` change) or retire one item of the served dataset (`raw_id`
+    as the outside gave it: `resolve_item`): check it against the version and the log, build
+    the overlay it leads to (content encoded, item tower run), and only then append the record,
+    so a rejected change writes nothing but a content-addressed image file. Returns the overlay
+    and the record. ValidationError names the field; NotFoundError for an item that is not
+    there to update or retire."""
     from strata.errors import NotFoundError
     from strata.features.live_items import parse_item
 
@@ -192,23 +214,26 @@ def apply_change(
         raise ValidationError("image", "send the image's bytes, not a file name")
     catalogue = LiveCatalogue(settings, mv.dataset)
     items, _ = catalogue.state()
+    item_id, external = resolve_item(mv.space, raw_id)
     in_version = _in_version(mv, item_id)
     item: LiveItem | None = None
     if op == "add":
         if in_version or item_id in items:
-            raise ValidationError("item_id", f"item {item_id} already exists")
-        item = parse_item({**(fields or {}), "item_id": item_id})
+            held = items[item_id].external_id if item_id in items else external
+            why = "already exists" if held == external else f"collides with live item {held!r}"
+            raise ValidationError("item_id", f"item {raw_id} {why}")
+        item = parse_item({**(fields or {}), "item_id": item_id, "external_id": external})
     elif op == "update":
         if in_version:
             raise ValidationError(
-                "item_id", f"item {item_id} is part of the model version (it changes with training)"
+                "item_id", f"item {raw_id} is part of the model version (it changes with training)"
             )
         if item_id not in items:
-            raise NotFoundError(f"item {item_id} is not a live item")
+            raise NotFoundError(f"item {raw_id} is not a live item")
         item = parse_item({**items[item_id].model_dump(), **(fields or {}), "item_id": item_id})
     elif op == "retire":
         if not (in_version or item_id in items):
-            raise NotFoundError(f"item {item_id} is not in the catalogue")
+            raise NotFoundError(f"item {raw_id} is not in the catalogue")
     else:
         raise ValidationError("op", f"expected add, update or retire, got {op!r}")
     if image is not None and item is not None:

@@ -185,9 +185,10 @@ async def when_a_model_exists(settings: Settings, start: Callable[[], Awaitable[
 
 
 async def change_live(
-    state: ServingState, change: tuple[str, int, dict[str, Any] | None, bytes | None] | None = None
+    state: ServingState,
+    change: tuple[str, object, dict[str, Any] | None, bytes | None] | None = None,
 ) -> dict[str, Any] | None:
-    """Apply one live-catalogue change (op, item id, fields, image bytes) and swap in the
+    """Apply one live-catalogue change (op, item id as given, fields, image bytes) and swap in the
     pipeline with it, or (no change) rebuild the live catalogue from the log after another
     replica's change. Serialised with reloads; the record appended, if any."""
     from strata.serving.live import ItemEmbedder, apply_change, build_overlay

@@ -143,11 +143,13 @@ def install_web(
 
     @app.get("/catalog")
     async def catalog(request: Request) -> JSONResponse:
-        """What the served version knows of its catalogue: genres, devices, event types and
-        sizes (the UI's forms read it)."""
+        """What the served version knows of its catalogue: genres, devices, event types, sizes,
+        whether ids are the owner's (text) and a few user ids to start from (the UI's forms)."""
         pipe = await pipeline(request)
+        own = "user_external" in pipe.space.meta
+        users = pipe.space.meta["user_external"][:3] if own else pipe.space.user_ids[:3].tolist()
         return JSONResponse({
-            "dataset": pipe.dataset, "version": pipe.version,
+            "dataset": pipe.dataset, "version": pipe.version, "own_ids": own, "users": users,
             "genres": list(pipe.space.meta["genres"]), "devices": list(pipe.devices),
             "event_types": list(pipe.event_types), "items": len(pipe.catalog),
             "live_items": len(pipe.live.ids) if pipe.live else 0,

@@ -116,12 +116,14 @@ def with_live_items(
 
     live, _ = LiveCatalogue(settings, dataset).state()
     known = set(items["item_id"].to_numpy(np.int64).tolist())
-    new = {i: it for i, it in live.items() if i not in known}
+    # A declared dataset's owner may since have sent the item in its own files: theirs wins.
+    owned = set(items["external_id"].astype(str)) if "external_id" in items.columns else set()
+    new = {i: it for i, it in live.items() if i not in known and it.external_id not in owned}
     if not new:
         return items, content
     df = LiveCatalogue(settings, dataset).frame(new)
-    if "external_id" in items.columns:
-        raise ValidationError("items", "live items need a dataset with integer item ids")
+    if ("external_id" in items.columns) != ("external_id" in df.columns):
+        raise ValidationError("items", "live items and the dataset disagree on owner's item ids")
     merged = pd.concat([items, df], ignore_index=True)
     if content is not None:
         from strata.features.content import encode_item_content

@@ -19,8 +19,15 @@ async function json(url, opts) {
   return body;
 }
 
+// The served dataset's ids: integers, or the owner's own (text) for a dataset added with `data add`.
+let ownIds = false;
+let sampleUsers = [1, 2];
+const asId = (v) => (ownIds ? String(v).trim() : Number(v));
+
 async function init() {
   const cat = await json("/catalog");
+  ownIds = cat.own_ids;
+  if (cat.users.length) { sampleUsers = cat.users.slice(0, 2); if (ownIds) $("user").value = cat.users[0]; }
   $("version").textContent = `${cat.dataset} · ${cat.version} · ${cat.items} items (${cat.live_items} live)`;
   for (const d of cat.devices) $("device").add(new Option(d, d, d === "unknown", d === "unknown"));
   clickType = cat.event_types.includes("click") ? "click" : cat.event_types[0];
@@ -86,7 +93,7 @@ function esc(s) { return String(s).replace(/[&<>"]/g, (ch) => ({ "&": "&amp;", "
 async function click(itemId, title) {
   if ($("anon").checked) { $("status").textContent = "anonymous visitors send no events"; return; }
   const t0 = performance.now();
-  const ev = { event_id: crypto.randomUUID(), user_id: Number($("user").value), item_id: itemId,
+  const ev = { event_id: crypto.randomUUID(), user_id: asId($("user").value), item_id: itemId,
                type: clickType, ts: Math.floor(Date.now() / 1000) };
   try {
     await json("/events", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(ev) });
@@ -108,7 +115,7 @@ async function addItem(ev) {
   ev.preventDefault();
   const token = $("token").value;
   sessionStorage.setItem("strata-token", token);
-  const id = Number($("new-id").value);
+  const id = asId($("new-id").value);
   const body = { item_id: id, title: $("new-title").value,
                  genres: [...document.querySelectorAll("#new-genres input:checked")].map((x) => x.value) };
   if ($("new-year").value) body.year = Number($("new-year").value);
@@ -119,7 +126,8 @@ async function addItem(ev) {
       headers: { "content-type": "application/json", authorization: `Bearer ${token}` } });
     info.delete(id);
     const where = [];
-    for (const [label, q] of [["anonymous", ""], ["user 1", "&user_id=1"], ["user 2", "&user_id=2"]]) {
+    const who = [["anonymous", ""], ...sampleUsers.map((u) => [`user ${u}`, `&user_id=${encodeURIComponent(u)}`])];
+    for (const [label, q] of who) {
       const rec = await json(`/recommend?k=20${q}`);
       const pos = rec.items.findIndex((x) => x.item_id === id);
       where.push(`${label}: ${pos < 0 ? "not in the top 20" : "position " + (pos + 1)}`);
