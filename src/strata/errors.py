@@ -50,6 +50,11 @@ class ValidationError(StrataError):
         self.problem = problem
 
 
+class StorageError(StrataError):
+    """A write to local storage failed for want of space (or a read-only disk); what was being
+    written was not committed, so rerunning once there is space is safe."""
+
+
 class StoreUnavailableError(StrataError):
     """The online store (Valkey/Redis) cannot be reached or timed out; callers may degrade."""
 

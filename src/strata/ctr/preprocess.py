@@ -280,6 +280,12 @@ class ParsedRecords:
     labels: np.ndarray | None
 
 
+def _number_text(v: str) -> bool:
+    """False for text that `float` reads but the offline path (`pd.to_numeric`) does not: NaN
+    spelled out, `1_000`, non-ASCII digits or spaces; online and offline must agree."""
+    return v.isascii() and "_" not in v and "nan" not in v.lower()
+
+
 def parse_records(rows: Sequence[Mapping[str, Any]]) -> ParsedRecords:
     """Validate JSON rows into raw columns; unknown keys and non-numeric integers are errors
     naming the field (`rows[3].I5`)."""
@@ -298,12 +304,14 @@ def parse_records(rows: Sequence[Mapping[str, Any]]) -> ParsedRecords:
             v = row.get(c)
             if v is None or v == "":
                 continue
-            if isinstance(v, bool):
+            if isinstance(v, bool) or (isinstance(v, str) and not _number_text(v)):
                 raise ValidationError(f"rows[{i}].{c}", f"not a number: {v!r}")
             try:
                 ints[c][i] = float(v)
             except (TypeError, ValueError):
                 raise ValidationError(f"rows[{i}].{c}", f"not a number: {v!r}") from None
+            except OverflowError:  # an integer beyond float64
+                raise ValidationError(f"rows[{i}].{c}", "number out of range") from None
         for c in CAT_COLUMNS:
             v = row.get(c)
             if v is None:

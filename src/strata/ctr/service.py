@@ -55,9 +55,12 @@ class ServedModel:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
-        session = ort.InferenceSession(
-            str(path / MODEL_ONNX), sess_options=opts, providers=["CPUExecutionProvider"]
-        )
+        try:
+            session = ort.InferenceSession(
+                str(path / MODEL_ONNX), sess_options=opts, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # ORT's classes (InvalidProtobuf, Fail) derive from Exception
+            raise DataError(path / MODEL_ONNX, f"not a loadable ONNX graph: {exc}") from None
         meta = json.loads((path / CTR_META).read_text(encoding="utf-8"))
         prep = CtrPreprocessor.load(path / PREPROCESS)
         ref = meta.get("reference_auc")

@@ -107,22 +107,31 @@ def _read(path: Path, sep: str, ncols: int, encoding: str, header: bool) -> pd.D
         raise DataError(path, f"expected {ncols} columns separated by {sep!r}, found {df.shape[1]}")
     if len(df) == 0:
         raise DataError(path, "file has no rows")
+    # keep_default_na=False reads every present cell as text: NaN is a field the line lacks
+    short = df.isna().any(axis=1).to_numpy()
+    if short.any():
+        row = int(short.nonzero()[0][0]) + 1  # the n-th data row (blank lines not counted)
+        raise DataError(path, f"row {row}: expected {ncols} fields separated by {sep!r}")
     return df
 
 
 def _ints(s: pd.Series, path: Path, column: str, dtype: str = "int64") -> pd.Series:
     """Strict integer conversion: a blank or non-numeric cell is a `DataError` naming the column."""
+    import numpy as np
     import pandas as pd
 
-    num = pd.to_numeric(s.str.strip(), errors="coerce")
-    bad = num.isna() | (num != num.round())
+    num = pd.to_numeric(s.str.strip(), errors="coerce").astype("float64")
+    # inf and values beyond the dtype would cast to garbage (int64 min, a wrapped int16)
+    info = np.iinfo(dtype)
+    bad = ~np.isfinite(num) | (num != num.round()) | (num < info.min) | (num >= info.max + 1.0)
     if bad.any():
         first = int(bad.to_numpy().nonzero()[0][0])
         raise DataError(
             path,
-            f"column {column!r}: {int(bad.sum())} non-integer values (first: {s.iloc[first]!r})",
+            f"column {column!r}: {int(bad.sum())} non-integer or out-of-range ({dtype}) values"
+            f" (first: {s.iloc[first]!r})",
         )
-    return num.astype(dtype)
+    return pd.to_numeric(s.str.strip()).astype(dtype)
 
 
 def _fix_mojibake(title: str) -> str:
@@ -192,7 +201,7 @@ def _read_grouplens(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFram
 
     f = path / "u.user"
     u = _read(f, "|", 5, "latin-1", header=False)
-    users = _users(_ints(u[0], f, "user_id"), _ints(u[1], f, "age"), u[2], u[3], u[4])
+    users = _users(_ints(u[0], f, "user_id"), _ints(u[1], f, "age", "int16"), u[2], u[3], u[4])
 
     f = path / "u.item"
     it = _read(f, "|", 5 + len(GENRES), "latin-1", header=False)
@@ -251,7 +260,7 @@ def _read_recbole(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]
     )
     users = _users(
         _ints(u["user_id"], f, "user_id"),
-        _ints(u["age"], f, "age"),
+        _ints(u["age"], f, "age", "int16"),
         u["gender"],
         u["occupation"],
         u["zip_code"],

@@ -40,6 +40,7 @@ from strata.datasets.spec import (
     check_unique,
     dataset_dir,
     event_slug,
+    image_file,
     load_spec,
     parse_timestamps,
     read_table,
@@ -171,6 +172,20 @@ def _number(df: pd.DataFrame, col: str, uri: str, rows: np.ndarray | None = None
     return num
 
 
+def _year(df: pd.DataFrame, col: str, uri: str, rows: np.ndarray) -> pd.Series:
+    """The declared year column, rounded; a year outside the Int16 column's range is an error
+    naming the row (it would not fit the items table)."""
+    import numpy as np
+
+    year = _number(df, col, uri, rows).round()
+    bad = (year.notna() & ((year < -32768) | (year > 32767))).to_numpy()
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        at = row_label(int(rows[i]), uri)
+        raise DataError(uri, f"{at}: {col} {year.iloc[i]:g} is not a year")
+    return year
+
+
 def _numeric(
     df: pd.DataFrame, cols: list[str], uri: str, rows: np.ndarray | None = None
 ) -> dict[str, pd.Series]:
@@ -208,7 +223,7 @@ def _items(spec: DatasetSpec, base: Path) -> tuple[pd.DataFrame, dict[str, int]]
                     for row in tags]  # fmt: skip
     else:  # the first plain label (they come first), as for a dataset without categories
         category = [row[0] if row and s.tags else "" for row in tags]
-    year = _number(raw, s.year, uri, rows).round() if s.year else pd.Series([None] * len(raw))
+    year = _year(raw, s.year, uri, rows) if s.year else pd.Series([None] * len(raw))
     items = pd.DataFrame(
         {
             "item_id": ids,
@@ -231,12 +246,9 @@ def _images(spec: DatasetSpec, base: Path, raw: pd.DataFrame, ext: pd.Series) ->
     if s.image_column is not None:
         folder = Path(s.resolved(base)).parent
         out: list[str | None] = []
-        for v in raw[s.image_column].tolist():
-            if v is None or (isinstance(v, float) and v != v) or not str(v).strip():
-                out.append(None)
-                continue
-            p = Path(str(v).strip()).expanduser()
-            out.append(str(p if p.is_absolute() else folder / p))
+        uri = s.resolved(base)
+        for i, v in enumerate(raw[s.image_column].tolist()):
+            out.append(image_file(folder, v, s.image_column, uri, i))
         return out
     if s.images_dir is not None:
         folder = Path(s.images_dir)

@@ -35,9 +35,20 @@ def iter_jsonl(path: Path, report: IngestReport) -> Iterator[Any]:
             if not line.strip():
                 continue
             try:
-                yield json.loads(line)
+                obj = json.loads(line)
             except json.JSONDecodeError as exc:
                 report.reject(f"line {lineno}", ValidationError("json", exc.msg))
+                continue
+            except UnicodeDecodeError:  # json.loads(bytes) decodes first
+                report.reject(f"line {lineno}", ValidationError("json", "not UTF-8 text"))
+                continue
+            except ValueError as exc:  # an integer beyond Python's digit limit
+                report.reject(f"line {lineno}", ValidationError("json", str(exc).split(";")[0]))
+                continue
+            except RecursionError:
+                report.reject(f"line {lineno}", ValidationError("json", "nested too deeply"))
+                continue
+            yield obj
 
 
 def ingest_file(settings: Settings, path: Path, ingestor: EventIngestor | None = None) -> dict:

@@ -53,10 +53,10 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 from pydantic import ValidationError as PydanticValidationError
 
 from strata.datasets.base import EVENT_TYPE_PATTERN, EVENT_TYPES
@@ -87,7 +87,11 @@ def _direct(fn: Callable[..., T], *args: Any) -> T:
     return fn(*args)
 
 
-ContextValue = str | int | float | StrictBool
+INT64_MAX = 2**63 - 1
+ContextValue = (
+    Annotated[str, Field(max_length=256)] | int | Annotated[float, Field(allow_inf_nan=False)]
+    | StrictBool
+)  # fmt: skip
 
 
 class Event(BaseModel):
@@ -96,13 +100,21 @@ class Event(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     event_id: str = Field(min_length=1, max_length=128)
-    user_id: int = Field(ge=0)
-    item_id: int = Field(ge=0)
+    user_id: int = Field(ge=0, le=INT64_MAX)  # ids and times are stored as int64
+    item_id: int = Field(ge=0, le=INT64_MAX)
     # one of the dataset's event types (the serving app checks against the version's)
     type: str = Field(pattern=EVENT_TYPE_PATTERN)
-    ts: int = Field(ge=0)
-    value: float = 1.0
-    context: dict[str, ContextValue] = Field(default_factory=dict)
+    ts: int = Field(ge=0, le=INT64_MAX)
+    value: float = Field(default=1.0, allow_inf_nan=False)  # NaN would poison the features
+    context: dict[str, ContextValue] = Field(default_factory=dict, max_length=32)
+
+    @field_validator("user_id", "item_id", "ts", "value", mode="before")
+    @classmethod
+    def _not_bool(cls, v: object) -> object:
+        # JSON true is neither an id, a time nor a value (pydantic would read it as 1)
+        if isinstance(v, bool):
+            raise ValueError("expected a number, got a boolean")
+        return v
 
 
 def parse_event(obj: Any) -> Event:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from strata.errors import ValidationError
+from strata.errors import DataError, ValidationError
 from strata.features.event_log import EventLog
 
 if TYPE_CHECKING:
@@ -97,6 +97,11 @@ def check_image(data: bytes) -> str:
             if w * h > MAX_IMAGE_PIXELS:
                 raise ValidationError("image", f"{w}x{h} pixels; at most {MAX_IMAGE_PIXELS}")
             img.verify()  # structure and checksums, without decoding the pixels
+        # verify() checks no JPEG data at all (a truncated upload passed, then the encoder read
+        # it as no image): decode once, a JPEG at 1/8 scale, within the pixel limit checked above
+        with Image.open(io.BytesIO(data)) as img:
+            img.draft("RGB", (max(1, w // 8), max(1, h // 8)))
+            img.load()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ValidationError("image", f"not a readable image: {exc}") from None
     except Image.DecompressionBombError as exc:
@@ -104,6 +109,26 @@ def check_image(data: bytes) -> str:
     if fmt not in _FORMATS:
         raise ValidationError("image", f"format {fmt}; expected JPEG, PNG or WebP")
     return _FORMATS[fmt]
+
+
+def _replayed(record: dict[str, Any], n: int, path: Path) -> tuple[int, LiveItem | None]:
+    """One log record as (item id, its content; None for a retire); DataError naming the log
+    and the record when it is not one `LiveCatalogue.append` writes (hand-edited, damaged)."""
+    import pydantic
+
+    iid, op = record.get("item_id"), record.get("op")
+    if isinstance(iid, bool) or not isinstance(iid, int) or not 0 <= iid <= 2**63 - 1:
+        raise DataError(path, f"record {n}: item_id {iid!r} is not an integer id")
+    if op not in ("add", "update", "retire"):
+        raise DataError(path, f"record {n}: op {op!r} is not add, update or retire")
+    if op == "retire":
+        return iid, None
+    try:
+        return iid, LiveItem.model_validate(record.get("item"))
+    except pydantic.ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "item"
+        raise DataError(path, f"record {n}: item.{where}: {err['msg']}") from None
 
 
 class LiveCatalogue:
@@ -130,12 +155,12 @@ class LiveCatalogue:
         recommended)."""
         items: dict[int, LiveItem] = {}
         retired: set[int] = set()
-        for r in self.records():
-            iid = int(r["item_id"])
-            if r["op"] == "retire":
+        for n, r in enumerate(self.records(), start=1):
+            iid, item = _replayed(r, n, self._log.path)
+            if item is None:  # retired
                 retired.add(iid)
             else:
-                items[iid] = LiveItem.model_validate(r["item"])
+                items[iid] = item
                 retired.discard(iid)
         return items, retired
 

@@ -53,17 +53,25 @@ from strata.serving.bodies import RecommendBody, parse_events, recommendation_js
 from strata.serving.errors import error_response, install_error_handlers
 from strata.serving.follow import announce, cancel_all, follow, serving_signal
 from strata.serving.items_api import install_items
+from strata.serving.limits import BodyLimit
 from strata.serving.live import describe
 from strata.serving.metrics import RequestMetrics, ServingMetrics
 from strata.serving.online import OnlineLink
+from strata.serving.openapi import (
+    ADMIN,
+    EventsReport,
+    Readiness,
+    Recommendation,
+    errors,
+    events_body,
+)
 from strata.serving.service import RecommendationPipeline
 from strata.serving.state import (
     ServingState,
     follow_pointer,
-    has_model,
     online_upkeep,
     reload_version,
-    when_a_model_exists,
+    start_or_wait,
 )
 from strata.serving.web import dense_item, install_web
 
@@ -96,15 +104,6 @@ StateDep = Annotated[ServingState, Depends(_state)]
 PipelineDep = Annotated[RecommendationPipeline, Depends(_pipeline)]
 
 
-# --- request bodies ------------------------------------------------------------------------------
-
-
-# --- errors --------------------------------------------------------------------------------------
-
-
-# --- responses -----------------------------------------------------------------------------------
-
-
 async def _serve_recommend(
     state: ServingState,
     pipe: RecommendationPipeline,
@@ -130,9 +129,6 @@ async def _serve_recommend(
                                       stage=stage, seed=seed)  # fmt: skip
     state.metrics.observe(rec)
     return JSONResponse(recommendation_json(rec, kk, pipe, user_id))
-
-
-# --- events ------------------------------------------------------------------------------------
 
 
 # --- app ---------------------------------------------------------------------------------------
@@ -162,14 +158,16 @@ def create_app(
                 check = lambda: follow_pointer(state)  # noqa: E731 - the follower's check
                 tasks.append(asyncio.create_task(follow(check, state.signals, name, poll_s)))
 
-            if settings.serve.wait_for_model and not await asyncio.to_thread(has_model, settings):
-                # A fresh install: up and live, unready (503 with the reason) until the first
-                # version is promoted, instead of exiting into a crash loop.
-                app.state.waiting = (
-                    f"no model version of {settings.serve.dataset!r} yet: "
-                    "waiting for the first promotion (run the initial pipeline)"
-                )
-                tasks.append(asyncio.create_task(when_a_model_exists(settings, start)))
+            if settings.serve.wait_for_model:
+                # A fresh install, or a serving version that does not load: up and live,
+                # unready (503 with the reason) until a loadable version is promoted, instead
+                # of exiting into a crash loop.
+                def report(why: str) -> None:
+                    app.state.waiting = why
+
+                waiting = await start_or_wait(settings, start, report)
+                if waiting is not None:
+                    tasks.append(waiting)
             else:
                 await start()
             try:
@@ -212,12 +210,13 @@ def create_app(
 
     app = FastAPI(title="strata", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
-    _install_routes(app)
+    _install_routes(app, settings)
     install_items(app, _admin_state)
     install_web(app, _pipeline, _state)
     if ctr:
         _install_ctr(app, settings, metrics)
     app.add_middleware(RequestMetrics, metrics=metrics)
+    app.add_middleware(BodyLimit, max_bytes=settings.serve.max_body_bytes)
     return app
 
 
@@ -231,8 +230,8 @@ def _install_ctr(app: FastAPI, settings: Settings, metrics: ServingMetrics) -> N
     install_ctr(app, settings, metrics.registry)
 
 
-def _install_routes(app: FastAPI) -> None:
-    @app.get("/recommend")
+def _install_routes(app: FastAPI, settings: Settings) -> None:
+    @app.get("/recommend", responses={200: {"model": Recommendation}, **errors(404, 503)})
     async def recommend_get(
         request: Request,
         state: StateDep,
@@ -246,18 +245,19 @@ def _install_routes(app: FastAPI) -> None:
             ),
         ] = None,
         k: Annotated[int | None, Query()] = None,
-        device: Annotated[str, Query()] = "unknown",
-        ts: Annotated[int | None, Query(ge=0)] = None,
+        device: Annotated[str, Query(max_length=64)] = "unknown",
+        ts: Annotated[int | None, Query(ge=0, le=2**63 - 1)] = None,
         stage: Annotated[Literal["retrieval", "full"], Query()] = "full",
         seed: Annotated[int | None, Query(ge=0, le=2**63 - 1)] = None,
     ) -> JSONResponse:
         """Top-k for a user (omit user_id for an anonymous request with context only)."""
         unknown = sorted(set(request.query_params) - GET_RECOMMEND_PARAMS)
         if unknown:
-            raise ValidationError(unknown[0], "unknown query parameter")
+            # `?=x` has an empty name: the field is then the query string itself
+            raise ValidationError(unknown[0] or "query", f"unknown query parameter {unknown[0]!r}")
         return await _serve_recommend(state, pipe, user_id, k, device, ts, stage, seed)
 
-    @app.post("/recommend")
+    @app.post("/recommend", responses={200: {"model": Recommendation}, **errors(404, 503)})
     async def recommend_post(
         body: RecommendBody, state: StateDep, pipe: PipelineDep
     ) -> JSONResponse:
@@ -265,7 +265,9 @@ def _install_routes(app: FastAPI) -> None:
         return await _serve_recommend(state, pipe, body.user_id, body.k, body.device, body.ts,
                                       body.stage, body.seed)  # fmt: skip
 
-    @app.post("/events")
+    @app.post("/events", openapi_extra=events_body(settings.serve.max_events),
+              responses={200: {"model": EventsReport}, 202: {"model": EventsReport},
+                         **errors(413, 503)})  # fmt: skip
     async def events(request: Request, state: StateDep) -> JSONResponse:
         """Ingest one event or a batch: durable log, live activity, Bloom filter."""
         try:
@@ -284,7 +286,7 @@ def _install_routes(app: FastAPI) -> None:
             status_code=202 if report.deferred else 200,
         )  # fmt: skip
 
-    @app.get("/items/{item_id}")
+    @app.get("/items/{item_id}", responses=errors(404, 503))
     async def item(
         request: Request,
         item_id: Annotated[str, Path(min_length=1, max_length=256)],
@@ -301,7 +303,7 @@ def _install_routes(app: FastAPI) -> None:
         return JSONResponse({**info, **shown, "item_id": item_id if pipe.ids is not None else dense,
                              "live": live})  # fmt: skip
 
-    @app.get("/registry")
+    @app.get("/registry", responses=errors(503))
     def registry(pipe: PipelineDep, last: Annotated[int, Query(ge=1, le=500)] = 50) -> JSONResponse:
         """The served dataset's model versions (newest first: kind, creation, data range,
         metrics), the registry's serving pointer, the version this replica serves, and the
@@ -326,7 +328,7 @@ def _install_routes(app: FastAPI) -> None:
         """The process is up (liveness)."""
         return {"status": "ok"}
 
-    @app.get("/readyz")
+    @app.get("/readyz", responses={200: {"model": Readiness}, 503: {"model": Readiness}})
     def readyz(request: Request) -> JSONResponse:
         """Readiness: a model version is loaded and answers (503 with the reason while none is:
         `serve.wait_for_model` until the first promotion). An unreachable online store is
@@ -345,15 +347,19 @@ def _install_routes(app: FastAPI) -> None:
             state.link.health()
         except StoreUnavailableError as exc:
             degraded.append(f"online store: {exc}")
+        degraded += state.link.versions.lost()  # the store answers but lost its features
+        # A promoted version this replica refused (damaged): still ready, on the old one.
+        refused = [state.refused] if state.refused else []
         body = {
             "ready": not reasons,
             "degraded": bool(degraded),
+            "refused": state.refused or None,
             "model_version": pipe.version,
             "dataset": pipe.dataset,
             "index": pipe.index_info,
             "items": len(pipe.catalog),
             "item_feature_version": pipe.catalog.feature_version,
-            "reasons": reasons + degraded,
+            "reasons": reasons + degraded + refused,
         }
         return JSONResponse(body, status_code=200 if not reasons else 503)
 
@@ -365,7 +371,7 @@ def _install_routes(app: FastAPI) -> None:
 
         return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.post("/admin/reload")
+    @app.post("/admin/reload", responses=errors(*ADMIN, 409, 503))
     async def reload(request: Request, state: StateDep) -> JSONResponse:
         """Swap to the registry's serving version (build fully, then replace the reference) and
         signal the other replicas, which follow the same pointer."""
@@ -393,12 +399,13 @@ def _check_admin(request: Request, state: ServingState) -> None:
     from fastapi import HTTPException
 
     token = state.settings.serve.admin_token
-    if token is None:
+    # An empty token (an empty Secret) is no token: else a bare "Bearer" header would match it.
+    if token is None or not token.get_secret_value().strip():
         raise HTTPException(403, "admin endpoints are disabled: set STRATA_SERVE__ADMIN_TOKEN")
     header = request.headers.get("authorization", "")
     scheme, _, given = header.partition(" ")
     ok = scheme.lower() == "bearer" and hmac.compare_digest(
-        given.strip().encode(), token.get_secret_value().encode()
+        given.strip().encode(), token.get_secret_value().strip().encode()
     )
     if not ok:
         raise HTTPException(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})

@@ -24,8 +24,8 @@ class RecommendBody(BaseModel):
     # an integer >= 0, or the owner's id (string or integer) for a declared dataset
     user_id: StrictInt | StrictStr | None = None
     k: StrictInt | None = None
-    device: StrictStr = "unknown"
-    ts: StrictInt | None = Field(default=None, ge=0)
+    device: StrictStr = Field(default="unknown", max_length=64)
+    ts: StrictInt | None = Field(default=None, ge=0, le=2**63 - 1)
     stage: Literal["retrieval", "full"] = "full"
     seed: StrictInt | None = Field(default=None, ge=0, le=2**63 - 1)
 

@@ -29,25 +29,22 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from prometheus_client import CollectorRegistry
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from strata.config import Settings
 from strata.errors import StoreUnavailableError, StrataError, ValidationError
 from strata.serving import pauses
 from strata.serving.ctr_runtime import CtrMetrics, CtrRuntime, RetrainFactory, ctr_lifespan
-from strata.serving.errors import (
-    RETRY_AFTER_S,
-    body_loc,
-    error_response,
-    validation_response,
-)
+from strata.serving.errors import RETRY_AFTER_S, body_loc, error_response, install_http_errors
+from strata.serving.limits import BodyLimit
+from strata.serving.openapi import Predictions, Readiness, errors
 
 if TYPE_CHECKING:
     from strata.monitoring.drift import DriftDecision
@@ -92,10 +89,9 @@ def create_ctr_app(
     app = FastAPI(title="strata CTR", version="0.1.0", lifespan=lifespan)
     app.include_router(router)
 
-    @app.exception_handler(RequestValidationError)
-    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        # FastAPI's shape plus `field` (`rows[3]`), as the main app and the domain errors have it.
-        return validation_response(exc)
+    # FastAPI's shape plus `field` (`rows[3]`), as the main app and the domain errors have it.
+    install_http_errors(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.ctr.serve.max_body_bytes)
 
     @app.exception_handler(StoreUnavailableError)
     async def unavailable(_: Request, exc: StoreUnavailableError) -> JSONResponse:
@@ -112,7 +108,7 @@ def create_ctr_app(
         rt: CtrRuntime | None = getattr(request.app.state, "ctr", None)
         return {"ok": rt is not None, "version": rt.service.served.version if rt else None}
 
-    @app.get("/readyz")
+    @app.get("/readyz", responses={200: {"model": Readiness}, 503: {"model": Readiness}})
     def readyz(request: Request) -> JSONResponse:
         """A model version is loaded (readiness, and the startup probe); 503 with the reason
         while none is (`ctr.serve.wait_for_model`: until the first promotion)."""
@@ -120,7 +116,10 @@ def create_ctr_app(
         if rt is None:
             why = getattr(request.app.state, "ctr_unavailable", None) or "not started"
             return JSONResponse({"ready": False, "reasons": [why]}, status_code=503)
-        return JSONResponse({"ready": True, "version": rt.service.served.version, "reasons": []})
+        # A promoted version this replica refused (damaged): still ready, on the old one.
+        refused = [rt.refused] if rt.refused else []
+        return JSONResponse({"ready": True, "version": rt.service.served.version,
+                             "refused": rt.refused or None, "reasons": refused})  # fmt: skip
 
     return app
 
@@ -187,14 +186,18 @@ router = APIRouter(prefix="/ctr", tags=["ctr"], route_class=_TimedRoute)
 class PredictRequest(BaseModel):
     """Raw Criteo rows: objects keyed I1..I13 (numbers) and C1..C26 (strings); missing = absent."""
 
+    model_config = ConfigDict(extra="forbid")
+
     rows: list[dict[str, Any]] = Field(min_length=1)
 
 
 class FeedbackRequest(BaseModel):
     """True labels for earlier prediction ids (same order, same length)."""
 
-    ids: list[int] = Field(min_length=1)
-    labels: list[int]
+    model_config = ConfigDict(extra="forbid")
+
+    ids: list[Annotated[StrictInt, Field(ge=0, le=2**63 - 1)]] = Field(min_length=1)
+    labels: list[Annotated[StrictInt, Field(ge=0, le=1)]]  # 0 or 1; true/false are not labels
 
 
 def _unprocessable(exc: ValidationError) -> HTTPException:
@@ -219,7 +222,7 @@ def _runtime(request: Request) -> CtrRuntime:
     return rt
 
 
-@router.post("/predict", name="predict")
+@router.post("/predict", name="predict", responses={200: {"model": Predictions}, **errors(503)})
 async def predict(body: PredictRequest, request: Request) -> JSONResponse:
     """Score a batch of raw rows: one probability and one prediction id per row.
 
@@ -240,7 +243,7 @@ async def predict(body: PredictRequest, request: Request) -> JSONResponse:
     )
 
 
-@router.post("/feedback", name="feedback")
+@router.post("/feedback", name="feedback", responses=errors(503))
 def feedback(body: FeedbackRequest, request: Request) -> JSONResponse:
     """Join true labels to prediction ids; returns counts and the drift monitor's decision."""
     rt = _runtime(request)
@@ -251,9 +254,6 @@ def feedback(body: FeedbackRequest, request: Request) -> JSONResponse:
         raise _unprocessable(
             ValidationError("labels", f"{len(body.labels)} labels for {len(body.ids)} ids")
         )
-    bad = next((i for i, v in enumerate(body.labels) if v not in (0, 1)), None)
-    if bad is not None:
-        raise _unprocessable(ValidationError(f"labels[{bad}]", "labels must be 0 or 1"))
     try:
         res = rt.service.feedback(body.ids, body.labels)
     except ValidationError as exc:
@@ -282,7 +282,7 @@ def _observe_feedback(
     m.set_auc(decision.auc, decision.floor)
 
 
-@router.get("/status", name="status")
+@router.get("/status", name="status", responses=errors(503))
 def status(request: Request) -> dict[str, Any]:
     """Served version, counters, rolling AUC and its trigger floor, retrains, feature drift."""
     rt = _runtime(request)

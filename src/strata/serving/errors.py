@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from strata.errors import NotFoundError, StoreUnavailableError, StrataError, ValidationError
 
@@ -61,14 +62,31 @@ def error_response(
 RETRY_AFTER_S = 1  # Retry-After of a 503: about when the breaker has probed the store again
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    """Map the library's errors to HTTP: ValidationError 422 naming the field, NotFoundError
-    404, an unreachable store 503 with Retry-After, an unavailable inference server 503, any
-    other StrataError 400; request-schema errors 422 in the same body shape."""
+def install_http_errors(app: FastAPI) -> None:
+    """Both apps: request-schema errors 422 naming each field, a body that cannot be read as
+    JSON 422 naming `body` (Starlette says 400), and every other HTTP error in the same body
+    shape with its status and headers."""
 
     @app.exception_handler(RequestValidationError)
     async def _request_invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         return validation_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if isinstance(exc.detail, list):  # already entries (the CTR routes' 422s)
+            return JSONResponse({"detail": exc.detail}, exc.status_code, headers=exc.headers)
+        if exc.status_code == 400 and "parsing the body" in str(exc.detail):
+            return error_response(422, "body", "not a JSON document (or not UTF-8)")
+        return error_response(
+            exc.status_code, None, str(exc.detail), headers=dict(exc.headers or {})
+        )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map the library's errors to HTTP: ValidationError 422 naming the field, NotFoundError
+    404, an unreachable store 503 with Retry-After, an unavailable inference server 503, any
+    other StrataError 400; request-schema errors 422 in the same body shape."""
+    install_http_errors(app)
 
     @app.exception_handler(ValidationError)
     async def _invalid(_: Request, exc: ValidationError) -> JSONResponse:

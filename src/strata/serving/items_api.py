@@ -13,13 +13,14 @@ import binascii
 import time
 from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import Body, Path, Request
+from fastapi import Depends, Path, Request
 from fastapi.responses import JSONResponse
 
 from strata.errors import ValidationError
 from strata.features.live_items import MAX_IMAGE_BYTES
 from strata.serving.follow import announce, serving_signal
 from strata.serving.live import resolve_item
+from strata.serving.openapi import ADMIN, ItemChange, ItemIn, ItemPatch, errors
 from strata.serving.state import ServingState, change_live
 
 if TYPE_CHECKING:
@@ -49,20 +50,11 @@ def _image(body: dict[str, Any]) -> bytes | None:
         raise ValidationError("image_base64", f"not base64: {exc}") from None
 
 
-def _fields(body: dict[str, Any], allow: tuple[str, ...]) -> dict[str, Any]:
-    extra = sorted(set(body) - {*allow, "image_base64"})
-    if extra:
-        raise ValidationError(extra[0], f"unknown field; expected {[*allow, 'image_base64']}")
-    return {k: v for k, v in body.items() if k in FIELDS}
-
-
 async def _apply(
-    request: Request, op: str, item_id: object, body: dict[str, Any], admin: Admin
+    state: ServingState, op: str, item_id: object, body: dict[str, Any]
 ) -> JSONResponse:
-    state = await admin(request)
     t0 = time.perf_counter()
-    allow = ("item_id", *FIELDS) if op == "add" else FIELDS
-    fields = _fields(body, allow) if op != "retire" else {}
+    fields = {k: v for k, v in body.items() if k in FIELDS}
     image = _image(body) if op != "retire" else None
     record = await change_live(state, (op, item_id, fields, image))
     pipe = state.pipeline
@@ -83,26 +75,26 @@ def install_items(app: FastAPI, admin: Admin) -> None:
     """Mount the live-catalogue routes; `admin` returns the app's state for a request that
     carries the admin token (and raises 401/403 otherwise)."""
 
-    @app.post("/items", status_code=201)
-    async def add_item(request: Request, body: Annotated[dict[str, Any], Body()]) -> JSONResponse:
+    need_admin = Depends(admin)  # 401/403 before the body is looked at
+    change: dict[int | str, dict[str, Any]] = {200: {"model": ItemChange}}
+
+    @app.post("/items", status_code=201,
+              responses={201: {"model": ItemChange}, **errors(*ADMIN, 413, 503)})  # fmt: skip
+    async def add_item(body: ItemIn, state: ServingState = need_admin) -> JSONResponse:
         """Add an item (id, title, genres, year, description, image_base64): retrievable by the
         next /recommend, without retraining. The id is an integer, or the owner's id (text)
         for a declared dataset."""
-        if "item_id" not in body:
-            raise ValidationError("item_id", "required")
-        raw = body["item_id"]
-        if isinstance(raw, bool) or not isinstance(raw, int | str):
-            raise ValidationError("item_id", "must be an integer (or a declared dataset's id)")
-        return await _apply(request, "add", raw, body, admin)
+        fields = body.model_dump(exclude_unset=True)
+        return await _apply(state, "add", body.item_id, fields)
 
-    @app.patch("/items/{item_id}")
+    @app.patch("/items/{item_id}", responses={**change, **errors(*ADMIN, 404, 413, 503)})
     async def update_item(
-        request: Request, item_id: ItemId, body: Annotated[dict[str, Any], Body()]
+        item_id: ItemId, body: ItemPatch, state: ServingState = need_admin
     ) -> JSONResponse:
         """Change a live item's content (re-encoded and re-embedded)."""
-        return await _apply(request, "update", item_id, body, admin)
+        return await _apply(state, "update", item_id, body.model_dump(exclude_unset=True))
 
-    @app.delete("/items/{item_id}")
-    async def retire_item(request: Request, item_id: ItemId) -> JSONResponse:
+    @app.delete("/items/{item_id}", responses={**change, **errors(*ADMIN, 404, 503)})
+    async def retire_item(item_id: ItemId, state: ServingState = need_admin) -> JSONResponse:
         """Retire an item: never recommended again; its events are still accepted."""
-        return await _apply(request, "retire", item_id, {}, admin)
+        return await _apply(state, "retire", item_id, {})

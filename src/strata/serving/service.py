@@ -42,6 +42,7 @@ from strata.engine.recommend import Result, Stage, StageTimer
 from strata.engine.stages import Retriever
 from strata.engine.version import ModelVersion
 from strata.errors import StoreUnavailableError, ValidationError
+from strata.features.online import NoActiveVersionError
 from strata.serving.catalog import CatalogCache
 from strata.serving.online import OnlineLink
 
@@ -196,12 +197,14 @@ class RecommendationPipeline:
         version: str | None = None,
         link: OnlineLink | None = None,
     ) -> RecommendationPipeline:
-        """Load `version` (default: the registry's serving one) with its backend and index."""
+        """Load `version` (default: the registry's serving one) with its backend and index;
+        DataError naming the version and file when one is damaged (a file differs from the
+        manifest's sha256, a graph ORT cannot read, a corrupt ANN index): never served."""
         from strata.serving.backends import create_backend
         from strata.serving.live import ItemEmbedder, build_overlay
 
-        mv = ModelVersion.open(settings, dataset or settings.serve.dataset, version)
-        index, info = mv.index()
+        mv = ModelVersion.open(settings, dataset or settings.serve.dataset, version, verify=True)
+        index, info = mv.index(strict=True)
         backend = create_backend(settings, mv.dataset, mv.version)
         embedder = ItemEmbedder(settings, mv)
         pipe = cls(
@@ -272,6 +275,7 @@ class RecommendationPipeline:
             dev = np.array([device], dtype=object)
         with timer.stage("user_features"):
             q, source, user_version = self._query_features(user_id, t_arr, dev, degraded)
+        degraded += self.link.versions.lost()  # features the store lost (empty normally)
         uid = np.array([-1 if user_id is None else user_id], np.int64)
         res = self.engine.run(
             uid, q, k, candidates or self.config.candidates, stage,
@@ -345,6 +349,9 @@ class RecommendationPipeline:
                 for j, u in enumerate(users.tolist()):
                     parts.append(self._query_features(u, t_arr, dev, degraded[j]))
             q = concat_queries([p[0] for p in parts])
+            lost = self.link.versions.lost()
+            for reasons in degraded:
+                reasons += lost
             res = self.engine.run(
                 users, q, k, self.config.candidates, stage,
                 live=_BloomFilter(self.link, degraded), seed=seed, timer=timer,
@@ -382,18 +389,23 @@ class RecommendationPipeline:
         try:
             rows = link.breaker.call(link.store.read, "user", uid, self.user_features)
             version = rows.version
+            link.versions.seen("user", version)  # a version gone since the last read: lost
             if bool(rows.found[0]):
                 row, source = dict(rows.values), "online"
         except StoreUnavailableError:
             store_ok = False
         except ValidationError as exc:
-            # No user version materialized (or one without a feature the model needs): every
-            # user is "not in the store", so the snapshot serves, as for any missing user.
+            # No user version materialized or left (NoActiveVersionError), or one without a
+            # feature the model needs: every user is "not in the store", so the snapshot
+            # serves, as for any missing user (flagged when a version this process read is gone).
+            none = isinstance(exc, NoActiveVersionError)
+            if none:
+                link.versions.seen("user", None)
             if not self._warned_features:
                 self._warned_features = True
                 # Nothing materialized is normal (embedded runs); a version without the
                 # model's features is a deployment mistake worth a warning.
-                level = logging.INFO if self._no_user_version() else logging.WARNING
+                level = logging.INFO if none else logging.WARNING
                 log.log(level, "online store has no usable user features (%s); using the "
                         "version snapshot", exc)  # fmt: skip
         if store_ok:
@@ -415,13 +427,6 @@ class RecommendationPipeline:
         row = _with_recent(row, recent, self.hist_len)
         q = query_features_from_rows(self.space, row, np.ones(1, bool), ts, device, uid)
         return q, source, version
-
-    def _no_user_version(self) -> bool:
-        """True when no user feature version was ever activated in the online store."""
-        try:
-            return self.link.breaker.call(self.link.store.active_version, "user") is None
-        except StoreUnavailableError:
-            return False
 
     def _default_row(self) -> dict[str, np.ndarray]:
         """One row of cold-start defaults in the online encoding (schema defaults)."""

@@ -20,6 +20,7 @@ from fastapi import Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
 from strata.errors import NotFoundError, StrataError, ValidationError
+from strata.serving.openapi import errors
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -141,7 +142,7 @@ def install_web(
             raise NotFoundError(f"no UI asset {name!r}")
         return Response(_asset(name), media_type=_ASSETS[name])
 
-    @app.get("/catalog")
+    @app.get("/catalog", responses=errors(503))
     async def catalog(request: Request) -> JSONResponse:
         """What the served version knows of its catalogue: genres, devices, event types, sizes,
         whether ids are the owner's (text) and a few user ids to start from (the UI's forms)."""
@@ -155,7 +156,7 @@ def install_web(
             "live_items": len(pipe.live.ids) if pipe.live else 0,
         })  # fmt: skip
 
-    @app.get("/replicas")
+    @app.get("/replicas", responses=errors(503))
     async def replicas(request: Request) -> JSONResponse:
         """What every live replica of this dataset serves: model version, item feature version,
         live-catalogue revision, degraded or not, last beat. Replicas beat into the online
@@ -165,7 +166,9 @@ def install_web(
         listed, error = await state.replicas()
         return JSONResponse({"self": state.replica, "replicas": listed, "error": error})
 
-    @app.get("/items/{item_id}/image")
+    @app.get("/items/{item_id}/image", response_class=FileResponse,
+             responses={200: {"content": {t: {} for t in sorted(set(_IMAGE_TYPES.values()))}},
+                        **errors(404, 503)})  # fmt: skip
     async def item_image(
         request: Request, item_id: Annotated[str, PathParam(min_length=1, max_length=256)]
     ) -> FileResponse:
