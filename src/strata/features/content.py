@@ -183,8 +183,12 @@ def image_paths(items: pd.DataFrame, images_dir: Path | None) -> list[Path | Non
     out: list[Path | None] = []
     for item_id, path in zip(items["item_id"], given, strict=True):
         if isinstance(path, str) and path:
+            from strata.safepath import inside
+
             p = Path(path)
-            out.append(p if p.is_absolute() or images_dir is None else images_dir / p)
+            if not p.is_absolute() and images_dir is not None:
+                p = inside(images_dir, path, "image_path")  # never out of --images
+            out.append(p)
         elif images_dir is not None:
             p = images_dir / f"{int(item_id)}.jpg"
             out.append(p if p.is_file() else None)

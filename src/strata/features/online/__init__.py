@@ -209,14 +209,23 @@ def empty_rows(ids: np.ndarray, specs: Mapping[str, FeatureSpec], features: Sequ
     return vals
 
 
+class NoActiveVersionError(ValidationError):
+    """Features were read from an entity with no active version: nothing was materialized, or
+    the store lost it (a Valkey restarted empty or flushed). A `ValidationError` naming the
+    first feature asked for, so callers that only know that class keep working."""
+
+
 def check_features(
     entity: str, version: str | None, specs: Mapping[str, FeatureSpec], features: Sequence[str]
 ) -> None:
-    """Raise ValidationError naming the first requested feature the version does not have."""
+    """Raise ValidationError naming the first requested feature the version does not have
+    (`NoActiveVersionError` when there is no version at all)."""
     for name in features:
         if name not in specs:
-            where = f"{entity} version {version}" if version else f"{entity} (no active version)"
-            raise ValidationError(name, f"unknown feature for {where}")
+            if not version:
+                problem = f"unknown feature for {entity} (no active version)"
+                raise NoActiveVersionError(name, problem)
+            raise ValidationError(name, f"unknown feature for {entity} version {version}")
 
 
 # --- registry --------------------------------------------------------------------------------

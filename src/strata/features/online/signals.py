@@ -41,12 +41,18 @@ class ValkeySignals:
     def __init__(self, config: ValkeyOnlineConfig) -> None:
         import redis
 
+        from strata.features.online.valkey import client_options, explain
+
         self.config = config
+        self._explain = explain  # an AUTH refusal names the password setting
         self._errors = (redis.exceptions.RedisError, OSError)
         timeout = max(config.timeout_ms / 1000.0, 1.0)
-        password = config.password.get_secret_value() if config.password is not None else None
+        # The same password and verified TLS as the store's clients (`client_options`).
         self._client: Any = redis.Redis.from_url(
-            config.url, password=password, socket_timeout=timeout, socket_connect_timeout=timeout
+            config.url,
+            **client_options(config),
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
         )
 
     def channel(self, name: str) -> str:
@@ -58,7 +64,7 @@ class ValkeySignals:
         try:
             return int(self._client.publish(self.channel(name), message))
         except self._errors as exc:
-            raise StoreUnavailableError(f"signal {name}: {exc}") from exc
+            raise StoreUnavailableError(f"signal {name}: {self._explain(exc)}") from exc
 
     def listen(
         self, names: list[str], on_message: Callable[[str, str], None], stop: threading.Event
@@ -102,7 +108,7 @@ class ValkeySignals:
         try:
             self._client.hset(self._roster_key(group), member, body)
         except self._errors as exc:
-            raise StoreUnavailableError(f"roster {group}: {exc}") from exc
+            raise StoreUnavailableError(f"roster {group}: {self._explain(exc)}") from exc
 
     def roster(self, group: str, max_age_s: float) -> list[dict[str, Any]]:
         """The statuses in `group` beaten within `max_age_s` seconds, by member name; members
@@ -125,7 +131,7 @@ class ValkeySignals:
             if gone:
                 self._client.hdel(key, *gone)
         except self._errors as exc:
-            raise StoreUnavailableError(f"roster {group}: {exc}") from exc
+            raise StoreUnavailableError(f"roster {group}: {self._explain(exc)}") from exc
         return out
 
     def _roster_key(self, group: str) -> str:

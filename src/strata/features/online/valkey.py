@@ -47,7 +47,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from strata.errors import StoreUnavailableError, ValidationError
+from strata.errors import ConfigError, StoreUnavailableError, ValidationError
 from strata.features.online import (
     ActivityEvents,
     FeatureRows,
@@ -74,6 +74,46 @@ LAYOUT = "_layout"  # meta hash field: the row layout's feature order
 _ERRORS = (redis.exceptions.RedisError, OSError)
 
 
+def client_options(config: ValkeyOnlineConfig) -> dict[str, Any]:
+    """The redis-py keyword arguments every client of `config` gets: the password, and for a
+    rediss:// URL a verified TLS link (the CA bundle of `tls_ca_file`, else the system's)."""
+    password = config.password
+    out: dict[str, Any] = {
+        "password": password.get_secret_value() if password is not None else None
+    }
+    if config.url.startswith("rediss://"):
+        ca = config.tls_ca_file
+        if ca is not None and not ca.is_file():
+            # A wrong path must stop start-up, not look like an outage on every call.
+            raise ConfigError(f"online.tls_ca_file: {ca} is not a file")
+        out |= {"ssl_cert_reqs": "required", "ssl_check_hostname": True}
+        if ca is not None:
+            out["ssl_ca_certs"] = str(ca)
+    return out
+
+
+def explain(exc: BaseException) -> str:
+    """The client's message, with the setting to look at when it is an AUTH refusal (a missing
+    password reads "HELLO must be called with the client already authenticated")."""
+    text = " ".join(str(exc).split())  # one line, whatever the server sent
+    low = text.lower()
+    if "noauth" in low or "already authenticated" in low or "authentication required" in low:
+        return f"the server requires a password (online.password): {text}"
+    if "wrongpass" in low or "invalid username-password" in low or "invalid password" in low:
+        return f"the server refused the password (online.password): {text}"
+    return text
+
+
+def shown_url(url: str) -> str:
+    """`url` without a password in it (`redis://user:secret@host` -> `redis://user:***@host`),
+    for messages and logs."""
+    scheme, sep, rest = url.partition("://")
+    auth, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in auth:
+        return url
+    return f"{scheme}://{auth.split(':', 1)[0]}:***@{host}"
+
+
 class ValkeyOnlineStore:
     """`OnlineStore` over Valkey/Redis: one packed string per entity row, versioned."""
 
@@ -89,10 +129,9 @@ class ValkeyOnlineStore:
         self._activity: ValkeyActivityStore | None = None
 
     def _connect(self, timeout_s: float) -> Any:
-        password = self.config.password
         return redis.Redis.from_url(
             self.config.url,
-            password=password.get_secret_value() if password is not None else None,
+            **client_options(self.config),
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
             retry=Retry(NoBackoff(), 0),
@@ -110,7 +149,9 @@ class ValkeyOnlineStore:
         try:
             yield
         except _ERRORS as exc:
-            raise StoreUnavailableError(f"online store {self.config.url}: {exc}") from exc
+            raise StoreUnavailableError(
+                f"online store {shown_url(self.config.url)}: {explain(exc)}"
+            ) from exc
 
     # --- keys -----------------------------------------------------------------------------
 
