@@ -31,5 +31,9 @@ RUN groupadd --system --gid 10001 strata \
 COPY --from=build /opt/venv /opt/venv
 USER 10001:10001
 WORKDIR /home/strata
+# DuckDB fetches its S3 extension (httpfs, for an s3:// offline store) on first use; the pods run
+# with a read-only root file system and often without a route to extensions.duckdb.org, so it is
+# installed into the user's ~/.duckdb here, at build time.
+RUN python -c "import duckdb; duckdb.install_extension('httpfs')"
 EXPOSE 8000
 CMD ["strata", "serve", "--port", "8000"]

@@ -6,6 +6,7 @@ half-written version; the pointer is switched with write-temp + `os.replace` (at
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -16,8 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from strata.atomic import atomic_write_text, sha256_file
-from strata.errors import DataError, NotFoundError, ValidationError
+from strata.atomic import atomic_write_text, sha256_file, writing
+from strata.errors import DataError, NotFoundError
 
 MANIFEST = "manifest.json"
 POINTER = "serving"
@@ -28,8 +29,10 @@ class Registry:
     """Versions of one dataset's models and which one is serving."""
 
     def __init__(self, root: Path, dataset: str) -> None:
-        if not dataset or "/" in dataset or dataset.startswith("."):
-            raise ValidationError("dataset", f"invalid dataset name {dataset!r}")
+        from strata.safepath import check_name
+
+        # the name becomes a folder: no separator, no "..", no NUL (strata.safepath)
+        check_name("dataset", dataset)
         self.dir = Path(root) / dataset
         self.dataset = dataset
 
@@ -75,14 +78,50 @@ class Registry:
 
     @contextmanager
     def stage(self) -> Iterator[Path]:
-        """A scratch folder inside the registry for building a version; removed if not committed."""
+        """A scratch folder inside the registry for building a version; removed if not committed.
+
+        Its writer holds an flock on `<folder>.lock` (taken before the folder exists) while it
+        lives, so the folder of a writer that was killed is known and swept by the next stage.
+        A full disk while staging is a StorageError; nothing is committed then."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=self.dir, prefix=".staging-"))
+        self._sweep_staging()
+        fd, lock = tempfile.mkstemp(dir=self.dir, prefix=".staging-", suffix=".lock")
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        tmp = Path(lock.removesuffix(".lock"))
         try:
-            yield tmp
+            # inside the cleanup: the disk is judged while the partial files still fill it
+            with writing(self.dir, "registry"):
+                tmp.mkdir()
+                yield tmp
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp)
+            os.unlink(lock)
+            os.close(fd)
+
+    def _sweep_staging(self) -> None:
+        """Remove the staging folders of writers that are gone (their lock is free)."""
+        for folder in self.dir.glob(".staging-*"):
+            if not folder.is_dir():
+                continue
+            lock = folder.with_name(folder.name + ".lock")
+            try:
+                fd = os.open(lock, os.O_RDWR)
+            except FileNotFoundError:
+                fd = -1  # a folder without a lock file: its writer died while removing it
+            try:
+                if fd >= 0:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue  # a live writer
+            try:
+                if folder.exists():  # its writer may have committed it before letting go
+                    shutil.rmtree(folder)
+            finally:
+                if fd >= 0:
+                    lock.unlink(missing_ok=True)
+                    os.close(fd)
 
     def commit(self, staged: Path, manifest: dict[str, Any]) -> str:
         """Hash every staged file into the manifest, write it, and rename the folder into place."""
@@ -99,12 +138,21 @@ class Registry:
         return version
 
     def verify(self, version: str | None = None) -> None:
-        """Re-hash the files of a version against its manifest; DataError on any mismatch."""
+        """Re-hash the files of a version against its manifest; DataError naming the version and
+        the first file that is missing or differs (truncated, altered or replaced after commit)."""
         p = self.path(version)
-        for name, digest in self.manifest(version)["files"].items():
+        files = self.manifest(p.name).get("files")
+        if not isinstance(files, dict):
+            raise DataError(p / MANIFEST, f"{p.name}: the manifest lists no file hashes")
+        for name, digest in files.items():
             f = p / name
-            if not f.exists() or sha256_file(f) != digest:
-                raise DataError(f, "missing or hash mismatch with manifest")
+            if not f.is_file():
+                raise DataError(f, f"{p.name}: {name} is missing (listed in the manifest)")
+            if sha256_file(f) != digest:
+                raise DataError(
+                    f, f"{p.name}: {name}: hash mismatch with the manifest's sha256 "
+                    "(truncated, altered or replaced after the version was committed)",
+                )  # fmt: skip
 
     def decisions(self, last: int = 50) -> list[dict[str, Any]]:
         """The last `last` gate decisions of `decisions.jsonl`, oldest first (a line being

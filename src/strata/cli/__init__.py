@@ -440,8 +440,9 @@ def serve_cmd(
 def main() -> None:
     """Entry point: run the app and turn domain errors into one line and exit code 2.
 
-    Usage errors are typer's own (exit 2 with the usage line); anything else is a bug and keeps
-    its traceback.
+    Usage errors are typer's own (exit 2 with the usage line); a full or read-only disk
+    (ENOSPC, EDQUOT, EROFS) is one line and exit 2 too; anything else is a bug and keeps its
+    traceback.
     """
     from pydantic import ValidationError
 
@@ -450,8 +451,21 @@ def main() -> None:
     except StrataError as exc:
         sys.stderr.write(f"error: {exc}\n")
         raise SystemExit(2) from None
+    except OSError as exc:
+        from strata.atomic import STORAGE_ERRNOS
+
+        if exc.errno not in STORAGE_ERRNOS:
+            raise  # not the disk's doing: a bug, with its traceback
+        # A full or read-only disk is the operator's to fix; every write commits by rename,
+        # so what failed left the previous state in place.
+        sys.stderr.write(f"error: {exc.filename or 'write'}: {exc.strerror}\n")
+        raise SystemExit(2) from None
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = ".".join(str(p) for p in first["loc"])
-        sys.stderr.write(f"error: {loc}: {first['msg']}\n")
+        msg = first["msg"]
+        if first["type"] == "union_tag_not_found":  # e.g. STRATA_ONLINE__URL without the type
+            env = "STRATA_" + "__".join(str(p).upper() for p in first["loc"]) + "__TYPE"
+            msg = f"{loc}.type is not set ({env}): it is needed with any other {loc} setting"
+        sys.stderr.write(f"error: {loc}: {msg}\n")
         raise SystemExit(2) from None

@@ -49,6 +49,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from strata.duckio import load_httpfs
 from strata.errors import DataError, ValidationError
 
 if TYPE_CHECKING:
@@ -250,8 +251,7 @@ def read_table(table: TableSpec, base: Path) -> pd.DataFrame:
     con = duckdb.connect()
     try:
         if uri.startswith("s3://"):
-            con.execute("INSTALL httpfs")
-            con.execute("LOAD httpfs")
+            load_httpfs(con, uri)
         return con.execute(f"SELECT * FROM {reader}", [uri]).df()
     except duckdb.Error as exc:
         first = str(exc).splitlines()[0]
@@ -297,7 +297,9 @@ def parse_timestamps(values: pd.Series, unit: str, uri: str, field: str) -> pd.S
         bad = ts.isna().to_numpy()
     else:
         num = pd.to_numeric(values, errors="coerce").astype("float64")
-        bad = (num.isna() | ~np.isfinite(num) | (num < 0)).to_numpy()
+        secs_f = num // (1000 if unit == "ms" else 1)
+        # 2**63 s and beyond would cast to int64's minimum
+        bad = (num.isna() | ~np.isfinite(num) | (num < 0) | (secs_f >= 2.0**63)).to_numpy()
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         raise DataError(
@@ -305,10 +307,11 @@ def parse_timestamps(values: pd.Series, unit: str, uri: str, field: str) -> pd.S
             f"{row_label(i, uri)}: {field} {_shown(values.iloc[i])} is not a timestamp in {unit!r}",
         )
     if unit == "iso":
-        # Whatever unit pandas picked for the parsed times; naive times are read as UTC.
-        secs = (ts - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
+        # Whatever unit pandas picked for the parsed times (naive times are read as UTC), in
+        # microseconds: nanoseconds (what subtracting a Timestamp gives) end in 2262.
+        secs = ts.dt.as_unit("us").astype("int64") // 1_000_000
     else:
-        secs = (num // (1000 if unit == "ms" else 1)).astype("int64")
+        secs = secs_f.astype("int64")
     return secs.astype("int64")
 
 
@@ -325,6 +328,21 @@ def check_unique(df: pd.DataFrame, col: str, uri: str) -> None:
 def _missing(df: pd.DataFrame, cols: list[str]) -> dict[str, int]:
     out = {c: int(df[c].isna().sum()) for c in cols}
     return {c: n for c, n in out.items() if n}
+
+
+def image_file(folder: Path, value: object, column: str, uri: str, row: int) -> str | None:
+    """The absolute path of an items row's image name (None when empty). The owner's file names
+    an image next to the items file; a name that leads out of that folder (absolute, "..", a
+    symlink) would let GET /items/{id}/image serve any file of the server's with an image
+    suffix, so it is a DataError naming the row."""
+    from strata.safepath import inside
+
+    if value is None or (isinstance(value, float) and value != value) or not str(value).strip():
+        return None
+    try:
+        return str(inside(folder, str(value).strip(), column))
+    except ValidationError as exc:
+        raise DataError(uri, f"{row_label(row, uri)}: {exc}") from None
 
 
 def check_spec(spec: DatasetSpec, base: Path) -> dict[str, Any]:
@@ -347,6 +365,10 @@ def check_spec(spec: DatasetSpec, base: Path) -> dict[str, Any]:
     items = read_table(spec.items, base)
     _require(items, spec.items.columns(), items_uri, "items")
     check_unique(items, spec.items.id, items_uri)
+    if spec.items.image_column is not None:
+        folder = Path(items_uri).parent
+        for i, v in enumerate(items[spec.items.image_column].tolist()):
+            image_file(folder, v, spec.items.image_column, items_uri, i)
     if spec.items.images_dir is not None:
         folder = Path(spec.items.images_dir)
         folder = folder if folder.is_absolute() else (base / folder)
@@ -431,9 +453,11 @@ def register_spec(settings: Settings, name: str, spec_path: Path) -> dict[str, A
     resolved (so it no longer depends on where it was written) and the report. Nothing is
     written when a check fails. Returns the report."""
     from strata.atomic import atomic_write_text
+    from strata.safepath import check_name
 
     builtin = ("movielens-100k", "synthetic")
-    if not name or "/" in name or name.startswith(".") or name in builtin:
+    check_name("name", name)  # it becomes <home>/datasets/<name>: no "..", "/" or NUL
+    if name in builtin:
         raise ValidationError("name", f"{name!r} is not a usable dataset name")
     spec_path = Path(spec_path)
     spec = load_spec(spec_path)

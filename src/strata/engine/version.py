@@ -83,12 +83,18 @@ class ModelVersion:
         self.as_of = int(manifest["data_range"]["until"])
 
     @classmethod
-    def open(cls, settings: Settings, dataset: str, version: str | None = None) -> ModelVersion:
-        """`version` (default: the registry's serving one) of `dataset`; NotFoundError if none."""
+    def open(
+        cls, settings: Settings, dataset: str, version: str | None = None, verify: bool = False
+    ) -> ModelVersion:
+        """`version` (default: the registry's serving one) of `dataset`; NotFoundError if none.
+        `verify` re-hashes its files against the manifest first (DataError naming the file):
+        what serving does, so a version damaged after its commit is never loaded."""
         from strata.registry import Registry
 
         reg = Registry(settings.registry_dir, dataset)
         path = reg.path(version)
+        if verify:
+            reg.verify(path.name)
         return cls(settings, dataset, path, reg.manifest(path.name))
 
     @property
@@ -151,8 +157,10 @@ class ModelVersion:
         """Brute-force search over the version's item embeddings."""
         return ExactIndex(self.item_ids, self.item_embeddings)
 
-    def index(self) -> tuple[Retriever, dict[str, Any]]:
-        """The version's saved ANN index and its parameters, else exact search (`kind` exact)."""
+    def index(self, strict: bool = False) -> tuple[Retriever, dict[str, Any]]:
+        """The version's saved ANN index and its parameters, else exact search (`kind` exact).
+        A corrupt index (DataError) falls back to exact search too, unless `strict` (serving:
+        a damaged version is refused rather than served with another retriever)."""
         from strata.engine.index import load_version_index
 
         where = f"{self.dataset}/{self.version}"
@@ -162,5 +170,7 @@ class ModelVersion:
         except NotFoundError as exc:
             log.info("%s: no ANN index (%s); using exact search", where, exc)
         except DataError as exc:
+            if strict:
+                raise DataError(exc.path, f"{where}: unusable ANN index: {exc.problem}") from None
             log.warning("%s: unusable ANN index (%s); using exact search", where, exc)
         return self.exact_index(), {"kind": "exact"}

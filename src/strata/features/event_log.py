@@ -15,6 +15,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from strata.errors import DataError
+
 log = logging.getLogger(__name__)
 
 
@@ -48,17 +50,27 @@ class EventLog:
             log.warning("%s: dropped %d bytes of a torn final record", self.path, size - keep)
 
     def append(self, records: list[dict[str, Any]]) -> None:
-        """Write all records in one `write` and fsync before returning."""
+        """Write all records in one `write` and fsync before returning.
+
+        On failure (a full disk takes part of a write, then refuses the rest) the file is cut
+        back to its size before the call and the error raised: nothing of a batch that was not
+        acknowledged stays, and no torn record sits where the next append would glue onto it.
+        """
         if not records:
             return
         data = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records).encode()
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            os.fsync(fd)
+            start = os.fstat(fd).st_size  # one writer per file: nobody appends meanwhile
+            try:
+                view = memoryview(data)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+                os.fsync(fd)
+            except OSError:
+                os.ftruncate(fd, start)  # frees what the partial write took, needs no space
+                raise
         finally:
             os.close(fd)
 
@@ -78,10 +90,14 @@ class EventLog:
             fh.seek(offset)
             rest = fh.read()
         tmp = self.path.with_name(self.path.name + ".tmp")
-        with tmp.open("wb") as fh:
-            fh.write(rest)
-            fh.flush()
-            os.fsync(fh.fileno())
+        try:
+            with tmp.open("wb") as fh:
+                fh.write(rest)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError:
+            tmp.unlink(missing_ok=True)  # a full disk: the log stays whole, the space is freed
+            raise
         os.replace(tmp, self.path)
         dirfd = os.open(self.path.parent, os.O_RDONLY)
         try:
@@ -97,7 +113,18 @@ class EventLog:
             fh.seek(offset)
             data = fh.read()
         end = data.rfind(b"\n") + 1
-        records = [json.loads(line) for line in data[:end].splitlines() if line.strip()]
+        records = []
+        for n, line in enumerate(data[:end].split(b"\n"), start=1):
+            if not line.strip():
+                continue
+            where = f"line {n}" if offset == 0 else f"line {n} after byte {offset}"
+            try:
+                record = json.loads(line)
+            except (ValueError, RecursionError) as exc:  # not JSON, not UTF-8, too deep
+                raise DataError(self.path, f"{where}: not a JSON record ({exc})") from None
+            if not isinstance(record, dict):
+                raise DataError(self.path, f"{where}: not a JSON object")
+            records.append(record)
         return records, offset + end
 
 

@@ -392,9 +392,10 @@ class OfflineStore(ParquetFiles):
 
         try:
             manifest = self._query(run, dataset_name, "feature build")
+            # staged too, so a full disk fails before any table is replaced
+            staged[f"{out}/manifest.json"] = self._stage_json(f"{out}/manifest.json", manifest)
             for dest, tmp in staged.items():
                 self._commit(tmp, dest)
-            self._write_json(f"{out}/manifest.json", manifest)
         except BaseException:
             self._discard(staged.values())
             raise

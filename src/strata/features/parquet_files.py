@@ -14,11 +14,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from strata.atomic import atomic_write_text
+from strata.atomic import atomic_path, atomic_write_text, writing
 from strata.config import Settings
 from strata.datasets.base import (
     INTERACTION_COLUMNS,
 )
+from strata.duckio import load_httpfs
 from strata.errors import DataError, NotFoundError, ValidationError
 
 if TYPE_CHECKING:
@@ -81,8 +82,7 @@ class ParquetFiles:
             # Progress is reported through strata.progress; DuckDB's own bar would garble stderr.
             con.execute("SET enable_progress_bar = false")
             if self._s3:
-                con.execute("INSTALL httpfs")
-                con.execute("LOAD httpfs")
+                load_httpfs(con, self.root)
                 if cfg.s3_region:
                     con.execute(f"SET s3_region = {sql_quote(cfg.s3_region)}")
                 if cfg.s3_endpoint:
@@ -110,14 +110,35 @@ class ParquetFiles:
         already atomic, so the query is written to `dest` directly.
         """
         target = dest if self._s3 else f"{dest}.tmp-{uuid.uuid4().hex}"
-        if not self._s3:
-            Path(target).parent.mkdir(parents=True, exist_ok=True)
+        if self._s3:
+            return target, self._copy_to(con, select_sql, target)
+        # A full disk fails here, before any rename: a StorageError, the store as it was.
+        with writing(Path(target).parent, "offline store"):
+            try:
+                Path(target).parent.mkdir(parents=True, exist_ok=True)
+                return target, self._copy_to(con, select_sql, target)
+            except BaseException:
+                Path(target).unlink(missing_ok=True)  # a partial file would hold the space
+                raise
+
+    def _copy_to(self, con: duckdb.DuckDBPyConnection, select_sql: str, target: str) -> int:
         rows = scalar(
             con,
             f"COPY ({select_sql}) TO {sql_quote(target)} (FORMAT parquet, COMPRESSION zstd, "
             "ROW_GROUP_SIZE 122880)",
         )
-        return target, int(rows)
+        return int(rows)
+
+    def _stage_json(self, dest: str, obj: dict[str, Any]) -> str:
+        """Write JSON to a temp name beside `dest` for `_commit` (S3: to `dest`, atomic)."""
+        if self._s3:
+            self._write_json(dest, obj)
+            return dest
+        tmp = f"{dest}.tmp-{uuid.uuid4().hex}"
+        text = json.dumps(obj, indent=2, sort_keys=True, default=str)
+        with writing(Path(dest).parent, "offline store"), atomic_path(Path(tmp)) as part:
+            part.write_text(text, encoding="utf-8")
+        return tmp
 
     def _commit(self, tmp: str, dest: str) -> None:
         if tmp != dest:

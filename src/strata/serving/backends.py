@@ -16,7 +16,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from strata.errors import MissingExtraError, NotFoundError, StrataError, ValidationError
+from strata.errors import (
+    DataError,
+    MissingExtraError,
+    NotFoundError,
+    StrataError,
+    ValidationError,
+)
 from strata.models.inputs import ITEM_INPUTS, QUERY_INPUTS
 
 if TYPE_CHECKING:
@@ -187,7 +193,12 @@ class OnnxRuntimeBackend:
         for name, path in models.items():
             if not Path(path).is_file():
                 raise NotFoundError(f"model {name!r}: ONNX file {path} does not exist")
-            sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            try:
+                sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            except Exception as exc:  # ORT's own classes (InvalidProtobuf, Fail, ...) derive
+                # from Exception only: a truncated or corrupt graph is a data error, named here
+                why = f"model {name!r} is not a loadable ONNX graph: {exc}"
+                raise DataError(path, why) from None
             self._sessions[name] = sess
             self._inputs[name] = tuple(_ort_spec(a) for a in sess.get_inputs())
             self._outputs[name] = tuple(_ort_spec(a) for a in sess.get_outputs())

@@ -98,6 +98,7 @@ class CatalogCache:
         store, breaker = self._link.store, self._link.breaker
         with self._refresh_lock:
             version = breaker.call(store.active_version, "item")
+            self._link.versions.seen("item", version)  # a version gone since the last poll: lost
             if version == self._online[0]:
                 return False
             if version is None or not len(self.item_ids):

@@ -20,6 +20,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -31,11 +32,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from strata.config import Settings
 from strata.errors import NotFoundError, StrataError
 from strata.serving import pauses
-from strata.serving.follow import announce, cancel_all, follow
+from strata.serving.follow import RETRY_FAILED_S, announce, cancel_all, follow
 
 if TYPE_CHECKING:
     from strata.ctr.drift import FeatureDriftReference
     from strata.ctr.service import CtrService
+    from strata.ctr.service import ServedModel as CtrServedModel
     from strata.features.online.signals import ValkeySignals
     from strata.monitoring.trigger import RetrainTrigger
     from strata.registry import Registry
@@ -141,6 +143,8 @@ class CtrRuntime:
     model_registry: Registry
     signals: ValkeySignals | None = None
     closers: list[Callable[[], None]] = field(default_factory=list)
+    failed: tuple[str, float] = ("", 0.0)  # the last version that failed to load, and when
+    refused: str = ""  # why it was refused ("" once the pointer names a loadable version)
     _drift_refs: dict[str, FeatureDriftReference | None] = field(default_factory=dict)
     _ref_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -178,19 +182,47 @@ class CtrRuntime:
             close()
 
     async def follow_pointer(self) -> None:
-        """Reload when the registry's CTR pointer names another version than the one served."""
-        from strata.ctr.service import ServedModel
-
+        """Reload when the registry's CTR pointer names another version than the one served; a
+        version that does not load (damaged: named in `refused`, /readyz) keeps the old one
+        serving and is tried again after `RETRY_FAILED_S`, not every poll."""
         target = await asyncio.to_thread(self.model_registry.serving)
         if target is None or target == self.service.served.version:
+            self.refused = ""
             return
-        path = self.model_registry.path(target)
+        if self.failed[0] == target and time.monotonic() - self.failed[1] < RETRY_FAILED_S:
+            return
         threads = self.settings.ctr.serve.onnx_threads
-        served = await asyncio.to_thread(ServedModel.load, path, target, threads)
+        try:
+            served = await asyncio.to_thread(load_served, self.model_registry, target, threads)
+        except Exception as exc:
+            self.failed = (target, time.monotonic())
+            self.refused = f"ctr version {target} refused: {exc}"
+            if not isinstance(exc, StrataError):  # a loader's own exception: with traceback
+                log.exception("ctr: version %s did not load", target)
+            log.warning("ctr: still serving %s; %s", self.service.served.version, self.refused)
+            return
+        self.failed, self.refused = ("", 0.0), ""
         if served.version != self.service.served.version:
             # Shared state: the promoting replica has reset it already; the process's own: now.
             self.service.reload(served, reset_state=not self.service.shared)
             await asyncio.to_thread(pauses.settle, self.settings.gc)
+
+
+def load_served(registry: Registry, version: str, threads: int = 1) -> CtrServedModel:
+    """A CTR version of `registry`, its files re-hashed against the manifest first (DataError
+    naming the version and file when one was damaged after the commit)."""
+    from strata.ctr.service import ServedModel
+
+    path = registry.path(version)
+    registry.verify(path.name)
+    return ServedModel.load(path, path.name, threads)
+
+
+def ctr_registry_serving(settings: Settings) -> str | None:
+    """The CTR registry's serving version (None before the first promotion)."""
+    from strata.ctr.artifacts import ctr_registry
+
+    return ctr_registry(settings).serving()
 
 
 def _cluster_state(settings: Settings, service_shape: tuple[int, int]) -> Any:
@@ -217,14 +249,14 @@ def build_runtime(
     """Load the serving (or given) CTR version and wire monitor -> trigger -> retrain -> reload
     (module docstring); in a cluster over the shared state and lease."""
     from strata.ctr.artifacts import ctr_registry
-    from strata.ctr.service import CtrService, ServedModel, make_retrain
+    from strata.ctr.service import CtrService, make_retrain
     from strata.features.online.signals import open_signals
     from strata.monitoring.trigger import MemoryLease, RetrainTrigger
 
     cfg = settings.ctr
     model_registry = ctr_registry(settings)
     path = model_registry.path(version)
-    served = ServedModel.load(path, path.name, threads=cfg.serve.onnx_threads)
+    served = load_served(model_registry, path.name, threads=cfg.serve.onnx_threads)
     shape = (served.preprocessor.n_dense, len(served.preprocessor.cardinalities))
     shared = _cluster_state(settings, shape)
     service = CtrService(served, cfg, state=shared)
@@ -245,7 +277,7 @@ def build_runtime(
         promoted = model_registry.serving()
         if promoted is not None and promoted != service.served.version:
             # Promoted elsewhere (a KFP run): this replica, the lease holder, takes it first.
-            service.reload(ServedModel.load(model_registry.path(promoted), promoted))
+            service.reload(load_served(model_registry, promoted))
         if promoted is not None and promoted != before:
             announce(signals, ctr_signal(cfg.registry_name), promoted)
         metrics.set_auc(service.stats()["rolling_auc"], service.monitor.floor())
@@ -299,22 +331,28 @@ async def ctr_lifespan(
         tasks.append(asyncio.create_task(follow(runtime.follow_pointer, runtime.signals, name,
                                                 poll_s)))  # fmt: skip
 
-    async def when_a_model_exists() -> None:
-        # No version yet (a fresh install): /ctr/* answer 503 until the first one is promoted.
+    async def when_a_model_exists(failed: str | None = None) -> None:
+        # No version yet (a fresh install), or a `failed` one that did not load: /ctr/* answer
+        # 503 until a loadable one is promoted (a damaged one is tried again after a while).
         from strata.ctr.artifacts import ctr_registry
 
         reg = ctr_registry(settings)
+        since = time.monotonic()
         while True:
-            while await asyncio.to_thread(reg.serving) is None:
+            while True:
+                target = await asyncio.to_thread(reg.serving)
+                again = target == failed and time.monotonic() - since < RETRY_FAILED_S
+                if target is not None and not again:
+                    break
                 await asyncio.sleep(settings.serve.follow_poll_s)
             try:
                 runtime = await asyncio.to_thread(
                     build_runtime, settings, metrics, None, retrain_factory
                 )
-            except StrataError as exc:  # a broken first version: the next promotion may fix it
-                app.state.ctr_unavailable = f"{exc}"
-                log.warning("ctr: the first version did not load (%s); trying again", exc)
-                await asyncio.sleep(30.0)
+            except StrataError as exc:  # a broken version: the next promotion may fix it
+                app.state.ctr_unavailable = f"ctr version {target} refused: {exc}"
+                log.warning("ctr: version %s did not load (%s); trying again", target, exc)
+                failed, since = target, time.monotonic()
                 continue
             start(runtime)
             log.info("ctr: a first version was promoted: %s", runtime.service.served.version)
@@ -324,14 +362,16 @@ async def ctr_lifespan(
         start(await asyncio.to_thread(build_runtime, settings, metrics, None, retrain_factory))
     except StrataError as exc:
         missing = isinstance(exc, NotFoundError)
-        if required and not (missing and settings.ctr.serve.wait_for_model):
+        if required and not settings.ctr.serve.wait_for_model:
             raise
-        # Mounted in the main app: a missing or broken CTR version must not stop the recommender.
+        # Mounted in the main app: a missing or broken CTR version must not stop the recommender;
+        # standalone with `wait_for_model`: unready with the reason instead of a crash loop.
+        serving = None if missing else await asyncio.to_thread(ctr_registry_serving, settings)
         hint = ": run `strata ctr train`" if missing else ""
-        app.state.ctr_unavailable = f"{exc}{hint}"
+        refused = "" if missing else f"ctr version {serving} refused: "
+        app.state.ctr_unavailable = f"{refused}{exc}{hint}"
         log.warning("ctr: no model to serve (%s); /ctr/* will answer 503", exc)
-        if missing:
-            tasks.append(asyncio.create_task(when_a_model_exists()))
+        tasks.append(asyncio.create_task(when_a_model_exists(serving)))
     try:
         yield
     finally:

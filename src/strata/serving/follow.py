@@ -23,6 +23,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: Seconds before a follower tries again to load a version that failed to load (damaged): not
+#: every poll, since each try reads and hashes the whole version; a new promotion goes at once.
+RETRY_FAILED_S = 30.0
+
 
 def serving_signal(registry_name: str) -> str:
     """The signal name of a registry's serving pointer (`serving:<dataset>`)."""

@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from strata.errors import StoreUnavailableError
@@ -86,15 +86,60 @@ class StoreBreaker:
                     self._last_error = ""
 
 
+class FeatureVersions:
+    """Which online feature version of each entity this process last read, to notice a store
+    that lost its data: a version that was active and is gone (a Valkey restarted empty, or
+    flushed) while the store answers. No extra round trip: readers report the version each read
+    returned anyway (the pointer rides in the rows' MGET; the catalog polls the item one)."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, str | None] = {}
+        self._lost: dict[str, str] = {}  # entity -> the version that was active before
+
+    def seen(self, entity: str, version: str | None) -> None:
+        """Record the active version a read of `entity` found (None: there was none)."""
+        last = self._last.get(entity)
+        if version == last:
+            return
+        self._last[entity] = version
+        if version is None and last is not None:
+            self._lost[entity] = last
+            log.warning("online store lost the %s features (version %s is no longer active: "
+                        "restarted empty or flushed); serving degraded until re-materialized",
+                        entity, last)  # fmt: skip
+        elif version is not None and self._lost.pop(entity, None) is not None:
+            log.warning("online store holds %s features again (version %s)", entity, version)
+
+    def lost(self) -> list[str]:
+        """One degraded reason per entity whose features the store lost (empty normally)."""
+        if not self._lost:
+            return []
+        return [
+            f"online store lost its {entity} features: version {was} is gone (restarted empty "
+            f"or flushed), {_FALLBACK.get(entity, 'defaults')} until `strata features "
+            "materialize` runs again"
+            for entity, was in sorted(self._lost.items())
+        ]
+
+
+#: What serves in place of an entity's lost online features (the reason's wording).
+_FALLBACK = {
+    "user": "user features from the model snapshot and interactions before it not filtered",
+    "item": "item popularity as of the training cut",
+}
+
+
 @dataclass
 class OnlineLink:
     """The online side shared by every pipeline version: feature store, live activity, Bloom
-    filters, and the breaker that guards them (built once per process)."""
+    filters, the breaker that guards them, and the feature versions last read (built once per
+    process)."""
 
     store: OnlineStore
     activity: ActivityStore
     bloom: BloomFilter
     breaker: StoreBreaker
+    versions: FeatureVersions = field(default_factory=FeatureVersions)
 
     @classmethod
     def open(cls, settings: Settings, store: OnlineStore | None = None) -> OnlineLink:

@@ -2,7 +2,8 @@
 online store's upkeep (probe while down, drain outboxes, adopt a gone replica's outbox, refresh
 the catalog), swapping in another model version (`reload_version`), following the registry's
 `serving` pointer (`follow_pointer`), and waiting for a first version on a fresh install
-(`when_a_model_exists`). `app.py` wires these into the FastAPI app.
+(`start_or_wait`, `when_a_model_exists`: also after a serving version that does not load).
+`app.py` wires these into the FastAPI app.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from strata.errors import StoreUnavailableError, StrataError
 from strata.serving import pauses
+from strata.serving.follow import RETRY_FAILED_S
 from strata.serving.metrics import ServingMetrics
 from strata.serving.online import OnlineLink
 from strata.serving.service import RecommendationPipeline
@@ -31,8 +33,6 @@ log = logging.getLogger(__name__)
 
 #: Seconds between looks for the outboxes of replicas that are gone (their events drained here).
 _ADOPT_EVERY_S = 10.0
-#: Seconds before a follower tries again to load a version that failed to load.
-_RETRY_FAILED_S = 30.0
 #: Seconds between a replica's roster beats, and how long a silent one stays listed.
 BEAT_EVERY_S = 5.0
 ROSTER_MAX_AGE_S = 3 * BEAT_EVERY_S
@@ -50,6 +50,9 @@ class ServingState:
     metrics: ServingMetrics
     signals: ValkeySignals | None = None  # replicas' notifications (None: embedded, alone)
     failed: tuple[str, float] = ("", 0.0)  # the last version that failed to load, and when
+    # Why that version was refused ("" once a version loads or the pointer is back on the
+    # served one): /readyz and the roster show it.
+    refused: str = ""
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     started: float = field(default_factory=time.time)
 
@@ -66,7 +69,8 @@ class ServingState:
             "item_feature_version": pipe.catalog.feature_version,
             "live_items": len(pipe.live.ids) if pipe.live is not None else 0,
             "live_revision": pipe.live.revision if pipe.live is not None else 0,  # log offset
-            "degraded": self.link.breaker.is_open, "started": self.started,
+            "degraded": self.link.breaker.is_open or bool(self.link.versions.lost()),
+            "started": self.started, "refused": self.refused or None,
         }  # fmt: skip
 
     async def replicas(self) -> tuple[list[dict[str, Any]], str | None]:
@@ -135,20 +139,33 @@ async def online_upkeep(state: ServingState) -> None:
 
 
 async def reload_version(state: ServingState) -> dict[str, object]:
-    """Load the registry's serving version off the loop and swap it in; StrataError (counted,
-    logged) when it cannot be loaded, the old version still serving."""
+    """Load the registry's serving version off the loop and swap it in; when it cannot be
+    loaded (StrataError: a damaged file, named), the old version keeps serving, and the failure
+    is counted, logged and kept in `state.failed`/`state.refused` (the follower waits
+    `RETRY_FAILED_S` before trying that version again; /readyz says why)."""
+    from strata.registry import Registry
+
     async with state.reload_lock:
         old = state.pipeline
         t0 = time.perf_counter()
+        registry = Registry(state.settings.registry_dir, old.dataset)
+        target = await asyncio.to_thread(registry.serving)
         try:
             new = await asyncio.to_thread(
-                RecommendationPipeline.load, state.settings, old.dataset, None, state.link
+                RecommendationPipeline.load, state.settings, old.dataset, target, state.link
             )
-        except StrataError as exc:
+        except Exception as exc:
             state.metrics.reloads.labels("failed").inc()
-            log.warning("reload failed, still serving %s: %s", old.version, exc)
-            raise
+            state.failed = (target or "", time.monotonic())
+            state.refused = f"version {target} of {old.dataset} refused: {exc}"
+            if isinstance(exc, StrataError):
+                log.warning("reload of %s failed, still serving %s: %s", target, old.version, exc)
+                raise
+            # A loader's own exception (not a known damage): still refused, with its traceback.
+            log.exception("reload of %s failed, still serving %s", target, old.version)
+            raise StrataError(f"{target}: {type(exc).__name__}: {exc}") from exc
         state.pipeline = new  # the atomic swap; in-flight requests keep `old`
+        state.failed, state.refused = ("", 0.0), ""
         state.ingestor.categories = new.catalog.categories()
         state.metrics.set_model(new)
         state.metrics.reloads.labels("ok").inc()
@@ -161,27 +178,66 @@ async def reload_version(state: ServingState) -> dict[str, object]:
             "seconds": round(time.perf_counter() - t0, 3)}  # fmt: skip
 
 
-def has_model(settings: Settings) -> bool:
-    """Whether the served dataset has a serving version in the registry."""
+def serving_version(settings: Settings) -> str | None:
+    """The registry's serving version of the served dataset (None before the first one)."""
     from strata.registry import Registry
 
-    return Registry(settings.registry_dir, settings.serve.dataset).serving() is not None
+    return Registry(settings.registry_dir, settings.serve.dataset).serving()
 
 
-async def when_a_model_exists(settings: Settings, start: Callable[[], Awaitable[None]]) -> None:
+async def start_or_wait(
+    settings: Settings, start: Callable[[], Awaitable[None]], report: Callable[[str], None]
+) -> asyncio.Task[None] | None:
+    """`serve.wait_for_model` start-up: serve the registry's version now if there is one and it
+    loads (None), else `report` why (unready: /readyz 503 with it) and return the task that
+    waits for a loadable promotion, instead of exiting into a crash loop."""
+    version = await asyncio.to_thread(serving_version, settings)
+    if version is None:
+        report(f"no model version of {settings.serve.dataset!r} yet: "
+               "waiting for the first promotion (run the initial pipeline)")  # fmt: skip
+        return asyncio.create_task(when_a_model_exists(settings, start, report))
+    try:
+        await start()
+        return None
+    except StrataError as exc:
+        report(_refusal(settings, version, exc))
+        return asyncio.create_task(when_a_model_exists(settings, start, report, version))
+
+
+def _refusal(settings: Settings, version: str, exc: Exception) -> str:
+    log.warning("version %s of %s did not load (%s); waiting for another promotion (or %.0f s)",
+                version, settings.serve.dataset, exc, RETRY_FAILED_S)  # fmt: skip
+    return (f"version {version} of {settings.serve.dataset!r} could not be loaded: {exc}; "
+            "waiting for a loadable promotion")  # fmt: skip
+
+
+async def when_a_model_exists(
+    settings: Settings,
+    start: Callable[[], Awaitable[None]],
+    report: Callable[[str], None] | None = None,
+    failed: str | None = None,
+) -> None:
     """Poll the registry until the dataset has a serving version, then `start` serving it; a
-    version that fails to load is tried again after a while (the next promotion may fix it)."""
+    version that fails to load (`failed`, and any later one) is tried again once the pointer
+    moves or after `RETRY_FAILED_S` (the next promotion may fix it), and `report`ed."""
+    since = time.monotonic()
     while True:
-        while not await asyncio.to_thread(has_model, settings):
+        while True:
+            version = await asyncio.to_thread(serving_version, settings)
+            waited = time.monotonic() - since
+            if version is not None and (version != failed or waited >= RETRY_FAILED_S):
+                break
             await asyncio.sleep(settings.serve.follow_poll_s)
-        log.info("a first model version of %s was promoted: loading it", settings.serve.dataset)
+        log.info("model version %s of %s is promoted: loading it", version,
+                 settings.serve.dataset)  # fmt: skip
         try:
             await start()
             return
         except StrataError as exc:
-            log.warning("the first version did not load (%s); trying again in %.0f s", exc,
-                        _RETRY_FAILED_S)  # fmt: skip
-            await asyncio.sleep(_RETRY_FAILED_S)
+            why = _refusal(settings, version, exc)
+            if report is not None:
+                report(why)
+            failed, since = version, time.monotonic()
 
 
 async def change_live(
@@ -222,14 +278,15 @@ async def follow_pointer(state: ServingState) -> None:
     if state.reload_lock.locked():
         return
     if target is None or target == state.pipeline.version:
+        state.refused = ""  # the pointer is back on what is served: nothing is refused now
         live = state.pipeline.live
         seen = -1 if live is None else live.revision
         if LiveCatalogue(state.settings, state.pipeline.dataset).revision != seen:
             await change_live(state)
         return
-    if state.failed[0] == target and time.monotonic() - state.failed[1] < _RETRY_FAILED_S:
+    if state.failed[0] == target and time.monotonic() - state.failed[1] < RETRY_FAILED_S:
         return  # a version that would not load: tried again after a while, not every poll
     try:
         await reload_version(state)
-    except StrataError:  # counted and logged by reload_version
-        state.failed = (target, time.monotonic())
+    except StrataError:  # counted, logged and kept in state.failed by reload_version
+        return

@@ -377,17 +377,14 @@ def train(
 def _update_metrics(path: Path, metrics: dict[str, float]) -> None:
     """Holdout metrics arrive after commit: rewrite the manifest atomically (files unchanged)."""
     import json
-    import os
-    import tempfile
 
+    from strata.atomic import atomic_write_text
     from strata.registry import MANIFEST
 
     m = json.loads((path / MANIFEST).read_text())
     m["metrics"] = metrics
-    fd, tmp = tempfile.mkstemp(dir=path, prefix=".manifest.")
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(m, indent=2, default=str))
-    os.replace(tmp, path / MANIFEST)
+    # written beside and renamed: a full disk leaves the committed manifest as it was
+    atomic_write_text(path / MANIFEST, json.dumps(m, indent=2, default=str))
 
 
 def holdout_metrics(
