@@ -96,7 +96,7 @@ def prepare_1m(home: Path, n_items: int = 1_000_000, n_users: int = 20_000) -> t
     from strata.models.infer import embed_items
     from strata.models.space import FeatureSpace
     from strata.models.two_tower import TwoTower, TwoTowerConfig
-    from strata.training.train import write_version
+    from strata.training.export import write_version
 
     t0 = time.perf_counter()
     torch.manual_seed(0)

@@ -222,7 +222,12 @@ class CtrConfig(_Strict):
 class TrainingConfig(_Strict):
     """Two-tower + ranker training: optimiser, cold-start masking, negatives, fine-tune, device."""
 
-    device: str = "cpu"  # "cuda" works too; the code is device-agnostic
+    # cpu | cuda | auto (CUDA when present); mixed precision (bf16 autocast) on CUDA
+    device: str = Field(default="cpu", pattern=r"^(cpu|cuda|auto)(:\d+)?$")
+    # a checkpoint every this many optimiser steps (0: none) in checkpoint_dir (default:
+    # <home>/checkpoints/<dataset>); a rerun of the same training resumes from the last one
+    checkpoint_every: int = Field(default=500, ge=0)
+    checkpoint_dir: Path | None = None
     num_threads: int = Field(default=2, ge=1)
     epochs: int = Field(default=5, ge=1)
     batch_size: int = Field(default=1024, ge=2)  # in-batch negatives; 2x fewer steps than 512

@@ -328,12 +328,28 @@ def train_cmd(
     images: Annotated[Path | None, typer.Option(help="Poster folder for image embeddings.")] = None,
     epochs: Annotated[int | None, typer.Option(min=1, help="Two-tower epochs.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    nproc: Annotated[
+        int, typer.Option(help="Data-parallel ranks on this machine (torchrun; gloo/NCCL).")
+    ] = 1,
+    device: Annotated[
+        str | None, typer.Option(help="cpu | cuda | auto (default: training.device).")
+    ] = None,
 ) -> None:
     """Train the two-tower and the DCN-v2 ranker, export, register and promote a version."""
-    from strata.cli.common import parse_ts
+    from strata.cli.common import distributed, parse_ts
+    from strata.training.distributed import shutdown
     from strata.training.train import train
 
-    res = train(settings(), dataset, until=parse_ts(until), images=images, epochs=epochs)
+    s = settings()
+    if device is not None:
+        s = s.model_copy(update={"training": s.training.model_copy(update={"device": device})})
+    rank = distributed(nproc, s.training.device, "training")
+    try:
+        res = train(s, dataset, until=parse_ts(until), images=images, epochs=epochs)
+    finally:
+        shutdown()
+    if rank is not None and not rank.main:
+        return  # rank 0 wrote the version and prints it
     out = {"version": res.version, "path": str(res.path), "metrics": res.metrics}
     if as_json:
         print_json(out)

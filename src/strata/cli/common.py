@@ -5,9 +5,13 @@ from __future__ import annotations
 import json
 import sys
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from strata.config import Settings
 from strata.errors import ValidationError
+
+if TYPE_CHECKING:
+    from strata.training.distributed import Dist
 
 
 def settings() -> Settings:
@@ -43,3 +47,40 @@ def parse_ts(value: str | int | None, field: str = "--until") -> int | None:
     if ts < 0:
         raise ValidationError(field, f"must be >= 0, got {ts}")
     return ts
+
+
+def distributed(nproc: int, device: str, what: str) -> Dist | None:
+    """`--nproc N` of a training command: outside torchrun, re-run this command as N ranks and
+    exit with the job's status (rank 0 prints the result); inside, join the process group and
+    return this rank's `Dist`. None: a single process (N = 1)."""
+    from strata.training import distributed as dist
+
+    dist.resolve_device(device)  # a bad or absent device fails here, before any rank starts
+    if nproc < 1:
+        raise ValidationError("--nproc", f"must be >= 1, got {nproc}")
+    if nproc == 1 and not dist.in_worker():
+        return None
+    if not dist.in_worker():
+        code = dist.launch(nproc, _without_nproc(sys.argv[1:]))
+        if code != 0:
+            sys.stderr.write(
+                f"error: {what} failed on a rank (exit {code}); every rank was stopped. Run the "
+                "same command again to resume from the last checkpoint\n"
+            )
+        raise SystemExit(0 if code == 0 else 1)
+    return dist.init(device)
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    """The command line for the ranks: `--nproc` removed (a worker knows it is one from
+    torchrun's environment, and torchrun's own parser would take `--nproc` as its option)."""
+    out: list[str] = []
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            out.append(a)
+    return out

@@ -101,6 +101,13 @@ class RetrievalBatch:
     def __len__(self) -> int:
         return len(self.log_q)
 
+    def take(self, idx: np.ndarray) -> RetrievalBatch:
+        """Rows `idx`."""
+        return RetrievalBatch(
+            self.query.take(idx), self.item.take(idx), self.log_q[idx], self.weight[idx],
+            None if self.ts is None else self.ts[idx],
+        )  # fmt: skip
+
 
 @dataclass(frozen=True)
 class RankBatch:

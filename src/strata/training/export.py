@@ -1,20 +1,33 @@
 """Export: ONNX for the query tower and the ranker (checked against torch with ONNX Runtime), item
-embeddings as .npy + Parquet, and the per-version artifact set the registry hashes."""
+embeddings as .npy + Parquet, and the per-version artifact set the registry hashes
+(`write_version`)."""
 
 from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from strata.artifacts import ITEM_EMBEDDINGS_FILE, ITEM_IDS_FILE
+from strata.artifacts import (
+    INDEX_DIR,
+    ITEM_EMBEDDINGS_FILE,
+    ITEM_IDS_FILE,
+    SEEN_FILE,
+    USER_FEATURES_FILE,
+)
 from strata.errors import DataError
 from strata.models.inputs import ITEM_INPUTS, QUERY_INPUTS
 
 if TYPE_CHECKING:
+    import pandas as pd
     import torch
+
+    from strata.config import Settings
+    from strata.models.dcn import DCNRanker
+    from strata.models.space import FeatureSpace
+    from strata.models.two_tower import TwoTower
 
 MAX_ABS_DIFF = 1e-4
 RANKER_INPUTS = (*QUERY_INPUTS, *ITEM_INPUTS, "retrieval_score")
@@ -91,3 +104,101 @@ def write_item_embeddings(folder: Path, item_ids: np.ndarray, emb: np.ndarray) -
     pq_path = folder / "item_embeddings.parquet"
     pq.write_table(table, pq_path)
     return [npy, ids, pq_path]
+
+
+def update_metrics(path: Path, metrics: dict[str, float]) -> None:
+    """Holdout metrics arrive after commit: rewrite the manifest atomically (files unchanged)."""
+    import json
+
+    from strata.atomic import atomic_write_text
+    from strata.registry import MANIFEST
+
+    m = json.loads((path / MANIFEST).read_text())
+    m["metrics"] = metrics
+    # written beside and renamed: a full disk leaves the committed manifest as it was
+    atomic_write_text(path / MANIFEST, json.dumps(m, indent=2, default=str))
+
+
+def write_version(
+    settings: Settings,
+    dataset: str,
+    space: FeatureSpace,
+    two_tower: TwoTower,
+    ranker: DCNRanker,
+    item_emb: np.ndarray,
+    user_features: pd.DataFrame,
+    seen_users: np.ndarray,
+    seen_items: np.ndarray,
+    manifest: dict[str, Any],
+    index_dir: Path | None = None,
+) -> tuple[str, Path]:
+    """Write every artifact of a version into a staging folder and commit it to the registry
+    (with a copy of the ANN index in `index_dir`, built from these item embeddings, if given)."""
+    import shutil
+
+    from safetensors.numpy import save_file
+
+    from strata.features import schema
+    from strata.features.schema import USER_KEY
+    from strata.models.batch import RankBatch, synthetic_items, synthetic_queries
+    from strata.models.infer import rank_inputs
+    from strata.models.space import USER_INPUT_FEATURES
+    from strata.models.weights import save_state
+    from strata.registry import Registry
+
+    reg = Registry(settings.registry_dir, dataset)
+    two_tower.cpu().eval()
+    ranker.cpu().eval()
+    dims = space.dims()
+    with reg.stage() as tmp:
+        space.save(tmp)
+        save_state(two_tower, tmp / "two_tower.safetensors")
+        save_state(ranker, tmp / "ranker.safetensors")
+        write_item_embeddings(tmp, space.item_ids, item_emb)
+        # The user snapshot exactly as the offline store computed it (Parquet, schema columns):
+        # the recommender encodes it with the same function serving applies to online rows.
+        user_features.loc[:, [USER_KEY, *USER_INPUT_FEATURES]].to_parquet(
+            tmp / USER_FEATURES_FILE, index=False
+        )
+        save_file(
+            {"user": seen_users.astype(np.int64), "item": seen_items.astype(np.int64)},
+            str(tmp / SEEN_FILE),
+        )
+        # Check ONNX on a random but well-formed batch (vocab ranges of the fitted dims).
+        rng = np.random.default_rng(0)
+        q = synthetic_queries(dims, 8, rng)
+        it = synthetic_items(dims, rng.integers(0, dims.n_items, 8))
+        d_q = export_onnx(
+            two_tower.query_tower,
+            q.tensors(),
+            QUERY_INPUTS,
+            tmp / "query_tower.onnx",
+            "query_embedding",
+        )
+        rb = RankBatch(q, it, rng.normal(size=8).astype(np.float32), np.zeros(8, np.float32))
+        d_r = export_onnx(ranker, rank_inputs(rb), RANKER_INPUTS, tmp / "ranker.onnx", "logit")
+        full = {
+            **manifest,
+            "onnx_max_abs_diff": {"query_tower": d_q, "ranker": d_r},
+            "feature_schema": {
+                "query_inputs": list(QUERY_INPUTS),
+                "item_inputs": list(ITEM_INPUTS),
+                "ranker_inputs": list(RANKER_INPUTS),
+                "dims": dims.model_dump(),
+                "user_features": list(schema.USER_FEATURE_COLUMNS),
+                "item_features": list(schema.ITEM_FEATURE_COLUMNS),
+                "context_features": [f.name for f in schema.CONTEXT_FEATURES],
+                "content_features": list(schema.ITEM_CONTENT_COLUMNS)
+                if space.meta["has_content"]
+                else [],
+            },
+            "models": {
+                "two_tower": two_tower.cfg.model_dump(),
+                "ranker": ranker.cfg.model_dump(),
+                "embedding_dim": int(item_emb.shape[1]),
+            },
+        }
+        if index_dir is not None:
+            shutil.copytree(index_dir, tmp / INDEX_DIR)
+        version = reg.commit(tmp, full)
+    return version, reg.dir / version

@@ -72,10 +72,11 @@ def finetune(
         rank_data,
         retrieval_data,
     )
+    from strata.training.export import write_version
     from strata.training.gates import finetune_gate
     from strata.training.loops import seed_everything
     from strata.training.recommender import load_recommender
-    from strata.training.train import fit_ranker, fit_two_tower, write_version
+    from strata.training.train import fit_ranker, fit_two_tower
 
     cfg = settings.training
     seed = settings.seed

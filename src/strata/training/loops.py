@@ -9,13 +9,14 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, fields, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
 from strata import progress
 from strata.models.batch import ItemFeatures, QueryFeatures, RankBatch, RetrievalBatch
 from strata.models.infer import rank_inputs
+from strata.training.distributed import Dist
 from strata.training.masking import mask_item, mask_item_rows, mask_query_rows
 
 #: Position of `item_num` among the item tower's inputs (`ItemFeatures` field order).
@@ -26,6 +27,9 @@ if TYPE_CHECKING:
 
     from strata.models.dcn import DCNRanker
     from strata.models.two_tower import TwoTower
+    from strata.training.checkpoints import Checkpoints
+
+B = TypeVar("B", RetrievalBatch, RankBatch)
 
 
 def seed_everything(seed: int, num_threads: int = 2) -> None:
@@ -111,6 +115,68 @@ def _adam(params: Iterable[torch.nn.Parameter], lr: float, wd: float) -> torch.o
     )
 
 
+def _fit(
+    name: str,
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    epochs: Callable[[int, np.random.Generator], Iterable[B]],
+    n_epochs: int,
+    step: Callable[[B, np.random.Generator], tuple[torch.Tensor, int] | None],
+    *,
+    seed: int,
+    dist: Dist,
+    ckpt: Checkpoints | None,
+    steps_per_epoch: int | None,
+) -> list[float]:
+    """The epoch/step loop both models share: data order from a per-epoch generator, one
+    optimiser step per global batch (gradients averaged over ranks), checkpoints every K steps
+    and resuming from the last one; returns the mean loss per epoch.
+
+    Epoch e draws its batches from `default_rng((seed, e))` and the step's randomness (masking,
+    negatives) from `default_rng((seed, e, 1))`, so a resumed epoch replays the same batches
+    and continues the step generator from its saved state: a resumed run equals an unbroken one.
+    """
+    import torch
+
+    from strata.training.checkpoints import Resume
+
+    cuda = dist.device.startswith("cuda")
+    dist.broadcast_params(model)
+    params = [p for g in opt.param_groups for p in g["params"]]
+    at = ckpt.restore(name, model, opt) if ckpt is not None else None
+    history = list(at.history) if at is not None else []
+    total_steps = n_epochs * (steps_per_epoch or 0) or None
+    with progress.task(name, total=total_steps) as (bar, t):
+        for e in range(at.epoch if at is not None else 0, n_epochs):
+            rng = np.random.default_rng((seed, e, 1))
+            skip, total, n = 0, 0.0, 0
+            if at is not None and e == at.epoch:
+                rng.bit_generator.state = at.rng_state
+                skip, total, n = at.step, at.total, at.n
+            for k, b in enumerate(epochs(e, np.random.default_rng((seed, e)))):
+                if k < skip:
+                    continue
+                # mixed precision on CUDA (bf16: no loss scaling needed); plain fp32 on CPU
+                with torch.autocast("cuda", torch.bfloat16, enabled=cuda):
+                    out = step(b, rng)
+                if out is not None:
+                    loss, rows = out
+                    opt.zero_grad()
+                    loss.backward()
+                    mean = dist.average_gradients(params, loss)
+                    opt.step()
+                    total += mean * rows
+                    n += rows
+                    if ckpt is not None:
+                        state = Resume(e, k + 1, history, total, n, dict(rng.bit_generator.state))
+                        ckpt.step(name, model, opt, state)
+                bar.advance(t)
+            history.append(total / max(n, 1))
+    if ckpt is not None:
+        ckpt.clear(name)
+    return history
+
+
 def two_tower_loop(
     model: TwoTower,
     epochs: Callable[[int, np.random.Generator], Iterable[RetrievalBatch]],
@@ -129,79 +195,83 @@ def two_tower_loop(
     logq_weight: float = 1.0,
     logq_weight_cold: float | None = None,
     pop_col: int | None = None,
+    dist: Dist | None = None,
+    ckpt: Checkpoints | None = None,
 ) -> list[float]:
     """Train with in-batch sampled softmax (+ optional random negatives); return mean loss/epoch.
 
-    `epochs(e, rng)` yields the batches of epoch `e`; `negatives(rng, batch)` draws a batch's
-    random negatives (see `Negatives`); `freeze_items` keeps the item tower fixed
+    `epochs(e, rng)` yields the (global) batches of epoch `e`; `negatives(rng, batch)` draws a
+    batch's random negatives (see `Negatives`); `freeze_items` keeps the item tower fixed
     (incremental fine-tuning must not move the item embeddings the ANN index was built from).
     `logq_weight_cold` (default: `logq_weight`) is the logQ weight of rows whose user was masked,
     so the cold-start query can keep more of the popularity prior than a known user's;
     `pop_col` masks item popularity together with the item id (see `masking.mask_item`).
+    With `dist` each rank trains on its slice of every batch and the softmax runs over the items
+    of the whole global batch (gathered from all ranks), logQ-corrected for the global batch.
     """
     import torch
 
     from strata.training.losses import sampled_softmax_loss
 
-    rng = np.random.default_rng(seed)
+    d = dist or Dist(device=device)
+    device = d.device
     torch.manual_seed(seed)
     model.to(device).train()
     for p in model.item_tower.parameters():
         p.requires_grad_(not freeze_items)
     opt = _adam(model.parameters(), lr, weight_decay)
     w_cold = logq_weight if logq_weight_cold is None else logq_weight_cold
-    history: list[float] = []
-    with progress.task("two-tower", total=n_epochs * (steps_per_epoch or 0) or None) as (bar, t):
-        for e in range(n_epochs):
-            total, n = 0.0, 0
-            for b in epochs(e, rng):
-                ids = torch.from_numpy(b.item.item).to(device)
-                cold = rng.random(len(b.query)) < p_user  # (B,) rows served as unknown users
-                q = model.query_tower(*mask_query_rows(b.query, cold).tensors(device))  # (B, D)
-                it_feats = mask_item(b.item, p_item, rng, pop_col)
-                if freeze_items:
-                    with torch.no_grad():
-                        i = model.item_tower(*it_feats.tensors(device))  # (B, D)
-                else:
-                    i = model.item_tower(*it_feats.tensors(device))  # (B, D)
-                w_logq = torch.from_numpy(np.where(cold, w_cold, logq_weight).astype(np.float32))
-                w_logq = w_logq.to(device)  # (B,)
-                neg = neg_ids = neg_group = None
-                if negatives is not None:
-                    ns = negatives(rng, b)
-                    neg_ids = torch.from_numpy(ns.ids).to(device)
-                    hide = rng.random(len(ns.items)) < p_item  # (M,) masked for every time
-                    nf = mask_item_rows(ns.items, hide, pop_col)
-                    feats = list(nf.tensors(device))
-                    if ns.item_num is not None and ns.group is not None:
-                        num = ns.item_num
-                        if pop_col is not None and hide.any():
-                            num = num.copy()
-                            num[:, hide, pop_col] = 0.0
-                        feats[ITEM_NUM] = torch.from_numpy(num).to(device)  # (G, M, Ni)
-                        neg_group = torch.from_numpy(ns.group).to(device)
-                    with torch.set_grad_enabled(not freeze_items):
-                        neg = model.item_tower(*feats)  # (M, D) or (G, M, D)
-                loss = sampled_softmax_loss(
-                    q,
-                    i,
-                    ids,
-                    torch.from_numpy(b.log_q).to(device),
-                    model.temperature,
-                    weight=torch.from_numpy(b.weight).to(device),
-                    neg=neg,
-                    neg_ids=neg_ids,
-                    n_items=n_items,
-                    logq_weight=w_logq,
-                    neg_group=neg_group,
-                )
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                total += float(loss.detach()) * len(b)
-                n += len(b)
-                bar.advance(t)
-            history.append(total / max(n, 1))
+
+    def step(gb: RetrievalBatch, rng: np.random.Generator) -> tuple[torch.Tensor, int] | None:
+        # randomness is drawn for the global batch, so N ranks draw what one process would
+        cold = rng.random(len(gb.query)) < p_user  # (G,) rows served as unknown users
+        it_feats = mask_item(gb.item, p_item, rng, pop_col)
+        ns = negatives(rng, gb) if negatives is not None else None
+        hide = rng.random(len(ns.items)) < p_item if ns is not None else None  # (M,) all times
+        mine = d.rows(len(gb))
+        if mine is None:  # a softmax over one candidate teaches nothing
+            return None
+        b, cold = gb.take(mine), cold[mine]
+        q = model.query_tower(*mask_query_rows(b.query, cold).tensors(device))  # (B, D)
+        with torch.set_grad_enabled(not freeze_items):
+            i = model.item_tower(*it_feats.take(mine).tensors(device))  # (B, D)
+        w_logq = torch.from_numpy(np.where(cold, w_cold, logq_weight).astype(np.float32))
+        neg = neg_ids = neg_group = None
+        if ns is not None and hide is not None:
+            neg_ids = torch.from_numpy(ns.ids).to(device)
+            feats = list(mask_item_rows(ns.items, hide, pop_col).tensors(device))
+            if ns.item_num is not None and ns.group is not None:
+                num = ns.item_num
+                if pop_col is not None and hide.any():
+                    num = num.copy()
+                    num[:, hide, pop_col] = 0.0
+                feats[ITEM_NUM] = torch.from_numpy(num).to(device)  # (G, M, Ni)
+                neg_group = torch.from_numpy(ns.group[mine]).to(device)
+            with torch.set_grad_enabled(not freeze_items):
+                neg = model.item_tower(*feats)  # (M, D) or (G, M, D)
+        weight = torch.from_numpy(b.weight).to(device)
+        loss = sampled_softmax_loss(
+            q,
+            d.gather(i),  # (C, D): every rank's items are every rank's negatives
+            d.gather(torch.from_numpy(b.item.item).to(device)),
+            d.gather(torch.from_numpy(b.log_q).to(device)),
+            model.temperature,
+            weight=weight,
+            neg=neg,
+            neg_ids=neg_ids,
+            n_items=n_items,
+            logq_weight=w_logq.to(device),
+            neg_group=neg_group,
+            offset=d.rank * len(b),
+            # the ranks' losses average to the global weighted mean
+            denominator=d.total(float(weight.sum())) / d.world if d.world > 1 else None,
+        )
+        return loss, len(b)
+
+    history = _fit(
+        "two-tower", model, opt, epochs, n_epochs, step,
+        seed=seed, dist=d, ckpt=ckpt, steps_per_epoch=steps_per_epoch,
+    )  # fmt: skip
     for p in model.item_tower.parameters():
         p.requires_grad_(True)
     model.eval()
@@ -218,30 +288,33 @@ def ranker_loop(
     seed: int = 0,
     device: str = "cpu",
     steps_per_epoch: int | None = None,
+    dist: Dist | None = None,
+    ckpt: Checkpoints | None = None,
 ) -> list[float]:
-    """Train the ranker with BCE on labelled batches; return mean loss per epoch."""
+    """Train the ranker with BCE on labelled (global) batches; return mean loss per epoch.
+    With `dist` each rank takes an equal slice of every batch (the mean of the ranks' means is
+    the global batch's mean)."""
     import torch
 
     from strata.training.losses import bce_loss
 
-    rng = np.random.default_rng(seed)
+    d = dist or Dist(device=device)
     torch.manual_seed(seed)
-    model.to(device).train()
+    model.to(d.device).train()
     opt = _adam(model.parameters(), lr, weight_decay)
-    history: list[float] = []
-    with progress.task("ranker", total=n_epochs * (steps_per_epoch or 0) or None) as (bar, t):
-        for e in range(n_epochs):
-            total, n = 0.0, 0
-            for b in epochs(e, rng):
-                logits = model(*rank_inputs(b, device))  # (B,)
-                loss = bce_loss(logits, torch.from_numpy(b.label).to(device))
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                total += float(loss.detach()) * len(b)
-                n += len(b)
-                bar.advance(t)
-            history.append(total / max(n, 1))
+
+    def step(gb: RankBatch, _rng: np.random.Generator) -> tuple[torch.Tensor, int] | None:
+        mine = d.rows(len(gb)) if d.world > 1 else None
+        if d.world > 1 and mine is None:
+            return None
+        b = gb if mine is None else gb.take(mine)
+        logits = model(*rank_inputs(b, d.device))  # (B,)
+        return bce_loss(logits, torch.from_numpy(b.label).to(d.device)), len(b)
+
+    history = _fit(
+        "ranker", model, opt, epochs, n_epochs, step,
+        seed=seed, dist=d, ckpt=ckpt, steps_per_epoch=steps_per_epoch,
+    )  # fmt: skip
     model.eval()
     return history
 

@@ -21,6 +21,8 @@ def sampled_softmax_loss(
     n_items: int | None = None,
     logq_weight: float | torch.Tensor = 1.0,
     neg_group: torch.Tensor | None = None,
+    offset: int = 0,
+    denominator: torch.Tensor | float | None = None,
 ) -> torch.Tensor:
     """Softmax over the in-batch items (plus optional uniform random negatives) per query row.
 
@@ -34,13 +36,20 @@ def sampled_softmax_loss(
     `neg` is (M, D), or (G, M, D) with `neg_group` (B,): the same M negatives embedded with their
     features as of G points in time, row b scoring version `neg_group[b]` (point-in-time
     negatives: a query at time t sees each negative's popularity and age at t, as serving does).
+
+    Data-parallel: `i`, `item_ids` and `log_q` may hold the C >= B items of the global batch
+    (every rank's, gathered), query row b's own item at column `offset + b`; the logQ term then
+    uses the global batch size C. `denominator` replaces the local weight sum (or row count) so
+    the ranks' losses add up to the global batch's mean.
     """
-    b = q.shape[0]
+    b, c = q.shape[0], i.shape[0]
     w = logq_weight.unsqueeze(1) if isinstance(logq_weight, torch.Tensor) else logq_weight
-    logits = q @ i.T / temperature  # (B, B)
-    logits = logits - w * (log_q + math.log(b)).unsqueeze(0)  # (B, B)
-    same = item_ids.unsqueeze(0) == item_ids.unsqueeze(1)  # (B, B)
-    eye = torch.eye(b, dtype=torch.bool, device=q.device)
+    logits = q @ i.T / temperature  # (B, C)
+    logits = logits - w * (log_q + math.log(c)).unsqueeze(0)  # (B, C)
+    own = torch.arange(b, device=q.device) + offset  # (B,) column of each row's positive
+    mine = item_ids[own]  # (B,)
+    same = item_ids.unsqueeze(0) == mine.unsqueeze(1)  # (B, C)
+    eye = own.unsqueeze(1) == torch.arange(c, device=q.device).unsqueeze(0)  # (B, C)
     logits = logits.masked_fill(same & ~eye, float("-inf"))
     if neg is not None:
         if neg_ids is None or n_items is None:
@@ -54,13 +63,14 @@ def sampled_softmax_loss(
         else:
             ln = q @ neg.T  # (B, M)
         ln = ln / temperature - w * math.log(m / n_items)  # (B, M)
-        ln = ln.masked_fill(neg_ids.unsqueeze(0) == item_ids.unsqueeze(1), float("-inf"))
-        logits = torch.cat([logits, ln], dim=1)  # (B, B + M)
-    target = torch.arange(b, device=q.device)
-    ce = F.cross_entropy(logits, target, reduction="none")  # (B,)
+        ln = ln.masked_fill(neg_ids.unsqueeze(0) == mine.unsqueeze(1), float("-inf"))
+        logits = torch.cat([logits, ln], dim=1)  # (B, C + M)
+    ce = F.cross_entropy(logits, own, reduction="none")  # (B,)
     if weight is None:
-        return ce.mean()
-    return (ce * weight).sum() / weight.sum().clamp(min=1e-12)
+        return ce.sum() / (b if denominator is None else denominator)
+    if denominator is None:
+        return (ce * weight).sum() / weight.sum().clamp(min=1e-12)
+    return (ce * weight).sum() / denominator
 
 
 def bce_loss(

@@ -15,14 +15,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from strata.artifacts import (
-    INDEX_DIR,
     ITEM_EMBEDDINGS_FILE,
-    SEEN_FILE,
     STAGE_INDEX,
     STAGE_META,
     STAGE_QUERIES,
     STAGE_RNG,
-    USER_FEATURES_FILE,
 )
 from strata.engine.stages import PairSetFilter
 from strata.errors import ValidationError
@@ -40,6 +37,7 @@ from strata.training.data import (
     retrieval_data,
     training_data,
 )
+from strata.training.export import update_metrics, write_version
 from strata.training.loops import RetrievalData
 
 if TYPE_CHECKING:
@@ -48,6 +46,7 @@ if TYPE_CHECKING:
     from strata.config import Settings, TrainingConfig
     from strata.models.dcn import DCNRanker
     from strata.models.two_tower import TwoTower
+    from strata.training.checkpoints import Checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -60,14 +59,17 @@ def fit_ranker(
     seed: int,
     epochs: int,
     lr: float,
+    ckpt: Checkpoints | None = None,
 ) -> list[float]:
     """Train the ranker on `data` with shuffled mini-batches and cold-start masking: whole
     queries (a positive with its negatives) lose the user's identity with probability p_user,
     rows lose the item id with probability p_item, as unknown users/items look at serving."""
+    from strata.training.distributed import current
     from strata.training.loops import ranker_loop
     from strata.training.masking import mask_item, mask_query_rows
 
-    bs = cfg.ranker_batch_size
+    dist = current(cfg.device)
+    bs = cfg.ranker_batch_size * dist.world  # per-rank batch x ranks: the global batch
     pop_col = POP_COL if cfg.mask_item_popularity else None
 
     def batches(e: int, rng: np.random.Generator) -> Any:
@@ -88,7 +90,7 @@ def fit_ranker(
             )
 
     return ranker_loop(
-        ranker, batches, epochs, lr=lr, seed=seed, device=cfg.device,
+        ranker, batches, epochs, lr=lr, seed=seed, dist=dist, ckpt=ckpt,
         steps_per_epoch=-(-len(data) // bs),
     )  # fmt: skip
 
@@ -103,6 +105,7 @@ def fit_two_tower(
     lr: float,
     freeze_items: bool = False,
     snapshots: PopularitySnapshots | None = None,
+    ckpt: Checkpoints | None = None,
 ) -> list[float]:
     """Train the two-tower on `data` with masking and random negatives from the catalog.
 
@@ -110,8 +113,11 @@ def fit_two_tower(
     their popularity and age as of its own time (latest snapshot at or before the event);
     without, as of the space's cut-off.
     """
+    from strata.training.distributed import current
     from strata.training.loops import two_tower_loop
 
+    dist = current(cfg.device)
+    bs = cfg.batch_size * dist.world  # per-rank batch x ranks: the global batch
     table = space.items(np.arange(len(space.item_ids) + 1))
     n_items = len(space.item_ids)
     m = cfg.random_negatives
@@ -119,7 +125,7 @@ def fit_two_tower(
 
     return two_tower_loop(
         model,
-        lambda e, rng: data.batches(table, cfg.batch_size, rng),
+        lambda e, rng: data.batches(table, bs, rng),
         epochs,
         lr=lr,
         weight_decay=cfg.weight_decay,
@@ -129,8 +135,9 @@ def fit_two_tower(
         n_items=n_items,
         freeze_items=freeze_items,
         seed=seed,
-        device=cfg.device,
-        steps_per_epoch=-(-len(data) // cfg.batch_size),
+        dist=dist,
+        ckpt=ckpt,
+        steps_per_epoch=-(-len(data) // bs),
         logq_weight=cfg.logq_weight,
         logq_weight_cold=cfg.logq_weight_cold,
         pop_col=POP_COL if cfg.mask_item_popularity else None,
@@ -169,6 +176,8 @@ def train_two_tower(
     from strata.models.infer import embed_items, embed_queries
     from strata.models.two_tower import TwoTower, TwoTowerConfig
     from strata.models.weights import save_state
+    from strata.training.checkpoints import for_run
+    from strata.training.distributed import current
     from strata.training.export import write_item_embeddings
     from strata.training.loops import seed_everything
 
@@ -179,7 +188,12 @@ def train_two_tower(
     cfg = settings.training
     seed = settings.seed
     seed_everything(seed, cfg.num_threads)
+    dist = current(cfg.device)
+    if not dist.main:
+        dist.barrier()  # rank 0 ingests / encodes whatever is missing, then the others read it
     store, data = training_data(settings, dataset, until, images, tables)
+    if dist.main:
+        dist.barrier()
     space = fit_space(store, dataset, data)
     rdata = retrieval_data(space, data.rows)
     n_epochs = epochs or cfg.epochs
@@ -187,7 +201,10 @@ def train_two_tower(
     assert rdata.ts is not None  # retrieval_data always carries the event times
     snaps = popularity_at(store, dataset, space, rdata.ts, data.cut, cfg.popularity_snapshots)
     tt = TwoTower(space.dims(), TwoTowerConfig())
-    tt_loss = fit_two_tower(tt, space, rdata, cfg, seed, n_epochs, cfg.lr, snapshots=snaps)
+    ckpt = for_run(settings, dataset, dist, cut=data.cut, seed=seed, n=len(rdata))
+    tt_loss = fit_two_tower(
+        tt, space, rdata, cfg, seed, n_epochs, cfg.lr, snapshots=snaps, ckpt=ckpt
+    )
     t_tt = time.perf_counter() - t0
     item_emb = embed_items(tt, space.all_items())
     space.save(stage_dir)
@@ -236,6 +253,8 @@ def train_ranker(
     from strata.models.infer import embed_queries, score_ranker
     from strata.models.two_tower import TwoTower, TwoTowerConfig
     from strata.models.weights import load_state
+    from strata.training.checkpoints import for_run
+    from strata.training.distributed import current
     from strata.training.loops import seed_everything
     from strata.training.masking import mask_query_rows
     from strata.training.metrics import auc
@@ -294,10 +313,16 @@ def train_ranker(
         dims, DCNConfig(score_weight=w_score, prior_weight=w_prior, prior_col=POP_COL)
     )
     t0 = time.perf_counter()
+    dist = current(cfg.device)
+    ckpt = for_run(
+        settings, dataset, dist, cut=cut, seed=seed, n=len(rd), tt_loss=meta["two_tower_loss"]
+    )
     rk_loss = fit_ranker(
-        ranker, space, rd.subset(~val_mask), cfg, seed, cfg.ranker_epochs, cfg.ranker_lr
+        ranker, space, rd.subset(~val_mask), cfg, seed, cfg.ranker_epochs, cfg.ranker_lr, ckpt
     )
     t_rk = time.perf_counter() - t0
+    if not dist.main:  # every rank holds the same weights: rank 0 alone writes the version
+        return TrainResult("", stage_dir, {"ranker_loss": rk_loss[-1]})
     val = rd.subset(val_mask)
     val_batch = val.batch(space, np.arange(len(val)))
     p_val = score_ranker(ranker, val_batch)
@@ -343,7 +368,7 @@ def train_ranker(
 
         rec = load_recommender(settings, dataset, version)
         metrics.update(holdout_metrics(rec, data, store.events(dataset), k=10))
-        _update_metrics(path, metrics)
+        update_metrics(path, metrics)
     if promote:
         from strata.registry import Registry
 
@@ -374,19 +399,6 @@ def train(
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def _update_metrics(path: Path, metrics: dict[str, float]) -> None:
-    """Holdout metrics arrive after commit: rewrite the manifest atomically (files unchanged)."""
-    import json
-
-    from strata.atomic import atomic_write_text
-    from strata.registry import MANIFEST
-
-    m = json.loads((path / MANIFEST).read_text())
-    m["metrics"] = metrics
-    # written beside and renamed: a full disk leaves the committed manifest as it was
-    atomic_write_text(path / MANIFEST, json.dumps(m, indent=2, default=str))
-
-
 def holdout_metrics(
     rec: Any, data: TrainingData, events: pd.DataFrame, k: int = 10
 ) -> dict[str, float]:
@@ -406,90 +418,3 @@ def holdout_metrics(
                 if name in m:
                     out[f"holdout_{name}_{suffix}"] = m[name]
     return out
-
-
-def write_version(
-    settings: Settings,
-    dataset: str,
-    space: FeatureSpace,
-    two_tower: TwoTower,
-    ranker: DCNRanker,
-    item_emb: np.ndarray,
-    user_features: pd.DataFrame,
-    seen_users: np.ndarray,
-    seen_items: np.ndarray,
-    manifest: dict[str, Any],
-    index_dir: Path | None = None,
-) -> tuple[str, Path]:
-    """Write every artifact of a version into a staging folder and commit it to the registry
-    (with a copy of the ANN index in `index_dir`, built from these item embeddings, if given)."""
-    import shutil
-
-    from safetensors.numpy import save_file
-
-    from strata.features import schema
-    from strata.features.schema import USER_KEY
-    from strata.models.batch import synthetic_items, synthetic_queries
-    from strata.models.infer import rank_inputs
-    from strata.models.inputs import ITEM_INPUTS, QUERY_INPUTS
-    from strata.models.space import USER_INPUT_FEATURES
-    from strata.models.weights import save_state
-    from strata.registry import Registry
-    from strata.training.export import RANKER_INPUTS, export_onnx, write_item_embeddings
-
-    reg = Registry(settings.registry_dir, dataset)
-    two_tower.cpu().eval()
-    ranker.cpu().eval()
-    dims = space.dims()
-    with reg.stage() as tmp:
-        space.save(tmp)
-        save_state(two_tower, tmp / "two_tower.safetensors")
-        save_state(ranker, tmp / "ranker.safetensors")
-        write_item_embeddings(tmp, space.item_ids, item_emb)
-        # The user snapshot exactly as the offline store computed it (Parquet, schema columns):
-        # the recommender encodes it with the same function serving applies to online rows.
-        user_features.loc[:, [USER_KEY, *USER_INPUT_FEATURES]].to_parquet(
-            tmp / USER_FEATURES_FILE, index=False
-        )
-        save_file(
-            {"user": seen_users.astype(np.int64), "item": seen_items.astype(np.int64)},
-            str(tmp / SEEN_FILE),
-        )
-        # Check ONNX on a random but well-formed batch (vocab ranges of the fitted dims).
-        rng = np.random.default_rng(0)
-        q = synthetic_queries(dims, 8, rng)
-        it = synthetic_items(dims, rng.integers(0, dims.n_items, 8))
-        d_q = export_onnx(
-            two_tower.query_tower,
-            q.tensors(),
-            QUERY_INPUTS,
-            tmp / "query_tower.onnx",
-            "query_embedding",
-        )
-        rb = RankBatch(q, it, rng.normal(size=8).astype(np.float32), np.zeros(8, np.float32))
-        d_r = export_onnx(ranker, rank_inputs(rb), RANKER_INPUTS, tmp / "ranker.onnx", "logit")
-        full = {
-            **manifest,
-            "onnx_max_abs_diff": {"query_tower": d_q, "ranker": d_r},
-            "feature_schema": {
-                "query_inputs": list(QUERY_INPUTS),
-                "item_inputs": list(ITEM_INPUTS),
-                "ranker_inputs": list(RANKER_INPUTS),
-                "dims": dims.model_dump(),
-                "user_features": list(schema.USER_FEATURE_COLUMNS),
-                "item_features": list(schema.ITEM_FEATURE_COLUMNS),
-                "context_features": [f.name for f in schema.CONTEXT_FEATURES],
-                "content_features": list(schema.ITEM_CONTENT_COLUMNS)
-                if space.meta["has_content"]
-                else [],
-            },
-            "models": {
-                "two_tower": two_tower.cfg.model_dump(),
-                "ranker": ranker.cfg.model_dump(),
-                "embedding_dim": int(item_emb.shape[1]),
-            },
-        }
-        if index_dir is not None:
-            shutil.copytree(index_dir, tmp / INDEX_DIR)
-        version = reg.commit(tmp, full)
-    return version, reg.dir / version
