@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from strata.config import PipelinesConfig
-from tests.k8s_tools import PROFILES
+from tests.k8s_tools import PROFILES, render_chart
 from tests.unit.test_pipelines_deploy import DEPLOY, docs, one
 
 IDS = [p or "default" for p in PROFILES]
@@ -23,14 +23,20 @@ WORKLOADS = ("Deployment", "StatefulSet", "Job", "CronJob", "DaemonSet")
 CLIENT_LABEL = ("strata.io/valkey-client", "true")
 
 
-def _pods(profile: str | None = None) -> list[tuple[str, dict[str, Any]]]:
+def _pods(
+    profile: str | None = None, sets: tuple[str, ...] = ()
+) -> list[tuple[str, dict[str, Any]]]:
     out = []
-    for d in docs(profile):
+    for d in docs(profile) if not sets else render_chart(profile, sets=sets):
+        name = f"{d['kind']}/{d['metadata']['name']}"
         if d["kind"] in WORKLOADS:
             spec = d["spec"]
             if d["kind"] == "CronJob":
                 spec = spec["jobTemplate"]["spec"]
-            out.append((f"{d['kind']}/{d['metadata']['name']}", spec["template"]))
+            out.append((name, spec["template"]))
+        elif d["kind"] == "PyTorchJob":
+            for role, rs in d["spec"]["pytorchReplicaSpecs"].items():
+                out.append((f"{name}/{role}", rs["template"]))
     return out
 
 
@@ -45,9 +51,23 @@ def _bytes(quantity: str) -> int:
     return int(num) * scale[unit]
 
 
+TRAINING_JOB = ("distributedTraining.enabled=true", "distributedTraining.nodes=3",
+                "distributedTraining.nprocPerNode=2")  # fmt: skip
+
+
 @pytest.mark.parametrize("profile", PROFILES, ids=IDS)
 def test_every_pod_is_restricted(profile: str | None) -> None:
-    pods = _pods(profile)
+    _assert_restricted(_pods(profile))
+
+
+def test_the_training_job_pods_are_restricted_too() -> None:
+    pods = _pods(None, TRAINING_JOB)
+    assert {n for n, _ in pods} >= {"PyTorchJob/strata-train-1/Master",
+                                    "PyTorchJob/strata-train-1/Worker"}  # fmt: skip
+    _assert_restricted(pods)
+
+
+def _assert_restricted(pods: list[tuple[str, dict[str, Any]]]) -> None:
     assert len(pods) >= 3
     for name, pod in pods:
         spec = pod["spec"]

@@ -203,16 +203,26 @@ def shutdown() -> None:
         torch.distributed.destroy_process_group()
 
 
+def torchrun_command(
+    nproc: int, argv: Sequence[str], env: dict[str, str], module: str = "strata.cli"
+) -> list[str]:
+    """The torchrun command line: one node on a free local port (`--standalone`), or, inside a
+    Kubeflow PyTorchJob pod (the operator sets `PET_MASTER_ADDR`, `PET_NNODES`, `PET_NODE_RANK`,
+    which torchrun reads), this pod's share of a multi-node job."""
+    single = "PET_MASTER_ADDR" not in env
+    return [
+        sys.executable, "-m", "torch.distributed.run", *(["--standalone"] if single else []),
+        f"--nproc-per-node={int(nproc)}", "--max-restarts=0", "-m", module, *argv,
+    ]  # fmt: skip
+
+
 def launch(nproc: int, argv: Sequence[str], module: str = "strata.cli") -> int:
     """Run `python -m <module> <argv>` as `nproc` torchrun workers on this machine; returns the
     job's exit status (non-zero when any rank failed: torchrun then stops the others)."""
     if nproc < 1:
         raise ValidationError("--nproc", f"must be >= 1, got {nproc}")
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone",
-        f"--nproc-per-node={int(nproc)}", "--max-restarts=0", "-m", module, *argv,
-    ]  # fmt: skip
     env = dict(os.environ)
+    cmd = torchrun_command(nproc, argv, env, module)
     # each rank gets an equal share of the cores (torch would otherwise oversubscribe them)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // int(nproc))))
     log.info("launching %d ranks: %s", nproc, " ".join(cmd))
