@@ -433,6 +433,10 @@ class PipelinesConfig(_Strict):
     gpu: bool = False
     pvc: str | None = None
     pvc_mount_path: str = "/data"
+    # On a cluster: the ConfigMap holding the chart's PyTorchJob template (strata-training-job,
+    # with distributedTraining.enabled); the initial pipeline then trains as that job
+    # (pipelines.pytorchjob), which needs pvc (the job's pods share the volume with the steps).
+    training_job: str | None = None
 
 
 # --- root ----------------------------------------------------------------------------------

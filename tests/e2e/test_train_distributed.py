@@ -1,5 +1,6 @@
 """`strata train --nproc 2` as a user runs it: torchrun starts two gloo ranks on this machine,
-rank 0 registers the one version and prints it; a device the machine lacks is a one-line error."""
+rank 0 registers the one version and prints it; `--no-promote` registers without serving (the
+pipelines' PyTorchJob runs it so); a device the machine lacks is a one-line error."""
 
 from __future__ import annotations
 
@@ -57,8 +58,10 @@ def test_two_ranks_register_the_version_one_rank_with_twice_the_batch_would(
     assert not list((home / "checkpoints" / "tiny").glob("*.json"))  # finished: none left
     # one process with the global batch (2 x the per-rank batch) trains the same models
     one = tmp_path / "one"
-    ref = _run(one, "--until", str(_world(one)), "--json", batch_x=2)
+    ref = _run(one, "--until", str(_world(one)), "--json", "--no-promote", batch_x=2)
     assert ref.returncode == 0, ref.stderr[-3000:]
+    ref_reg = Registry(fast_settings(one).registry_dir, "tiny")
+    assert ref_reg.versions() == ["v0001"] and ref_reg.serving() is None  # --no-promote
     m, m_ref = out["metrics"], json.loads(ref.stdout)["metrics"]
     for name in ("two_tower_loss", "ranker_loss", "ranker_auc_valid", "holdout_recall@10_full"):
         assert abs(m[name] - m_ref[name]) < 2e-3, (name, m[name], m_ref[name])

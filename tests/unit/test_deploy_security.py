@@ -34,9 +34,10 @@ def _pods(
             if d["kind"] == "CronJob":
                 spec = spec["jobTemplate"]["spec"]
             out.append((name, spec["template"]))
-        elif d["kind"] == "PyTorchJob":
-            for role, rs in d["spec"]["pytorchReplicaSpecs"].items():
-                out.append((f"{name}/{role}", rs["template"]))
+        elif d["kind"] == "ConfigMap" and d["metadata"]["name"] == "strata-training-job":
+            job = yaml.safe_load(d["data"]["pytorchjob.yaml"])  # the pipeline submits it
+            for role, rs in job["spec"]["pytorchReplicaSpecs"].items():
+                out.append((f"PyTorchJob/{job['metadata']['name']}/{role}", rs["template"]))
     return out
 
 
@@ -62,8 +63,8 @@ def test_every_pod_is_restricted(profile: str | None) -> None:
 
 def test_the_training_job_pods_are_restricted_too() -> None:
     pods = _pods(None, TRAINING_JOB)
-    assert {n for n, _ in pods} >= {"PyTorchJob/strata-train-1/Master",
-                                    "PyTorchJob/strata-train-1/Worker"}  # fmt: skip
+    assert {n for n, _ in pods} >= {"PyTorchJob/strata-train/Master",
+                                    "PyTorchJob/strata-train/Worker"}  # fmt: skip
     _assert_restricted(pods)
 
 

@@ -334,6 +334,9 @@ def train_cmd(
     device: Annotated[
         str | None, typer.Option(help="cpu | cuda | auto (default: training.device).")
     ] = None,
+    promote: Annotated[
+        bool, typer.Option("--promote/--no-promote", help="Serve the new version.")
+    ] = True,
 ) -> None:
     """Train the two-tower and the DCN-v2 ranker, export, register and promote a version."""
     from strata.cli.common import distributed, parse_ts
@@ -345,7 +348,7 @@ def train_cmd(
         s = s.model_copy(update={"training": s.training.model_copy(update={"device": device})})
     rank = distributed(nproc, s.training.device, "training")
     try:
-        res = train(s, dataset, until=parse_ts(until), images=images, epochs=epochs)
+        res = train(s, dataset, parse_ts(until), images, epochs, promote=promote)
     finally:
         shutdown()
     if rank is not None and not rank.main:

@@ -125,6 +125,8 @@ def train_two_tower(
     from strata.training.train import train_two_tower as fit
 
     with workspace(storage_uri) as s:
+        if s.pipelines.training_job:
+            return _train_as_job(s, dataset, until, epochs, images)
         stage = _stage_dir(s, dataset)
         # A fresh folder: an index or files left by an earlier run must not leak into this one.
         shutil.rmtree(stage, ignore_errors=True)
@@ -143,6 +145,12 @@ def train_ranker(storage_uri: str, dataset: str, staged: dict[str, Any]) -> dict
 
     from strata.training.train import train_ranker as fit
 
+    if staged.get("version") and not staged.get("stage"):  # trained as a PyTorchJob
+        from strata.registry import Registry
+
+        with workspace(storage_uri) as s:
+            m = Registry(s.registry_dir, dataset).manifest(staged["version"]).get("metrics", {})
+        return {**staged, "metrics": _finite(m)}
     with workspace(storage_uri) as s:
         stage = _stage_dir(s, dataset)
         res = fit(s, dataset, stage, promote=False)
@@ -153,6 +161,28 @@ def train_ranker(storage_uri: str, dataset: str, staged: dict[str, Any]) -> dict
         "metrics": _finite(res.metrics),
         "index": staged.get("index"),
     }
+
+
+def _train_as_job(s: Any, dataset: str, until: int, epochs: int, images: str) -> dict[str, Any]:
+    """The whole training as the chart's PyTorchJob on the shared volume; the version its rank
+    0 registered (unpromoted) goes on to the index, the gate and publish."""
+    from strata.errors import ValidationError
+    from strata.pipelines.pytorchjob import TrainingJobError, run_training_job
+    from strata.registry import Registry
+
+    if not s.pipelines.pvc:
+        raise ValidationError("pipelines.training_job", "needs pipelines.pvc (a shared volume)")
+    reg = Registry(s.registry_dir, dataset)
+    before = set(reg.versions())
+    args = ["--dataset", dataset, "--no-promote"]
+    args += ["--until", str(until)] if until else []
+    args += ["--epochs", str(epochs)] if epochs else []
+    args += ["--images", images] if images else []
+    job = run_training_job(s, args)
+    new = sorted(set(reg.versions()) - before)
+    if not new:
+        raise TrainingJobError(f"PyTorchJob {job} succeeded but registered no version")
+    return {"dataset": dataset, "version": new[-1], "job": job}
 
 
 @step
