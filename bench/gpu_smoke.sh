@@ -3,7 +3,7 @@
 # steps on CUDA and prints samples/s. Run on a machine with an NVIDIA GPU after `make install`:
 #   bash bench/gpu_smoke.sh            # 300 steps per model, 1 rank (and 2 ranks when 2+ GPUs)
 #   STEPS=100 bash bench/gpu_smoke.sh
-# Mixed precision (bf16 autocast) is on for every CUDA training path; NCCL joins the ranks.
+# Mixed precision (bf16 autocast) is on for these CUDA training paths; NCCL joins the ranks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PY:-.venv/bin/python}"
