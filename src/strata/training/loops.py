@@ -231,10 +231,12 @@ def two_tower_loop(
         mine = d.rows(len(gb))
         if mine is None:  # a softmax over one candidate teaches nothing
             return None
-        b, cold = gb.take(mine), cold[mine]
+        whole = d.world == 1  # one process: the whole batch, no copy
+        b, cold = (gb, cold) if whole else (gb.take(mine), cold[mine])
+        it_feats = it_feats if whole else it_feats.take(mine)
         q = model.query_tower(*mask_query_rows(b.query, cold).tensors(device))  # (B, D)
         with torch.set_grad_enabled(not freeze_items):
-            i = model.item_tower(*it_feats.take(mine).tensors(device))  # (B, D)
+            i = model.item_tower(*it_feats.tensors(device))  # (B, D)
         w_logq = torch.from_numpy(np.where(cold, w_cold, logq_weight).astype(np.float32))
         neg = neg_ids = neg_group = None
         if ns is not None and hide is not None:
@@ -246,7 +248,8 @@ def two_tower_loop(
                     num = num.copy()
                     num[:, hide, pop_col] = 0.0
                 feats[ITEM_NUM] = torch.from_numpy(num).to(device)  # (G, M, Ni)
-                neg_group = torch.from_numpy(ns.group[mine]).to(device)
+                group = ns.group if whole else ns.group[mine]
+                neg_group = torch.from_numpy(group).to(device)
             with torch.set_grad_enabled(not freeze_items):
                 neg = model.item_tower(*feats)  # (M, D) or (G, M, D)
         weight = torch.from_numpy(b.weight).to(device)
