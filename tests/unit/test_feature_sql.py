@@ -21,7 +21,7 @@ from strata.features.schema import (
 )
 
 
-@pytest.mark.parametrize("dialect", ["trino", "athena"])
+@pytest.mark.parametrize("dialect", ["spark", "trino", "athena"])
 def test_every_definition_transpiles_and_parses(dialect: str) -> None:
     rendered = render_all(dialect, FeatureParams(user_window_s=7 * 86400))
     assert set(rendered) == {d.name for d in defs.DEFINITIONS}
@@ -29,9 +29,24 @@ def test_every_definition_transpiles_and_parses(dialect: str) -> None:
         tree = sqlglot.parse_one(sql, read=dialect)
         assert isinstance(tree, sqlglot.exp.Query), name
     assert "604800" in rendered["user_behaviour"]  # the window parameter is substituted
-    # DuckDB list syntax must not survive into Trino: it spells lists ARRAY[...]/ARRAY_AGG.
-    assert "LIST(" not in rendered["user_behaviour"].upper().replace("LIST_SLICE(", "")
-    assert "ARRAY_AGG(" in rendered["user_behaviour"]
+    # DuckDB list syntax must not survive: Trino spells lists ARRAY_AGG, Spark COLLECT_LIST.
+    assert "LIST(" not in rendered["user_behaviour"].upper().replace("COLLECT_LIST(", "")
+    agg = "COLLECT_LIST(" if dialect == "spark" else "ARRAY_AGG("
+    assert agg in rendered["user_behaviour"]
+
+
+@pytest.mark.parametrize("attrs", [(), ("brand", "size")])
+def test_definitions_use_only_the_portable_subset(attrs: tuple[str, ...]) -> None:
+    """No DuckDB-only function or cast syntax in any definition (what Spark/Athena reject)."""
+    import re
+
+    params = FeatureParams(item_attrs=attrs, timezone="Europe/Paris")
+    for name, text in render_all("duckdb", params).items():
+        sql = re.sub(r"--[^\n]*", "", text)  # comments may say anything
+        for fn in defs.FORBIDDEN:
+            assert not re.search(rf"\b{fn}\s*\(", sql, re.IGNORECASE), (name, fn)
+        assert "::" not in sql and "lambda" not in sql.lower(), name
+        assert not re.search(r"COUNT\s*\(\s*DISTINCT[^)]*\)\s*OVER", sql, re.I), name
 
 
 def _toy(con: duckdb.DuckDBPyConnection) -> None:

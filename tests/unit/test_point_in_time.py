@@ -115,11 +115,11 @@ def _top(counts: Counter) -> str:
     return min(v for v, c in counts.items() if c == best)
 
 
-def test_matches_reference_on_random_history_with_ties(tmp_path: Path) -> None:
-    rng = np.random.default_rng(7)
-    n = 300
-    # Few distinct timestamps so that many events share a second (the hard case for leakage).
-    records = [
+def tie_records(seed: int, n: int) -> list[tuple[str, int, int, str, float, int]]:
+    """Random events over 3 users and 4 items at few distinct timestamps, so that many share a
+    second (the hard case for leakage) and windows start and end often."""
+    rng = np.random.default_rng(seed)
+    return [
         (
             f"e{i:04d}",
             int(rng.integers(1, 4)),
@@ -130,6 +130,11 @@ def test_matches_reference_on_random_history_with_ties(tmp_path: Path) -> None:
         )
         for i in range(n)
     ]
+
+
+def test_matches_reference_on_random_history_with_ties(tmp_path: Path) -> None:
+    n = 300
+    records = tie_records(7, n)
     params = FeatureParams(user_window_s=400, item_window_s=300, recent_n=4, tie_slack=16)
     store = _store(tmp_path, user_window_s=400, item_window_s=300, recent_n=4, tie_slack=16)
     events = make_events(records)

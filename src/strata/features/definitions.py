@@ -1,8 +1,9 @@
-"""Feature definitions as SQL, in one place (DuckDB dialect; transpiled to Trino/Athena by sqlglot).
+"""Feature definitions as SQL, in one place: a portable subset that DuckDB runs as written and
+that sqlglot transpiles (read="duckdb") to Spark SQL and Trino/Athena with the same meaning.
 
 Each definition is a SELECT over named input relations, so the same text runs on DuckDB here
-(the offline store binds the names to temp views over Parquet) and on Athena/Trino over S3
-(where they are tables or views of the same name):
+(the offline store binds the names to temp views over Parquet), on Spark (temp views over the
+same Parquet files, `features.spark`) and on Athena/Trino over S3 (`features.athena`):
 
 - `users`, `items`: entity tables (`items.category` is filled at ingest);
 - `events`: the event log (contract columns of `strata.datasets.base`);
@@ -15,13 +16,22 @@ Point-in-time correctness comes from the window frames: aggregates use
 `RANGE BETWEEN <window> PRECEDING AND 1 PRECEDING` on integer-second `ts`, so only events strictly
 before the point's timestamp count (never the point's own event or a simultaneous one), and
 probes carry NULL event fields so they never count themselves.
+
+The portable subset: plain window aggregates (COUNT, SUM, AVG, MAX, ROW_NUMBER, FIRST_VALUE,
+LAG/LEAD, windowed ARRAY_AGG), joins, GROUP BY, `CROSS JOIN UNNEST`, CAST with explicit DOUBLE
+for every division (Trino divides integers as integers and reads `1.0` as a DECIMAL). No
+DuckDB-only functions (`FORBIDDEN`): the most frequent value of a window is counted per
+(point, value) with a windowed SUM (`top_ctes`), distinct users of an item window come from run
+boundaries (`ITEM_POPULARITY`), the recent items are one windowed ARRAY_AGG that ends before the
+first event of the point's second.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -35,7 +45,19 @@ from strata.features.schema import (
     RECENT_ITEMS_N,
 )
 
-DIALECTS = ("duckdb", "trino", "athena")
+DIALECTS = ("duckdb", "spark", "trino", "athena")
+#: DuckDB-only spellings that must not appear in any rendered definition (tests/unit).
+FORBIDDEN = (
+    "MODE",
+    "LIST_SLICE",
+    "HISTOGRAM",
+    "MAP_ENTRIES",
+    "LIST_TRANSFORM",
+    "LIST_SORT",
+    "LEN",
+    "LIST",
+    "SPLIT_PART",
+)
 
 
 @dataclass(frozen=True)
@@ -45,8 +67,8 @@ class FeatureParams:
     user_window_s: int = DEFAULT_USER_WINDOW_S
     item_window_s: int = DEFAULT_ITEM_WINDOW_S
     recent_n: int = RECENT_ITEMS_N
-    # Extra rows looked back for `user_recent_items` so that events sharing the point's timestamp
-    # can be dropped; more than this many simultaneous events only shortens the list.
+    # Kept for settings written before the portable SQL: the recent items no longer look back
+    # extra rows past simultaneous events (they end before the point's second), so it is unused.
     tie_slack: int = 16
     #: Event types counted per user (`user_n_<type>`): the dataset's declared types.
     event_types: tuple[str, ...] = EVENT_TYPES
@@ -69,6 +91,16 @@ class FeatureParams:
         if bad:
             raise ValidationError("item_attrs", f"names must match {EVENT_TYPE_PATTERN}: {bad}")
 
+    def with_meta(self, meta: dict[str, Any]) -> FeatureParams:
+        """These parameters with a dataset's declarations (its `dataset.json`): event types,
+        item attributes, time zone."""
+        return replace(
+            self,
+            event_types=tuple(meta.get("event_types", EVENT_TYPES)),
+            timezone=meta.get("timezone", "UTC"),
+            item_attrs=tuple(meta.get("item_attributes", ())),
+        )
+
 
 @dataclass(frozen=True)
 class Definition:
@@ -87,7 +119,7 @@ class Definition:
             user_window_s=int(p.user_window_s),
             item_window_s=int(p.item_window_s),
             recent_n=int(p.recent_n),
-            tail_rows=int(p.recent_n + p.tie_slack),
+            item_window_end=int(p.item_window_s) + 1,
             # one count per event type: types match EVENT_TYPE_PATTERN, so they are safe in SQL
             type_counts=",\n".join(
                 f"    SUM(CASE WHEN event_type = '{t}' THEN 1 ELSE 0 END) OVER uw AS n_{t}"
@@ -98,26 +130,72 @@ class Definition:
             ),
             ub_type_cols="".join(f" ub.user_n_{t}," for t in types),
             local_ts=local_seconds_sql(p.timezone),
-            top_category=top_value("HISTOGRAM(category) OVER uw"),
-            top_genre=top_value(f"HISTOGRAM(genre) OVER ({_user_frame(p.user_window_s)})"),
+            top_ctes=top_ctes(
+                "cat",
+                "SELECT user_id, '' AS k, category AS v, ts FROM h "
+                "WHERE event_type IS NOT NULL AND category IS NOT NULL",
+                int(p.user_window_s),
+            )
+            + top_ctes(
+                "gen",
+                "SELECT h.user_id, '' AS k, t.genre AS v, h.ts "
+                "FROM h CROSS JOIN UNNEST(h.genres) AS t(genre) WHERE h.event_type IS NOT NULL",
+                int(p.user_window_s),
+            ),
             **_attr_sql(p.item_attrs, int(p.user_window_s)),
         ).strip()
 
 
-def _user_frame(window_s: int) -> str:
-    return (
-        f"PARTITION BY user_id ORDER BY ts RANGE BETWEEN {int(window_s)} PRECEDING AND 1 PRECEDING"
-    )
+def top_ctes(name: str, values_sql: str, window_s: int) -> str:
+    """CTEs `<name>_top` (point_id, k, v): per point and key `k`, the most frequent value `v` of
+    `values_sql` (rows user_id, k, v, ts of past events) in the user window, ties to the first
+    value by name (deterministic); no row when the window holds none.
 
-
-def top_value(histogram: str) -> str:
-    """The most frequent key of a windowed `HISTOGRAM` (value -> count), ties to the first key
-    by name (deterministic). Windowed `MODE(x ORDER BY x)` says the same but is recomputed per
-    frame: 8x slower on a 300k-event log with three tags per item, 13.9 s vs 111 s."""
-    return (
-        f"(LIST_SORT(LIST_TRANSFORM(MAP_ENTRIES({histogram}), "
-        "lambda e: {'n': -CAST(e.value AS BIGINT), 'k': e.key}))[1]).k"
-    )
+    Portable form of a windowed mode: a value's past events in the window are counted by a
+    windowed SUM over (user, k, v), evaluated at one probe row per (point, value) that the window
+    can hold. Those pairs come from runs of the value's events (consecutive events at most a
+    window apart): a run covers the points in (first ts, last ts + window], so the interval join
+    adds exactly the values present in each point's window. Windowed `MODE(x ORDER BY x)`
+    (DuckDB only) recomputes every frame: 8x slower on a 300k-event log."""
+    w = int(window_s)
+    return f""",
+{name}_e AS ({values_sql}),
+{name}_g AS (
+  SELECT user_id, k, v, ts, SUM(fresh) OVER (
+    PARTITION BY user_id, k, v ORDER BY ts ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW
+  ) AS run
+  FROM (
+    SELECT user_id, k, v, ts, CASE WHEN ts - LAG(ts) OVER (
+      PARTITION BY user_id, k, v ORDER BY ts) <= {w} THEN 0 ELSE 1 END AS fresh
+    FROM {name}_e
+  ) AS gaps
+),
+{name}_r AS (
+  SELECT user_id, k, v, MIN(ts) AS first_ts, MAX(ts) + {w} AS last_ts
+  FROM {name}_g GROUP BY user_id, k, v, run
+),
+{name}_x AS (
+  SELECT CAST(NULL AS VARCHAR) AS point_id, user_id, k, v, ts, 1 AS hit FROM {name}_e
+  UNION ALL
+  SELECT p.point_id, p.user_id, r.k, r.v, p.ts, 0 AS hit
+  FROM h AS p
+  JOIN {name}_r AS r ON r.user_id = p.user_id AND p.ts > r.first_ts AND p.ts <= r.last_ts
+  WHERE p.point_id IS NOT NULL
+),
+{name}_n AS (
+  SELECT point_id, k, v, SUM(hit) OVER (
+    PARTITION BY user_id, k, v ORDER BY ts RANGE BETWEEN {w} PRECEDING AND 1 PRECEDING
+  ) AS n
+  FROM {name}_x
+),
+{name}_top AS (
+  SELECT point_id, k, v FROM (
+    SELECT point_id, k, v, ROW_NUMBER() OVER (PARTITION BY point_id, k ORDER BY n DESC, v) AS r
+    FROM {name}_n
+    WHERE point_id IS NOT NULL AND n > 0
+  ) AS ranked
+  WHERE r = 1
+)"""
 
 
 def _attr_sql(attrs: tuple[str, ...], window_s: int) -> dict[str, str]:
@@ -126,30 +204,18 @@ def _attr_sql(attrs: tuple[str, ...], window_s: int) -> dict[str, str]:
     attribute's tags `attr=value` in items.genres; ties to the first by name)."""
     if not attrs:
         return {"attr_ctes": "", "attr_select": "", "attr_join": "", "ub_attr_cols": ""}
-    names = ", ".join(f"'{a}'" for a in attrs)  # names match EVENT_TYPE_PATTERN: safe in SQL
-    rows = ", ".join(f"('{a}')" for a in attrs)
-    tops = ", ".join(f"MAX(CASE WHEN attr = '{a}' THEN top END) AS top_{a}" for a in attrs)
-    frame = (
-        f"HISTOGRAM(tag) OVER (PARTITION BY user_id, attr ORDER BY ts "
-        f"RANGE BETWEEN {window_s} PRECEDING AND 1 PRECEDING)"
+    # names match EVENT_TYPE_PATTERN, so they are safe in SQL; `attr=` cannot prefix another's
+    attr_of = " ".join(f"WHEN SUBSTR(t.tag, 1, {len(a) + 1}) = '{a}=' THEN '{a}'" for a in attrs)
+    tops = ", ".join(f"MAX(CASE WHEN k = '{a}' THEN v END) AS top_{a}" for a in attrs)
+    values = (
+        f"SELECT user_id, k, v, ts FROM (SELECT h.user_id, CASE {attr_of} END AS k, t.tag AS v, "
+        "h.ts FROM h CROSS JOIN UNNEST(h.genres) AS t(tag) WHERE h.event_type IS NOT NULL) AS tg "
+        "WHERE k IS NOT NULL"
     )
-    ctes = f""",
-a AS (
-  -- one row per (past event, declared tag) plus one per (point, attribute)
-  SELECT CAST(NULL AS VARCHAR) AS point_id, h.user_id, h.ts, SPLIT_PART(t.tag, '=', 1) AS attr,
-         t.tag
-  FROM h CROSS JOIN UNNEST(h.genres) AS t(tag)
-  WHERE h.event_type IS NOT NULL AND SPLIT_PART(t.tag, '=', 1) IN ({names})
-  UNION ALL
-  SELECT h.point_id, h.user_id, h.ts, x.attr, CAST(NULL AS VARCHAR) AS tag
-  FROM h CROSS JOIN (VALUES {rows}) AS x(attr)
-  WHERE h.point_id IS NOT NULL
-),
-aw AS (
-  SELECT point_id, attr, {top_value(frame)} AS top
-  FROM a
-),
-atop AS (SELECT point_id, {tops} FROM aw WHERE point_id IS NOT NULL GROUP BY point_id)"""
+    ctes = (
+        top_ctes("att", values, window_s)
+        + f",\natop AS (SELECT point_id, {tops} FROM att_top GROUP BY point_id)"
+    )
     select = "".join(
         f"\n  COALESCE(SUBSTR(atop.top_{a}, {len(a) + 2}), '') AS user_pref_{a}," for a in attrs
     )
@@ -196,11 +262,13 @@ CONTEXT = Definition(
     """
 SELECT
   event_id,
-  SIN(2 * PI() * (lts % 86400) / 86400.0) AS ctx_hour_sin,
-  COS(2 * PI() * (lts % 86400) / 86400.0) AS ctx_hour_cos,
+  SIN(2 * PI() * CAST(lts % 86400 AS DOUBLE) / 86400) AS ctx_hour_sin,
+  COS(2 * PI() * CAST(lts % 86400 AS DOUBLE) / 86400) AS ctx_hour_cos,
   -- 1970-01-01 was a Thursday: +3 makes Monday day 0
-  SIN(2 * PI() * ((CAST(FLOOR(lts / 86400.0) AS BIGINT) + 3) % 7) / 7.0) AS ctx_dow_sin,
-  COS(2 * PI() * ((CAST(FLOOR(lts / 86400.0) AS BIGINT) + 3) % 7) / 7.0) AS ctx_dow_cos,
+  SIN(2 * PI() * CAST((CAST(FLOOR(CAST(lts AS DOUBLE) / 86400) AS BIGINT) + 3) % 7 AS DOUBLE) / 7)
+    AS ctx_dow_sin,
+  COS(2 * PI() * CAST((CAST(FLOOR(CAST(lts AS DOUBLE) / 86400) AS BIGINT) + 3) % 7 AS DOUBLE) / 7)
+    AS ctx_dow_cos,
   COALESCE(device, 'unknown') AS ctx_device
 -- lts: wall-clock seconds in the dataset's time zone (`localtime`)
 FROM (SELECT event_id, device, {local_ts} AS lts FROM events) AS e
@@ -221,60 +289,46 @@ WITH h AS (
 w AS (
   SELECT
     point_id,
+    user_id,
     ts,
+    event_id,
     COUNT(event_type) OVER uw AS n_events,
 {type_counts},
     AVG(value) OVER uw AS mean_value,
-    {top_category} AS top_category,
     MAX(CASE WHEN event_type IS NOT NULL THEN ts END) OVER (
       PARTITION BY user_id ORDER BY ts RANGE BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING
     ) AS last_ts,
-    -- the last rows up to and including this one, in (ts, event_id) order; rows that share
-    -- this timestamp are cut off below so simultaneous events never leak in
-    LIST(item_id) OVER (
+    -- the last rows before this one in (ts, event_id) order; the first row of each second
+    -- holds exactly the events strictly before it, and its peers take that list (below)
+    ARRAY_AGG(item_id) OVER (
       PARTITION BY user_id ORDER BY ts, event_id
-      ROWS BETWEEN {tail_rows} PRECEDING AND CURRENT ROW
-    ) AS tail,
-    ROW_NUMBER() OVER (PARTITION BY user_id, ts ORDER BY event_id) AS peer_rank
+      ROWS BETWEEN {recent_n} PRECEDING AND 1 PRECEDING
+    ) AS tail
   FROM h
   WINDOW uw AS (
     PARTITION BY user_id ORDER BY ts RANGE BETWEEN {user_window_s} PRECEDING AND 1 PRECEDING
   )
 ),
-g AS (
-  -- one row per (past event, genre) plus one row per point, so a genre mode can be taken
-  SELECT CAST(NULL AS VARCHAR) AS point_id, h.user_id, h.ts, t.genre
-  FROM h CROSS JOIN UNNEST(h.genres) AS t(genre)
-  WHERE h.event_type IS NOT NULL
-  UNION ALL
-  SELECT point_id, user_id, ts, CAST(NULL AS VARCHAR) AS genre
-  FROM h
+wr AS (
+  SELECT w.*,
+         FIRST_VALUE(tail) OVER (PARTITION BY user_id, ts ORDER BY event_id) AS recent
+  FROM w
   WHERE point_id IS NOT NULL
-),
-gw AS (
-  -- the most frequent genre; ties go to the first by name, so the feature is deterministic
-  SELECT point_id, {top_genre} AS top_genre
-  FROM g
-),
-gt AS (SELECT point_id, top_genre FROM gw WHERE point_id IS NOT NULL){attr_ctes}
+){top_ctes}{attr_ctes}
 SELECT
   w.point_id,
   CAST(COALESCE(w.n_events, 0) AS BIGINT) AS user_n_events,
 {type_cols},
-  COALESCE(w.mean_value, 0.0) AS user_mean_value,
-  COALESCE(gt.top_genre, '') AS user_top_genre,
-  COALESCE(w.top_category, '') AS user_top_category,{attr_select}
-  LIST_SLICE(
-    w.tail,
-    GREATEST(LEN(w.tail) - w.peer_rank - {recent_n} + 1, 1),
-    LEN(w.tail) - w.peer_rank
-  ) AS user_recent_items,
-  CASE WHEN w.last_ts IS NULL THEN -1.0 ELSE (w.ts - w.last_ts) / 86400.0 END
-    AS user_days_since_last
-FROM w
-LEFT JOIN gt ON w.point_id = gt.point_id
+  CAST(COALESCE(w.mean_value, 0) AS DOUBLE) AS user_mean_value,
+  COALESCE(gen_top.v, '') AS user_top_genre,
+  COALESCE(cat_top.v, '') AS user_top_category,{attr_select}
+  COALESCE(w.recent, CAST([] AS BIGINT[])) AS user_recent_items,
+  CASE WHEN w.last_ts IS NULL THEN CAST(-1 AS DOUBLE)
+       ELSE CAST(w.ts - w.last_ts AS DOUBLE) / 86400 END AS user_days_since_last
+FROM wr AS w
+LEFT JOIN gen_top ON w.point_id = gen_top.point_id
+LEFT JOIN cat_top ON w.point_id = cat_top.point_id
 {attr_join}
-WHERE w.point_id IS NOT NULL
 """,
 )
 
@@ -283,13 +337,36 @@ ITEM_POPULARITY = Definition(
     ("history",),
     "point_id",
     """
-WITH w AS (
+WITH r AS (
+  -- Distinct users of an item window without COUNT(DISTINCT) OVER (DuckDB only): a user's
+  -- events on the item cover the points (ts, ts + window]; a run of them starts at an event
+  -- whose previous one is more than a window before and ends at one whose next is more than a
+  -- window after. Users covering a point = runs started before it - runs whose cover ended.
+  SELECT
+    point_id, item_id, event_type, value, ts,
+    CASE WHEN event_type IS NOT NULL AND user_id IS NOT NULL AND (prev_ts IS NULL
+         OR ts - prev_ts > {item_window_s}) THEN 1 ELSE 0 END AS run_start,
+    CASE WHEN event_type IS NOT NULL AND user_id IS NOT NULL AND (next_ts IS NULL
+         OR next_ts - ts > {item_window_s}) THEN 1 ELSE 0 END AS run_end
+  FROM (
+    SELECT *,
+      LAG(ts) OVER (PARTITION BY item_id, user_id, event_type IS NULL ORDER BY ts) AS prev_ts,
+      LEAD(ts) OVER (PARTITION BY item_id, user_id, event_type IS NULL ORDER BY ts) AS next_ts
+    FROM history
+  ) AS hp
+),
+w AS (
   SELECT
     point_id,
     COUNT(event_type) OVER iw AS n_events,
-    COUNT(DISTINCT CASE WHEN event_type IS NOT NULL THEN user_id END) OVER iw AS n_users,
+    COALESCE(SUM(run_start) OVER (
+      PARTITION BY item_id ORDER BY ts RANGE BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING
+    ), 0) - COALESCE(SUM(run_end) OVER (
+      PARTITION BY item_id ORDER BY ts
+      RANGE BETWEEN UNBOUNDED PRECEDING AND {item_window_end} PRECEDING
+    ), 0) AS n_users,
     AVG(value) OVER iw AS mean_value
-  FROM history
+  FROM r
   WINDOW iw AS (
     PARTITION BY item_id ORDER BY ts RANGE BETWEEN {item_window_s} PRECEDING AND 1 PRECEDING
   )
@@ -298,7 +375,7 @@ SELECT
   point_id,
   CAST(COALESCE(n_events, 0) AS BIGINT) AS item_n_events,
   CAST(COALESCE(n_users, 0) AS BIGINT) AS item_n_users,
-  COALESCE(mean_value, 0.0) AS item_mean_value
+  CAST(COALESCE(mean_value, 0) AS DOUBLE) AS item_mean_value
 FROM w
 WHERE point_id IS NOT NULL
 """,
@@ -352,7 +429,7 @@ DEFINITIONS: tuple[Definition, ...] = (
 
 
 def render_all(dialect: str = "duckdb", params: FeatureParams | None = None) -> dict[str, str]:
-    """Every definition rendered and transpiled to `dialect` (duckdb | trino | athena)."""
+    """Every definition rendered and transpiled to `dialect` (duckdb | spark | trino | athena)."""
     if dialect not in DIALECTS:
         raise ValidationError(
             "--dialect", f"expected one of {', '.join(DIALECTS)}, got {dialect!r}"
