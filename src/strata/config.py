@@ -10,110 +10,27 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
+from strata.config_storage import (
+    BloomConfig,
+    EventsConfig,
+    MemoryOnlineConfig,
+    OfflineStoreConfig,
+    OnlineStoreConfig,
+    Strict,
+    ValkeyOnlineConfig,
+    online_config_from_url,
+)
 from strata.errors import ConfigError
 
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+_Strict = Strict
 
 
 def default_home() -> Path:
     """`$STRATA_HOME`, else `~/.cache/strata`: datasets, offline store, registry and logs."""
     return Path("~/.cache/strata").expanduser()
-
-
-# --- storage -------------------------------------------------------------------------------
-
-
-class OfflineStoreConfig(_Strict):
-    """Parquet + DuckDB offline store. `uri` may be a local folder or `s3://bucket/prefix`."""
-
-    uri: str | None = None  # default: <home>/offline
-    duckdb_memory_limit: str = "4GB"
-    duckdb_threads: int = Field(default=2, ge=1)
-    s3_region: str | None = None
-    s3_endpoint: str | None = None
-
-
-class MemoryOnlineConfig(_Strict):
-    """The embedded in-process online store (the default)."""
-
-    type: Literal["memory"] = "memory"
-
-
-class ValkeyOnlineConfig(_Strict):
-    """Valkey/Redis online store; `url` is `redis://host:port/db` (`valkey://` is accepted)."""
-
-    type: Literal["valkey"] = "valkey"
-    url: str = "redis://127.0.0.1:6379/0"
-    key_prefix: str = "strata"
-    # Every call on the serving path (reads, Bloom, events) is bounded by timeout_ms; only bulk
-    # jobs (materialize, file ingest) use the patient bulk_timeout_ms.
-    timeout_ms: int = Field(default=50, ge=1)
-    bulk_timeout_ms: int = Field(default=10_000, ge=1)
-    ttl_s: int | None = Field(default=None, ge=1)
-    # Standalone servers read many rows with one multi-key MGET; a cluster needs a pipeline of
-    # per-key GETs instead (MGET cannot span slots; one entity's keys share a slot).
-    cluster: bool = False
-    # AUTH password (a Kubernetes Secret, an ElastiCache auth token), kept out of the URL so it
-    # needs no URL encoding and never shows in a logged URL; rediss:// URLs turn TLS on.
-    password: SecretStr | None = None
-    # rediss:// only: the PEM bundle of the CA(s) the server's certificate must chain to (a
-    # private CA, a self-signed server); None trusts the system's CAs (ElastiCache's are public).
-    # The server is always verified, hostname included: there is no switch to turn that off,
-    # since an unverified TLS link would hand the password to whoever answers.
-    tls_ca_file: Path | None = None
-
-    @model_validator(mode="after")
-    def _tls_needs_rediss(self) -> ValkeyOnlineConfig:
-        if self.tls_ca_file is not None and not self.url.startswith("rediss://"):
-            raise ValueError("tls_ca_file is set but url is not rediss:// (TLS would be off)")
-        return self
-
-
-OnlineStoreConfig = Annotated[MemoryOnlineConfig | ValkeyOnlineConfig, Field(discriminator="type")]
-
-
-def online_config_from_url(url: str) -> MemoryOnlineConfig | ValkeyOnlineConfig:
-    """Parse the CLI's `--online memory|valkey://host:port/db|redis://...` into a config."""
-    if url == "memory":
-        return MemoryOnlineConfig()
-    for scheme in ("valkey://", "redis://", "rediss://", "valkeys://"):
-        if url.startswith(scheme):
-            secure = scheme in ("rediss://", "valkeys://")
-            rest = url[len(scheme) :]
-            return ValkeyOnlineConfig(url=("rediss://" if secure else "redis://") + rest)
-    raise ConfigError(f"--online: expected 'memory' or 'valkey://host:port/db', got {url!r}")
-
-
-class BloomConfig(_Strict):
-    """Per-user Bloom filter of recently interacted items."""
-
-    capacity: int = Field(default=1000, ge=1)
-    fp_rate: float = Field(default=0.01, gt=0.0, lt=1.0)
-    window_s: int = Field(default=7 * 86400, ge=1)
-    # Rotating generations: an item stays "recent" for between window_s and
-    # window_s * generations / (generations - 1) (see strata.features.bloom).
-    generations: int = Field(default=2, ge=2, le=16)
-
-
-class EventsConfig(_Strict):
-    """Event ingestion: live activity window, recent-items cap, batch size, Valkey stream names."""
-
-    window_s: int = Field(default=7 * 86400, ge=1)
-    recent_cap: int = Field(default=100, ge=1)
-    batch_size: int = Field(default=1000, ge=1)
-    stream: str = "events"
-    group: str = "strata-ingest"
-    # This replica's name when several serve one dataset (Kubernetes: the pod name): its event
-    # log, outbox and stream consumer are then its own (`events.<replica>.jsonl`); None = alone.
-    replica: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-    # Stream entries pending this long on a consumer (a replica that died holding them) are
-    # taken over and logged by the next replica that consumes.
-    claim_idle_s: float = Field(default=30.0, gt=0.0)
 
 
 # --- ctr -----------------------------------------------------------------------------------
@@ -139,6 +56,11 @@ class CtrModelConfig(_Strict):
     dropout: float = Field(default=0.5, ge=0.0, lt=1.0)
     low_rank: int | None = Field(default=None, ge=1)  # DCN-v2 only: low-rank cross matrices
     structure: Literal["parallel", "stacked"] = "parallel"
+    # Wide (first-order) part summed into the logit, Wide&Deep style: one weight per categorical
+    # id, per bucket of each dense input and per dense input. Off = the networks alone.
+    wide: bool = True
+    wide_int_buckets: int = Field(default=16, ge=0)  # equal-width buckets of each scaled input
+    wide_cross_buckets: int = Field(default=0, ge=0)  # hashed pairwise id crosses; 0 = none
 
 
 class CtrTrainConfig(_Strict):
@@ -494,3 +416,15 @@ class Settings(BaseSettings):
     def events_dir(self) -> Path:
         """Append-only local event logs of the embedded mode."""
         return self.home / "events"
+
+
+__all__ = [
+    "BloomConfig",
+    "EventsConfig",
+    "MemoryOnlineConfig",
+    "OfflineStoreConfig",
+    "OnlineStoreConfig",
+    "Settings",
+    "ValkeyOnlineConfig",
+    "online_config_from_url",
+]

@@ -208,18 +208,28 @@ def features_build(
     path: Annotated[
         Path | None, typer.Option(help="Explicit dataset folder (else cache/fetch).")
     ] = None,
+    engine: Annotated[
+        str | None,
+        typer.Option(help="duckdb | spark | athena (default: offline.engine, duckdb)."),
+    ] = None,
+    training_set: Annotated[
+        str | None,
+        typer.Option(help="Also write the point-in-time training set here (athena: s3:// prefix)."),
+    ] = None,
 ) -> None:
     """Ingest a dataset into the offline store and build its feature tables; print a summary."""
     from strata.cli.common import parse_ts
-    from strata.features.offline import build_dataset
+    from strata.features.engines import build_dataset, check_engine
 
     until_ts = parse_ts(until, "--until")  # validated before any loading or writing
-    print_json(build_dataset(settings(), dataset, until=until_ts, path=path))
+    cfg = settings()
+    name = check_engine(engine, cfg)
+    print_json(build_dataset(cfg, dataset, until_ts, path, name, training_set))
 
 
 @features_app.command("sql")
 def features_sql(
-    dialect: Annotated[str, typer.Option(help="athena | trino | duckdb")] = "duckdb",
+    dialect: Annotated[str, typer.Option(help="duckdb | spark | trino | athena")] = "duckdb",
 ) -> None:
     """Print every feature definition as SQL in the given dialect."""
     from strata.features.definitions import render_all

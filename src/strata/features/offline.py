@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import shutil
 from collections.abc import Iterable
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -82,11 +82,7 @@ class OfflineStore(ParquetFiles):
 
     def params_for(self, dataset_name: str) -> FeatureParams:
         """The store's feature parameters with the dataset's own event types and time zone."""
-        meta = self.dataset_meta(dataset_name)
-        types = tuple(meta.get("event_types", EVENT_TYPES))
-        attrs = tuple(meta.get("item_attributes", ()))
-        zone = meta.get("timezone", "UTC")
-        return replace(self.params, event_types=types, timezone=zone, item_attrs=attrs)
+        return self.params.with_meta(self.dataset_meta(dataset_name))
 
     # --- ingest -------------------------------------------------------------------------------
 
@@ -377,18 +373,8 @@ class OfflineStore(ParquetFiles):
                         con, latest_sql(con, params, entity, as_of), dest
                     )
                     prog.advance(t)
-            return {
-                "dataset": dataset_name,
-                "until": until,
-                "as_of": as_of,
-                "events": int(n_events),
-                "min_ts": None if min_ts is None else int(min_ts),
-                "max_ts": None if max_ts is None else int(max_ts),
-                "user_rows": counts["user"],
-                "item_rows": counts["item"],
-                "params": asdict(params),
-                "path": out,
-            }
+            return build_manifest(dataset_name, until, as_of, (n_events, min_ts, max_ts), counts,
+                                  params, out)  # fmt: skip
 
         try:
             manifest = self._query(run, dataset_name, "feature build")
@@ -479,17 +465,30 @@ def ingest_dataset(store: OfflineStore, ds: Any, name: str | None = None) -> dic
     return store.ingest(name or ds.name, ds.users, ds.items, [ds.interactions], ds.declared())
 
 
-def build_dataset(
-    settings: Settings, name: str, until: int | None = None, path: Path | None = None
+def build_manifest(
+    dataset_name: str,
+    until: int | None,
+    as_of: int,
+    stats: tuple[Any, Any, Any],
+    counts: dict[str, int],
+    params: FeatureParams,
+    out: str,
 ) -> dict[str, Any]:
-    """Load dataset `name`, ingest it and build its feature tables (what the CLI runs)."""
-    from strata.datasets import load
-
-    ds = load(name, path=path, settings=settings)
-    store = OfflineStore(settings)
-    counts = ingest_dataset(store, ds, name)
-    manifest = store.build(name, until=until)
-    return {**manifest, "users": counts["users"], "items": counts["items"]}
+    """The `features/manifest.json` of a build, whichever engine ran it; `stats` is
+    (events, min ts, max ts) of the bound log."""
+    n_events, min_ts, max_ts = stats
+    return {
+        "dataset": dataset_name,
+        "until": until,
+        "as_of": as_of,
+        "events": int(n_events),
+        "min_ts": None if min_ts is None else int(min_ts),
+        "max_ts": None if max_ts is None else int(max_ts),
+        "user_rows": counts["user"],
+        "item_rows": counts["item"],
+        "params": asdict(params),
+        "path": out,
+    }
 
 
 def _check_cut(until: int | None, since: int | None) -> None:
@@ -497,4 +496,4 @@ def _check_cut(until: int | None, since: int | None) -> None:
         raise ValidationError("since", f"must be < until ({since} >= {until})")
 
 
-__all__ = ["OfflineStore", "build_dataset", "ingest_dataset"]
+__all__ = ["OfflineStore", "ingest_dataset"]

@@ -202,7 +202,10 @@ class ParquetFiles:
             return json.loads(str(scalar(con, f"SELECT content FROM read_text({sql_quote(uri)})")))
 
     def _write_json(self, dest: str, obj: dict[str, Any]) -> None:
-        text = json.dumps(obj, indent=2, sort_keys=True, default=str)
+        self._write_text(dest, json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+    def _write_text(self, dest: str, text: str) -> None:
+        """Write `text` to `dest` atomically (a rename locally, one PUT on S3)."""
         if not self._s3:
             atomic_write_text(Path(dest), text)
             return
