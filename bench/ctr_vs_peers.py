@@ -97,7 +97,8 @@ def ours(parquet: Path, model: str, epochs: int, patience: int) -> dict[str, Any
     cfg = CtrConfig(
         preprocess=CtrPreprocessConfig(min_count=MIN_COUNT),
         model=CtrModelConfig(
-            type=model, emb_dim=EMB, cross_layers=CROSS[model], deep=HIDDEN, dropout=DROPOUT
+            type=model, emb_dim=EMB, cross_layers=CROSS[model], deep=HIDDEN, dropout=DROPOUT,
+            wide=False,  # the peers run DCN / DCN-v2 without a wide part: like for like
         ),
         train=CtrTrainConfig(
             batch_size=BATCH, epochs=epochs, lr=LR, emb_l2=EMB_L2, patience=patience,

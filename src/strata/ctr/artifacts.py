@@ -138,6 +138,8 @@ def load_version_model(version_dir: Path) -> tuple[CtrModel, CtrPreprocessor, di
     if not meta_path.exists():
         raise DataError(version_dir, "not a CTR model version (no ctr.json)")
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    # Versions written before the wide part existed have no `wide` key: they were networks alone.
+    meta["model"] = {"wide": False, **meta["model"]}
     prep = CtrPreprocessor.load(version_dir / PREPROCESS)
     model = CtrModel(
         int(meta["n_dense"]), list(meta["cardinalities"]), CtrModelConfig(**meta["model"])

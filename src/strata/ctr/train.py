@@ -232,11 +232,13 @@ def evaluate_source(
     return evaluate_probs(np.concatenate(ys), np.concatenate(ps))
 
 
-def evaluate_hashed_lr_baseline(source: CtrSource, split: Split, chunk_rows: int) -> dict[str, Any]:
+def evaluate_hashed_lr_baseline(
+    source: CtrSource, split: Split, chunk_rows: int, seed: int = 0
+) -> dict[str, Any]:
     """Train the hashed-LR baseline on the same train/valid rows; metrics on the same test rows.
 
     The learning rate is picked from a small grid by validation AUC, so the yardstick is tuned
-    as fairly as the model it is compared with.
+    as fairly as the model it is compared with; `seed` sets its init and shuffling.
     """
     from strata.ctr.baseline import HashedLRConfig, fit_hashed_lr
 
@@ -244,7 +246,7 @@ def evaluate_hashed_lr_baseline(source: CtrSource, split: Split, chunk_rows: int
     valid_df = pd.concat(list(source.iter_range(v0, min(v1, v0 + MAX_EVAL_ROWS), chunk_rows)))
     fits = [
         (fit_hashed_lr(lambda: source.iter_range(*split.train, chunk_rows), valid_df, cfg), cfg)
-        for cfg in (HashedLRConfig(lr=0.01), HashedLRConfig(lr=0.003))
+        for cfg in (HashedLRConfig(lr=0.01, seed=seed), HashedLRConfig(lr=0.003, seed=seed))
     ]
     (lr, valid_auc), best_cfg = max(fits, key=lambda f: f[0][1])
     ys, ps = [], []
