@@ -89,6 +89,21 @@ def _compare(store: OfflineStore, name: str, tmp_path: Path, until: int | None =
     assert_same_rows(duck_items, store.built_features(name, "item"))
 
 
+def test_no_jvm_is_one_clear_config_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without Java (or pyspark) the engine says what is missing, no JVM trace. First in the
+    module: a session started by a later test would be reused."""
+    spark_sql = pytest.importorskip("pyspark.sql", reason="pyspark is not installed")
+    from strata.errors import ConfigError
+    from strata.features.spark import SparkEngine
+
+    if spark_sql.SparkSession.getActiveSession() is not None:
+        pytest.skip("a Spark session is already running in this process")
+    monkeypatch.setenv("JAVA_HOME", str(tmp_path / "no-java"))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(ConfigError, match="Java 17"):
+        SparkEngine(_store(tmp_path))
+
+
 def test_synthetic_world_same_on_duckdb_and_spark(tmp_path: Path) -> None:
     _need_spark()
     from strata.datasets.synthetic import recsys_world

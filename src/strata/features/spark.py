@@ -21,7 +21,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from strata.errors import DataError, ValidationError
+from strata.errors import ConfigError, DataError, ValidationError
 from strata.features import pit
 from strata.features.normalize import EVENT_SQL_TYPES
 from strata.features.offline import build_manifest
@@ -73,7 +73,16 @@ class SparkEngine:
                 "spark runs over a local or shared filesystem root; use athena for s3://",
             )
         self.store = store
-        self.spark = session(store.settings)
+        try:
+            self.spark = session(store.settings)
+        except ImportError:
+            msg = "the spark engine needs pyspark: pip install 'strata[spark]'"
+            raise ConfigError(msg) from None
+        except Exception as exc:  # no JVM, a bad master: the one line that says which
+            raise ConfigError(
+                f"spark engine: no session on {store.settings.offline.spark_master!r} "
+                f"({first_line(exc)}); it needs Java 17+ (Debian: openjdk-17-jre-headless)"
+            ) from None
 
     def bind(self, dataset_name: str, until: int | None) -> None:
         """Temp views `users`, `items`, `all_events` (ts < until) over the dataset's files."""
