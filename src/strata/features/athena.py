@@ -87,6 +87,7 @@ class AthenaEngine:
         self.cfg = store.settings.offline
         self.client = client if client is not None else self._client()
         self.submitted: list[str] = []  # every query id, in order
+        self._s3_client: Any = None
         self.output = (self.cfg.athena_output or f"{store.root}/athena-results").rstrip("/") + "/"
 
     def _client(self, service: str = "athena") -> Any:
@@ -99,7 +100,9 @@ class AthenaEngine:
     def _s3(self, uri: str, body: str | None = None) -> str | None:
         """PUT `body` at s3:// `uri`, or GET it (None when absent): boto3, like the queries."""
         bucket, _, key = uri.removeprefix("s3://").partition("/")
-        s3 = self._client("s3")
+        if self._s3_client is None:
+            self._s3_client = self._client("s3")
+        s3 = self._s3_client
         if body is not None:
             s3.put_object(Bucket=bucket, Key=key, Body=body.encode())
             return body
@@ -143,10 +146,10 @@ class AthenaEngine:
         ]
         return out
 
-    def _sources(self, dataset_name: str, until: int | None) -> list[pit.View]:
+    def _sources(self, dataset_name: str, until: int) -> list[pit.View]:
         db, pre = self.cfg.athena_database, table_prefix(dataset_name)
         typed = ", ".join(f"CAST({c} AS {t}) AS {c}" for c, t in EVENT_SQL_TYPES.items())
-        where = f" WHERE ts < {int(until)}" if until is not None else ""
+        where = f" WHERE ts < {int(until)}"
         return [
             ("users", f'SELECT * FROM "{db}"."{pre}_users"'),
             ("items", f'SELECT * FROM "{db}"."{pre}_items"'),
@@ -164,21 +167,20 @@ class AthenaEngine:
     def build_statements(
         self,
         dataset_name: str,
-        until: int | None,
-        as_of: int,
+        until: int,
         run: str,
         training_since: int | None = None,
         training: str | None = None,
     ) -> list[tuple[str, str]]:
-        """(table, CTAS) for the latest user/item features (and the training set, written
-        under the s3:// prefix `training`)."""
+        """(table, CTAS) for the user/item features as of `until` (and the training set of the
+        events before it, written under the s3:// prefix `training`)."""
         params = self.params(dataset_name)
         pre = table_prefix(dataset_name)
         base = f"{self.store.dataset_uri(dataset_name)}/features/athena/{run}"
         src = self._sources(dataset_name, until)
         out = []
         for entity in ("user", "item"):
-            views = [*src, *pit.latest_views(params, entity, as_of)]
+            views = [*src, *pit.latest_views(params, entity, until)]
             name = f"{entity}_features"
             out.append((name, self.ctas(f"{pre}_{name}_{run}", f"{base}/{name}/", views)))
         if training is not None:
@@ -241,7 +243,7 @@ class AthenaEngine:
             until = self.newest_ts(dataset_name) + 1
         run = f"r{int(time.time())}_{uuid.uuid4().hex[:6]}"
         tables = {}
-        for name, sql in self.build_statements(dataset_name, until, until, run, since, training):
+        for name, sql in self.build_statements(dataset_name, until, run, since, training):
             self.execute(sql)
             tables[name] = f"{table_prefix(dataset_name)}_{name}_{run}"
         return {

@@ -43,9 +43,12 @@ def build_features(
         from strata.features.spark import SparkEngine
 
         spark = SparkEngine(store)
-        manifest = spark.build(name, until=until)
-        if training_set is not None:
-            manifest["training_rows"] = spark.export_training_set(name, training_set, until)
+        try:
+            manifest = spark.build(name, until=until)
+            if training_set is not None:
+                manifest["training_rows"] = spark.export_training_set(name, training_set, until)
+        finally:
+            spark.close()
     else:
         from strata.features.athena import AthenaEngine
 

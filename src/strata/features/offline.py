@@ -319,7 +319,7 @@ class OfflineStore(ParquetFiles):
 
         def run(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
             self._bind(con, dataset_name, until)
-            return con.execute(training_sql(con, self.params_for(dataset_name), until, since)).df()
+            return con.execute(training_sql(con, self.params_for(dataset_name), since)).df()
 
         return self._query(run, dataset_name, "training set")
 
@@ -336,7 +336,7 @@ class OfflineStore(ParquetFiles):
 
         def run(con: duckdb.DuckDBPyConnection) -> int:
             self._bind(con, dataset_name, until)
-            sql = training_sql(con, self.params_for(dataset_name), until, since)
+            sql = training_sql(con, self.params_for(dataset_name), since)
             tmp, n = self._copy(con, sql, dest)
             self._commit(tmp, dest)
             return n

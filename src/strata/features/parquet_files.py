@@ -202,10 +202,7 @@ class ParquetFiles:
             return json.loads(str(scalar(con, f"SELECT content FROM read_text({sql_quote(uri)})")))
 
     def _write_json(self, dest: str, obj: dict[str, Any]) -> None:
-        self._write_text(dest, json.dumps(obj, indent=2, sort_keys=True, default=str))
-
-    def _write_text(self, dest: str, text: str) -> None:
-        """Write `text` to `dest` atomically (a rename locally, one PUT on S3)."""
+        text = json.dumps(obj, indent=2, sort_keys=True, default=str)
         if not self._s3:
             atomic_write_text(Path(dest), text)
             return

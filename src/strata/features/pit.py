@@ -113,9 +113,7 @@ def latest_sql(
     return bind(con, latest_views(params, entity, default_as_of(con) if as_of is None else as_of))
 
 
-def training_sql(
-    con: duckdb.DuckDBPyConnection, params: FeatureParams, until: int | None, since: int | None
-) -> str:
-    """Bind training-set views (DuckDB): history = events before `until`, points >= since."""
-    del until  # `all_events` is bound with the cut already (OfflineStore._bind)
+def training_sql(con: duckdb.DuckDBPyConnection, params: FeatureParams, since: int | None) -> str:
+    """Bind training-set views (DuckDB) over the bound `all_events` (already cut at `until` by
+    OfflineStore._bind): points are the events >= since."""
     return bind(con, training_views(params, since))

@@ -73,6 +73,8 @@ class SparkEngine:
                 "spark runs over a local or shared filesystem root; use athena for s3://",
             )
         self.store = store
+        self._bound: tuple[str, int | None] | None = None  # what `all_events` holds now
+        self._cached: list[DataFrame] = []  # released by close()
         try:
             self.spark = session(store.settings)
         except ImportError:
@@ -85,7 +87,11 @@ class SparkEngine:
             ) from None
 
     def bind(self, dataset_name: str, until: int | None) -> None:
-        """Temp views `users`, `items`, `all_events` (ts < until) over the dataset's files."""
+        """Temp views `users`, `items`, `all_events` (ts < until) over the dataset's files
+        (kept while the same cut is asked for again: build, then the training set)."""
+        if self._bound == (dataset_name, until):
+            return
+        self.close()
         base = self.store.dataset_uri(dataset_name)
         with self.store._connect() as con:  # the file list and its checks are the store's
             files = self.store._event_files(con, dataset_name, until=until)
@@ -101,15 +107,27 @@ class SparkEngine:
             nulls = ", ".join(f"NULL AS {c}" for c in EVENT_SQL_TYPES)
             body = f"SELECT {typed} FROM (SELECT {nulls}) AS e WHERE 1 = 0"
         # Cached: every definition reads the log several times (Spark re-reads a plain view).
-        self.spark.sql(to_spark(body)).cache().createOrReplaceTempView("all_events")
+        self._cache(self.spark.sql(to_spark(body))).createOrReplaceTempView("all_events")
+        self._bound = (dataset_name, until)
+
+    def _cache(self, df: DataFrame) -> DataFrame:
+        self._cached.append(df.cache())
+        return df
+
+    def close(self) -> None:
+        """Release the cached relations (the session stays for the next engine)."""
+        for df in self._cached:
+            df.unpersist()
+        self._cached.clear()
+        self._bound = None
 
     def run(self, views: list[pit.View]) -> DataFrame:
         """Register all but the last view; the last one's DataFrame."""
         *ctes, (_, last) = views
         for name, sql in ctes:
             df = self.spark.sql(to_spark(sql))
-            if name == "history":  # read by every behaviour CTE: computed once
-                df = df.cache()
+            if name == "history":  # read by every behaviour CTE: computed once per result
+                df = self._cache(df)
             df.createOrReplaceTempView(name)
         return self.spark.sql(to_spark(last))
 
