@@ -30,8 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from strata.config import CtrConfig, CtrModelConfig, CtrPreprocessConfig, CtrTrainConfig
+from strata.ctr.baseline import evaluate_hashed_lr_baseline
 from strata.ctr.data import CtrSource, temporal_split
-from strata.ctr.train import evaluate_hashed_lr_baseline, train_ctr
+from strata.ctr.train import train_ctr
 
 sys.path.insert(0, str(Path(__file__).parent))
 from ctr_vs_peers import load_criteo_8k  # the same reading of the shared sample

@@ -78,6 +78,7 @@ class CtrTrainConfig(_Strict):
     shuffle_buffer: int = Field(default=262_144, ge=1)
     replay_rows: int = Field(default=20_000, ge=0)  # training sample kept for incremental replay
     max_threads: int = Field(default=2, ge=1)
+    device: str = Field(default="cpu", pattern=r"^(cpu|cuda|auto)(:\d+)?$")  # as training.device
 
 
 class DriftConfig(_Strict):

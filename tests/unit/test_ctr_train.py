@@ -166,8 +166,8 @@ def test_cli_train_evaluate_and_errors(tmp_path: Path, strata_home: Path, monkey
 
 def test_criteo_8k_beats_hashed_lr(criteo_8k: Path, tmp_path: Path) -> None:
     """On the real 8k rows, a small regularised DCN is not worse than hashed LR (same split)."""
+    from strata.ctr.baseline import evaluate_hashed_lr_baseline
     from strata.ctr.data import resolve_source
-    from strata.ctr.train import evaluate_hashed_lr_baseline
 
     cfg = tiny_cfg()
     cfg = cfg.model_copy(

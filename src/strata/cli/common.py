@@ -49,13 +49,16 @@ def parse_ts(value: str | int | None, field: str = "--until") -> int | None:
     return ts
 
 
-def distributed(nproc: int, device: str, what: str) -> Dist | None:
+def distributed(
+    nproc: int, device: str, what: str, field: str = "training.device", resumable: bool = True
+) -> Dist | None:
     """`--nproc N` of a training command: outside torchrun, re-run this command as N ranks and
     exit with the job's status (rank 0 prints the result); inside, join the process group and
     return this rank's `Dist`. None: a single process (N = 1)."""
     from strata.training import distributed as dist
 
-    dist.resolve_device(device)  # a bad or absent device fails here, before any rank starts
+    # a bad or absent device fails here, before any rank starts
+    dist.resolve_device(device, field=field)
     if nproc < 1:
         raise ValidationError("--nproc", f"must be >= 1, got {nproc}")
     if nproc == 1 and not dist.in_worker():
@@ -63,12 +66,12 @@ def distributed(nproc: int, device: str, what: str) -> Dist | None:
     if not dist.in_worker():
         code = dist.launch(nproc, _without_nproc(sys.argv[1:]))
         if code != 0:
+            again = " Run it again to resume from the last checkpoint" if resumable else ""
             sys.stderr.write(
-                f"error: {what} failed on a rank (exit {code}); every rank was stopped. Run the "
-                "same command again to resume from the last checkpoint\n"
+                f"error: {what} failed on a rank (exit {code}); every rank was stopped.{again}\n"
             )
         raise SystemExit(0 if code == 0 else 1)
-    return dist.init(device)
+    return dist.init(device, field)
 
 
 def _without_nproc(argv: list[str]) -> list[str]:

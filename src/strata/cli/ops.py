@@ -30,11 +30,34 @@ def ctr_train(
     baseline: Annotated[
         bool, typer.Option("--baseline", help="Also train a hashed LR on the same split.")
     ] = False,
+    nproc: Annotated[
+        int, typer.Option(help="Data-parallel ranks on this machine (torchrun; gloo/NCCL).")
+    ] = 1,
+    device: Annotated[
+        str | None, typer.Option(help="cpu | cuda | auto (default: ctr.train.device).")
+    ] = None,
 ) -> None:
     """Train DCN / DCN-v2, evaluate on the held-out split, export ONNX and serve the version."""
-    from strata.ctr.train import run_ctr_train
+    from strata.cli.common import distributed
+    from strata.ctr.data import resolve_source
+    from strata.ctr.train import run_ctr_train, shard_steps
+    from strata.training.distributed import in_worker, shutdown
 
-    print_json(run_ctr_train(settings(), data, model, epochs, baseline))
+    s = settings()
+    if device is not None:
+        tc = s.ctr.train.model_copy(update={"device": device})
+        s = s.model_copy(update={"ctr": s.ctr.model_copy(update={"train": tc})})
+    if not in_worker():
+        source = resolve_source(data, s)  # a TSV is converted here once, not by every rank
+        if nproc > 1:
+            shard_steps(source, s.ctr, nproc)  # too little data per rank: fail before launching
+    rank = distributed(nproc, s.ctr.train.device, "ctr training", "ctr.train.device", False)
+    try:
+        out = run_ctr_train(s, data, model, epochs, baseline, rank)
+    finally:
+        shutdown()
+    if out is not None:  # only the main rank publishes and prints
+        print_json(out)
 
 
 @ctr_app.command("evaluate")

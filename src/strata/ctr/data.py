@@ -8,7 +8,6 @@ import hashlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -19,9 +18,6 @@ from strata.ctr.preprocess import (
     CtrBatch,
 )
 from strata.errors import DataError
-
-if TYPE_CHECKING:
-    pass
 
 
 class CtrSource:
@@ -74,6 +70,72 @@ class CtrSource:
             if offset >= stop:
                 return
 
+    def _units(self) -> list[tuple[str, int, int]]:
+        """Every Parquet row group in file order: (file, row group index, rows), from footers."""
+        import pyarrow.parquet as pq
+
+        if self._criteo:
+            files = [str(p) for p in sorted(self.path.glob("part-*.parquet"))]
+        else:
+            files = list(self._ds.files)
+        out: list[tuple[str, int, int]] = []
+        for f in files:
+            md = pq.ParquetFile(f).metadata
+            out += [(f, g, md.row_group(g).num_rows) for g in range(md.num_row_groups)]
+        return out
+
+    def shard(
+        self, start: int, stop: int, rank: int, world: int
+    ) -> list[tuple[str, int, int, int]]:
+        """The pieces (file, row group, first row, end row within it) of rows [start, stop) that
+        `rank` of `world` reads. Row groups go round-robin over the ranks, so a rank opens only
+        its own; with fewer row groups than ranks each is cut into `world` equal slices."""
+        pieces: list[tuple[str, int, int, int]] = []
+        offset = 0
+        for f, g, n in self._units():
+            lo, hi = max(start - offset, 0), min(stop - offset, n)
+            if hi > lo:
+                pieces.append((f, g, lo, hi))
+            offset += n
+            if offset >= stop:
+                break
+        if len(pieces) >= world:
+            return pieces[rank::world]
+        out = []
+        for f, g, lo, hi in pieces:
+            cut = np.linspace(lo, hi, world + 1).astype(np.int64)
+            if cut[rank + 1] > cut[rank]:
+                out.append((f, g, int(cut[rank]), int(cut[rank + 1])))
+        return out
+
+    def iter_shard(
+        self, start: int, stop: int, chunk_rows: int, rank: int, world: int
+    ) -> Iterator[pd.DataFrame]:
+        """Raw frames of this rank's share of rows [start, stop) (see `shard`), at most
+        `chunk_rows` each; rank 0 of 1 reads the same rows as `iter_range`."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from strata.datasets.criteo import CRITEO_COLUMNS
+
+        cols = list(CRITEO_COLUMNS) if self._criteo else None
+        mapper = {pa.int64(): pd.Int64Dtype()}.get if self._criteo else None
+        for f, g, lo, hi in self.shard(start, stop, rank, world):
+            offset = 0
+            for rb in pq.ParquetFile(f).iter_batches(
+                batch_size=chunk_rows, row_groups=[g], columns=cols
+            ):
+                a, b = max(lo - offset, 0), min(hi - offset, rb.num_rows)
+                offset += rb.num_rows
+                if b > a:
+                    yield rb.slice(a, b - a).to_pandas(types_mapper=mapper)
+                if offset >= hi:
+                    break
+
+    def shard_rows(self, start: int, stop: int, rank: int, world: int) -> int:
+        """How many rows `iter_shard` yields for `rank` (from the footers, nothing read)."""
+        return sum(hi - lo for _, _, lo, hi in self.shard(start, stop, rank, world))
+
 
 def resolve_source(data: Path, settings: Settings) -> CtrSource:
     """A Parquet path as is; a Criteo TSV is converted once (streaming) into the cache."""
@@ -97,6 +159,15 @@ class Split:
     train: tuple[int, int]
     valid: tuple[int, int]
     test: tuple[int, int]
+
+
+MAX_EVAL_ROWS = 200_000  # validation rows kept in memory for early stopping
+
+
+def valid_frame(source: CtrSource, split: Split, chunk_rows: int) -> pd.DataFrame:
+    """The validation rows early stopping scores: the first `MAX_EVAL_ROWS` of the split's."""
+    v0, v1 = split.valid
+    return pd.concat(list(source.iter_range(v0, min(v1, v0 + MAX_EVAL_ROWS), chunk_rows)))
 
 
 def temporal_split(n: int, valid_fraction: float, test_fraction: float) -> Split:

@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -24,6 +24,9 @@ import pandas as pd
 from strata.atomic import atomic_write_text
 from strata.config import CtrPreprocessConfig
 from strata.errors import DataError, ValidationError
+
+if TYPE_CHECKING:
+    from strata.training.distributed import Dist
 
 INT_COLUMNS: tuple[str, ...] = tuple(f"I{i}" for i in range(1, 14))
 CAT_COLUMNS: tuple[str, ...] = tuple(f"C{i}" for i in range(1, 27))
@@ -372,6 +375,20 @@ class PreprocessorFitter:
             # Beyond the threshold a per-value table is too big to keep: hash instead.
             self._counts[col] = None if len(counts) > self.config.hash_threshold else counts
 
+    def merge(self, other: PreprocessorFitter) -> None:
+        """Add another fitter's statistics (another rank's shard): the result is the fit of both
+        shards' rows together."""
+        self.rows += other.rows
+        for col in INT_COLUMNS:
+            self._hist[col] += other._hist[col]
+        for col in CAT_COLUMNS:
+            mine, theirs = self._counts[col], other._counts[col]
+            if mine is None or theirs is None:
+                self._counts[col] = None
+                continue
+            counts = mine.add(theirs, fill_value=0).astype(np.int64)
+            self._counts[col] = None if len(counts) > self.config.hash_threshold else counts
+
     def finish(self) -> CtrPreprocessor:
         """Turn the accumulated counts into a `CtrPreprocessor`."""
         cfg = self.config
@@ -410,12 +427,18 @@ class PreprocessorFitter:
 
 
 def fit_preprocessor(
-    chunks: Iterable[pd.DataFrame], config: CtrPreprocessConfig
+    chunks: Iterable[pd.DataFrame], config: CtrPreprocessConfig, dist: Dist | None = None
 ) -> CtrPreprocessor:
-    """Fit preprocessing statistics over an iterable of raw chunks in one pass."""
+    """Fit preprocessing statistics over an iterable of raw chunks in one pass; in a data-parallel
+    job (`dist`) each rank counts its own shard and the counts are merged, so every rank ends
+    with the same preprocessor."""
     fitter = PreprocessorFitter(config)
     for df in chunks:
         fitter.update(df)
+    if dist is not None and dist.world > 1:
+        for r, other in enumerate(dist.gather_objects(fitter)):
+            if r != dist.rank:
+                fitter.merge(other)
     if fitter.rows == 0:
         raise DataError("<chunks>", "no rows to fit preprocessing on")
     return fitter.finish()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -21,29 +22,29 @@ import pandas as pd
 
 from strata.config import CtrConfig, CtrModelConfig, Settings
 from strata.ctr.artifacts import REPLAY, CtrTrainResult, ctr_registry, load_version_model, publish
+from strata.ctr.baseline import evaluate_hashed_lr_baseline
 from strata.ctr.data import (
     CtrSource,
     Reservoir,
-    Split,
     _block_shuffled,
     resolve_source,
     temporal_split,
+    valid_frame,
 )
 from strata.ctr.drift import FeatureDriftReference
 from strata.ctr.preprocess import (
-    LABEL,
     CtrBatch,
     CtrPreprocessor,
     fit_preprocessor,
 )
 from strata.errors import DataError
+from strata.training.distributed import Dist, resolve_device
 from strata.training.gates import ctr_retrain_gate
 
 if TYPE_CHECKING:
     from strata.ctr.model import CtrModel
 
 log = logging.getLogger(__name__)
-MAX_EVAL_ROWS = 200_000  # validation rows kept in memory for early stopping
 
 
 # --- model steps ---------------------------------------------------------------------------
@@ -61,12 +62,15 @@ def predict_proba(model: CtrModel, batch: CtrBatch, batch_size: int = 8192) -> n
     import torch
 
     model.eval()
+    dev = next(model.parameters()).device
     out = []
     with torch.no_grad():
         for s in range(0, len(batch), batch_size):
             part = batch.take(slice(s, s + batch_size))
-            logits = model(torch.from_numpy(part.dense), torch.from_numpy(part.cats))
-            out.append(torch.sigmoid(logits).numpy())
+            logits = model(
+                torch.from_numpy(part.dense).to(dev), torch.from_numpy(part.cats).to(dev)
+            )
+            out.append(torch.sigmoid(logits.float()).cpu().numpy())
     return np.concatenate(out) if out else np.empty(0, dtype=np.float32)
 
 
@@ -80,63 +84,87 @@ def evaluate_probs(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
 def _fit_epochs(
     model: CtrModel,
     make_batches: Callable[[int], Iterable[CtrBatch]],
-    valid: CtrBatch,
+    valid: CtrBatch | None,
     epochs: int,
     lr: float,
     weight_decay: float,
     emb_l2: float,
     patience: int,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    dist: Dist | None = None,
+    steps: int | None = None,
 ) -> dict[str, Any]:
-    """Adam + BCE epochs with early stopping on validation AUC; restores the best weights."""
+    """Adam + BCE epochs with early stopping on validation AUC; restores the best weights.
+
+    Data-parallel (`dist` of several ranks): each rank trains on its own minibatches, gradients
+    are averaged over ranks every step (so the replicas stay equal), every rank takes exactly
+    `steps` steps per epoch, and the main rank alone validates (`valid`; None elsewhere) and
+    tells the others when to stop. On CUDA the forward pass runs under bf16 autocast.
+    """
     import torch
     from torch import nn
 
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    assert valid.labels is not None
+    d = dist or Dist()
+    dev = next(model.parameters()).device
+    amp = dev.type == "cuda"
+    params = list(model.parameters())
+    opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     best_auc, best_epoch, bad = -1.0, -1, 0
-    best_state = copy.deepcopy(model.state_dict())
+    best_state = copy.deepcopy(model.state_dict()) if d.main else None
     history: list[dict[str, float]] = []
     seen = 0
     t0 = time.perf_counter()
     for epoch in range(epochs):
         model.train()
-        for mb in make_batches(epoch):
+        for i, mb in enumerate(make_batches(epoch)):
+            if steps is not None and i >= steps:
+                break
             assert mb.labels is not None
-            dense, cats = torch.from_numpy(mb.dense), torch.from_numpy(mb.cats)
-            logits, emb = model.forward_with_emb(dense, cats)
+            dense = torch.from_numpy(mb.dense).to(dev, non_blocking=True)
+            cats = torch.from_numpy(mb.cats).to(dev, non_blocking=True)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+                logits, emb = model.forward_with_emb(dense, cats)
             loss = nn.functional.binary_cross_entropy_with_logits(
-                logits, torch.from_numpy(mb.labels)
+                logits.float(), torch.from_numpy(mb.labels).to(dev)
             )
             if emb_l2 > 0:
                 # L2 only on the rows this batch used: rare ids are not shrunk every step.
-                loss = loss + emb_l2 * (emb**2).sum(dim=(1, 2)).mean()
+                loss = loss + emb_l2 * (emb.float() ** 2).sum(dim=(1, 2)).mean()
             opt.zero_grad()
             loss.backward()
+            if d.world > 1:
+                d.average_gradients(params, loss)
             opt.step()
             seen += len(mb)
-        m = evaluate_probs(valid.labels, predict_proba(model, valid))
-        m["epoch"] = epoch
-        history.append(m)
-        log.info("ctr epoch %d: valid auc=%.4f logloss=%.4f", epoch, m["auc"], m["logloss"])
-        if on_epoch is not None:
-            on_epoch(epoch, m)
-        if m["auc"] > best_auc:
-            best_auc, best_epoch, bad = m["auc"], epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
-        else:
-            bad += 1
-            if bad > patience:
-                break
-    model.load_state_dict(best_state)
+        stop = False
+        if d.main:
+            assert valid is not None and valid.labels is not None
+            m = evaluate_probs(valid.labels, predict_proba(model, valid))
+            m["epoch"] = epoch
+            history.append(m)
+            log.info("ctr epoch %d: valid auc=%.4f logloss=%.4f", epoch, m["auc"], m["logloss"])
+            if on_epoch is not None:
+                on_epoch(epoch, m)
+            if m["auc"] > best_auc:
+                best_auc, best_epoch, bad = m["auc"], epoch, 0
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                bad += 1
+                stop = bad > patience
+        if d.total(1.0 if stop else 0.0) > 0:  # the main rank's verdict, for every rank
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
     model.eval()
     elapsed = time.perf_counter() - t0
+    seen_all = d.total(seen)
     return {
         "best_valid_auc": best_auc,
         "best_epoch": best_epoch,
         "history": history,
-        "samples_per_s": seen / elapsed if elapsed > 0 else 0.0,
+        "samples_per_s": seen_all / elapsed if elapsed > 0 else 0.0,
         "train_seconds": elapsed,
+        "rows_seen": int(seen_all),
     }
 
 
@@ -144,32 +172,58 @@ def _fit_epochs(
 
 
 def train_ctr(
+    source: CtrSource, cfg: CtrConfig, seed: int = 42, baseline: bool = False
+) -> CtrTrainResult:
+    """Fit preprocessing, train DCN/DCN-v2 with early stopping, evaluate on the held-out test
+    (one process, on `ctr.train.device`)."""
+    result = train_ctr_rank(source, cfg, seed, baseline)
+    assert result is not None  # rank 0 of 1 always returns one
+    return result
+
+
+def train_ctr_rank(
     source: CtrSource,
     cfg: CtrConfig,
     seed: int = 42,
     baseline: bool = False,
-) -> CtrTrainResult:
-    """Fit preprocessing, train DCN/DCN-v2 with early stopping, evaluate on the held-out test."""
+    dist: Dist | None = None,
+) -> CtrTrainResult | None:
+    """`train_ctr` as one rank of a job. Data-parallel (`dist` of N ranks): each rank streams
+    only its row groups of the training rows (`CtrSource.iter_shard`), the preprocessing counts
+    are merged over ranks, the per-rank batch is `train.batch_size` (global N x that), and every
+    rank takes as many steps per epoch as the smallest shard allows (`shard_steps`). The main
+    rank validates, tests and returns the result; the others return None.
+    """
     import torch
     from rich.progress import TaskID
 
     from strata.progress import task
 
-    torch.set_num_threads(cfg.train.max_threads)
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
+    d = dist or Dist(device=resolve_device(cfg.train.device, field="ctr.train.device"))
     tc = cfg.train
+    threads = tc.max_threads if d.world == 1 else max(1, (os.cpu_count() or 1) // d.world)
+    torch.set_num_threads(min(tc.max_threads, threads))
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed + d.rank)
     split = temporal_split(source.rows, tc.valid_fraction, tc.test_fraction)
-    prep = fit_preprocessor(source.iter_range(*split.train, tc.read_rows), cfg.preprocess)
-    v0, v1 = split.valid
-    valid_df = pd.concat(list(source.iter_range(v0, min(v1, v0 + MAX_EVAL_ROWS), tc.read_rows)))
-    valid = prep.transform(valid_df, require_label=True)
-    model = build_model(prep, cfg.model)
+
+    def train_frames() -> Iterator[pd.DataFrame]:
+        if d.world == 1:
+            return source.iter_range(*split.train, tc.read_rows)
+        return source.iter_shard(*split.train, tc.read_rows, d.rank, d.world)
+
+    prep = fit_preprocessor(train_frames(), cfg.preprocess, d)
+    valid = None
+    if d.main:
+        valid = prep.transform(valid_frame(source, split, tc.read_rows), require_label=True)
+    model = build_model(prep, cfg.model).to(d.device)
+    d.broadcast_params(model)
     reservoir = Reservoir(tc.replay_rows, seed)
+    steps = shard_steps(source, cfg, d.world) if d.world > 1 else None
 
     def make_batches(epoch: int) -> Iterator[CtrBatch]:
         def chunks() -> Iterator[CtrBatch]:
-            for df in source.iter_range(*split.train, tc.read_rows):
+            for df in train_frames():
                 b = prep.transform(df, require_label=True)
                 if epoch == 0:
                     reservoir.add(b)
@@ -188,7 +242,12 @@ def train_ctr(
             tc.emb_l2,
             tc.patience,
             on_epoch=lambda _e, _m: progress.advance(TaskID(tid)),
+            dist=d,
+            steps=steps,
         )
+    if not d.main:
+        return None
+    model.cpu()
     test = evaluate_source(model, prep, source, *split.test, tc.read_rows)
     metrics: dict[str, Any] = {
         "test": test,
@@ -197,10 +256,15 @@ def train_ctr(
         "history": fit["history"],
         "samples_per_s": fit["samples_per_s"],
         "train_seconds": fit["train_seconds"],
+        "rows_seen": fit["rows_seen"],
+        "ranks": d.world,
+        "device": d.device,
         "split": {"train": split.train, "valid": split.valid, "test": split.test},
     }
     if baseline:
         metrics["baseline_hashed_lr"] = evaluate_hashed_lr_baseline(source, split, tc.read_rows)
+    # with several ranks the replay sample comes from the main rank's shard (its row groups
+    # are spread over the whole training range, so it is still a sample of all of it)
     replay = reservoir.sample()
     drift_ref = FeatureDriftReference.fit(replay, psi_alert=cfg.drift.psi_alert) if replay else None
     return CtrTrainResult(
@@ -212,6 +276,22 @@ def train_ctr(
         drift_reference=drift_ref,
         data={"path": str(source.path), "rows": source.rows},
     )
+
+
+def shard_steps(source: CtrSource, cfg: CtrConfig, world: int) -> int:
+    """Optimiser steps per epoch of a `world`-rank job: full per-rank batches of the smallest
+    shard (read from the Parquet footers, so the launcher checks it before any rank starts).
+    The larger shards' surplus rows (under one row group) sit out the epoch."""
+    tc = cfg.train
+    split = temporal_split(source.rows, tc.valid_fraction, tc.test_fraction)
+    least = min(source.shard_rows(*split.train, r, world) for r in range(world))
+    if least < tc.batch_size:
+        raise DataError(
+            str(source.path),
+            f"a rank's shard holds {least} training rows, fewer than one batch of "
+            f"{tc.batch_size}: use fewer ranks or a smaller ctr.train.batch_size",
+        )
+    return least // tc.batch_size
 
 
 def evaluate_source(
@@ -230,33 +310,6 @@ def evaluate_source(
         ys.append(b.labels)
         ps.append(predict_proba(model, b))
     return evaluate_probs(np.concatenate(ys), np.concatenate(ps))
-
-
-def evaluate_hashed_lr_baseline(
-    source: CtrSource, split: Split, chunk_rows: int, seed: int = 0
-) -> dict[str, Any]:
-    """Train the hashed-LR baseline on the same train/valid rows; metrics on the same test rows.
-
-    The learning rate is picked from a small grid by validation AUC, so the yardstick is tuned
-    as fairly as the model it is compared with; `seed` sets its init and shuffling.
-    """
-    from strata.ctr.baseline import HashedLRConfig, fit_hashed_lr
-
-    v0, v1 = split.valid
-    valid_df = pd.concat(list(source.iter_range(v0, min(v1, v0 + MAX_EVAL_ROWS), chunk_rows)))
-    fits = [
-        (fit_hashed_lr(lambda: source.iter_range(*split.train, chunk_rows), valid_df, cfg), cfg)
-        for cfg in (HashedLRConfig(lr=0.01, seed=seed), HashedLRConfig(lr=0.003, seed=seed))
-    ]
-    (lr, valid_auc), best_cfg = max(fits, key=lambda f: f[0][1])
-    ys, ps = [], []
-    for df in source.iter_range(*split.test, chunk_rows):
-        ys.append(df[LABEL].to_numpy(dtype=np.float32))
-        ps.append(lr.predict(df))
-    out: dict[str, Any] = evaluate_probs(np.concatenate(ys), np.concatenate(ps))
-    out["valid_auc"] = valid_auc
-    out["lr"] = best_cfg.lr
-    return out
 
 
 # --- incremental ---------------------------------------------------------------------------
@@ -393,8 +446,11 @@ def run_ctr_train(
     model_type: str | None = None,
     epochs: int | None = None,
     baseline: bool = False,
-) -> dict[str, Any]:
-    """`strata ctr train`: train on a Criteo TSV or Parquet, publish and serve the new version."""
+    dist: Dist | None = None,
+) -> dict[str, Any] | None:
+    """`strata ctr train`: train on a Criteo TSV or Parquet, publish and serve the new version.
+    As one rank of a data-parallel job (`dist`), only the main rank publishes and returns the
+    summary; the others return None."""
     cfg = settings.ctr
     if model_type is not None:
         cfg = cfg.model_copy(
@@ -402,7 +458,9 @@ def run_ctr_train(
         )
     if epochs is not None:
         cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": epochs})})
-    result = train_ctr(resolve_source(data, settings), cfg, seed=settings.seed, baseline=baseline)
+    result = train_ctr_rank(resolve_source(data, settings), cfg, settings.seed, baseline, dist)
+    if result is None:
+        return None
     version = publish(result, ctr_registry(settings), promote=True)
     m = result.metrics
     out: dict[str, Any] = {
@@ -412,6 +470,9 @@ def run_ctr_train(
         "valid_auc": m["valid_auc"],
         "best_epoch": m["best_epoch"],
         "samples_per_s": m["samples_per_s"],
+        "rows_seen": m["rows_seen"],
+        "ranks": m["ranks"],
+        "device": m["device"],
     }
     if baseline:
         out["baseline_hashed_lr"] = m["baseline_hashed_lr"]

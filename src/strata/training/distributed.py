@@ -35,20 +35,19 @@ log = logging.getLogger(__name__)
 DEVICES = ("cpu", "cuda", "auto")
 
 
-def resolve_device(spec: str, local_rank: int = 0) -> str:
-    """`cpu`, `cuda` (an error when absent) or `auto` (CUDA when present) -> a torch device."""
+def resolve_device(spec: str, local_rank: int = 0, field: str = "training.device") -> str:
+    """`cpu`, `cuda` (an error when absent) or `auto` (CUDA when present) -> a torch device;
+    errors name the setting `field`."""
     import torch
 
     base = spec.split(":", 1)[0]
     if base not in DEVICES:
-        raise ValidationError(
-            "training.device", f"expected one of {', '.join(DEVICES)}, got {spec!r}"
-        )
+        raise ValidationError(field, f"expected one of {', '.join(DEVICES)}, got {spec!r}")
     if base == "auto":
         base = "cuda" if torch.cuda.is_available() else "cpu"
     if base == "cuda":
         if not torch.cuda.is_available():
-            raise ValidationError("training.device", "cuda asked for; torch sees no CUDA device")
+            raise ValidationError(field, "cuda asked for; torch sees no CUDA device")
         return spec if ":" in spec else f"cuda:{local_rank % torch.cuda.device_count()}"
     return "cpu"
 
@@ -95,6 +94,16 @@ class Dist:
         t = torch.tensor([float(value)], dtype=torch.float64, device=self.device)
         torch.distributed.all_reduce(t)
         return float(t.item())
+
+    def gather_objects(self, obj: Any) -> list[Any]:
+        """Every rank's picklable `obj`, in rank order."""
+        if self.world == 1:
+            return [obj]
+        import torch
+
+        out: list[Any] = [None] * self.world
+        torch.distributed.all_gather_object(out, obj)
+        return out
 
     def broadcast_params(self, model: torch.nn.Module) -> None:
         """Make every rank start from rank 0's weights."""
@@ -167,15 +176,15 @@ def in_worker() -> bool:
     return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-def init(device: str = "cpu") -> Dist:
+def init(device: str = "cpu", field: str = "training.device") -> Dist:
     """This process's `Dist`: a torchrun worker joins the process group (NCCL on CUDA, gloo on
     CPU); a plain process is rank 0 of 1."""
     if not in_worker() or int(os.environ["WORLD_SIZE"]) == 1:
-        return Dist(0, 1, resolve_device(device))
+        return Dist(0, 1, resolve_device(device, field=field))
     import torch
 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    dev = resolve_device(device, int(os.environ["LOCAL_RANK"]))
+    dev = resolve_device(device, int(os.environ["LOCAL_RANK"]), field)
     if not torch.distributed.is_initialized():
         backend = "nccl" if dev.startswith("cuda") else "gloo"
         if dev.startswith("cuda"):
