@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU smoke run (CI has no GPU): trains the two-tower and the DCN-v2 ranker for a few hundred
+# GPU smoke run (CI has no GPU): trains the two-tower, the DCN-v2 ranker and the CTR DCN for a few hundred
 # steps on CUDA and prints samples/s. Run on a machine with an NVIDIA GPU after `make install`:
 #   bash bench/gpu_smoke.sh            # 300 steps per model, 1 rank (and 2 ranks when 2+ GPUs)
 #   STEPS=100 bash bench/gpu_smoke.sh
@@ -18,4 +18,5 @@ RANKS=1
 if [ "$("$PY" -c 'import torch; print(torch.cuda.device_count())')" -ge 2 ]; then RANKS=1,2; fi
 # two-tower and DCN-v2 ranker (recommender), per-rank batch 1024
 "$PY" bench/train_distributed.py --device cuda --ranks "$RANKS" --batch 1024 --steps "$STEPS" --repeats 1
-# The CTR models (strata ctr train) do not run on CUDA yet: their training loop is CPU-only.
+# the CTR model (strata ctr train --device cuda): STEPS batches of 1024 per rank in one epoch
+"$PY" bench/ctr_scale.py --device cuda --ranks "$RANKS" --batch 1024 --rows "$((STEPS * 1280))" --repeats 1
