@@ -201,8 +201,8 @@ def train_ctr_rank(
 
     d = dist or Dist(device=resolve_device(cfg.train.device, field="ctr.train.device"))
     tc = cfg.train
-    threads = tc.max_threads if d.world == 1 else max(1, (os.cpu_count() or 1) // d.world)
-    torch.set_num_threads(min(tc.max_threads, threads))
+    share = max(1, (os.cpu_count() or 1) // d.world)  # ranks split the machine's cores
+    torch.set_num_threads(min(tc.max_threads, share) if d.world > 1 else tc.max_threads)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed + d.rank)
     split = temporal_split(source.rows, tc.valid_fraction, tc.test_fraction)
