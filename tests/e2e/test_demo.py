@@ -9,12 +9,16 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.test_pipelines_movielens import SMALL
+
 STRATA = Path(sys.executable).with_name("strata")
 
 
 @pytest.mark.e2e
 def test_demo_no_serve_runs_the_offline_path(ml100k_dir: Path, tmp_path: Path) -> None:
-    env = {**os.environ, "STRATA_HOME": str(tmp_path / "home"), "STRATA_TRAINING__EPOCHS": "1"}
+    # The demo's defaults except a smaller training (what is checked is that every step runs)
+    env = {**os.environ, **SMALL, "STRATA_HOME": str(tmp_path / "home")}
+    env["STRATA_TRAINING__EPOCHS"] = "1"
     fetch = subprocess.run(
         [str(STRATA), "data", "fetch", "movielens-100k", "--path", str(ml100k_dir)],
         env=env, capture_output=True, text=True, timeout=120,

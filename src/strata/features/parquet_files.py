@@ -31,6 +31,11 @@ def scalar(con: duckdb.DuckDBPyConnection, sql: str) -> Any:
     return None if row is None else row[0]
 
 
+#: Local Parquet files already validated by `_check_parquet`: (uri, required) -> stat stamp.
+_CHECKED: dict[tuple[str, tuple[str, ...]], tuple[int, int, int]] = {}
+_CHECKED_MAX = 100_000
+
+
 def _is_s3(uri: str) -> bool:
     return uri.startswith("s3://")
 
@@ -155,9 +160,24 @@ class ParquetFiles:
     def _check_parquet(
         self, con: duckdb.DuckDBPyConnection, uri: str, required: Iterable[str]
     ) -> None:
-        """Raise DataError naming `uri` if it is missing, unreadable, or lacks `required`."""
-        if not self._exists(con, uri):
-            raise DataError(uri, "missing (run `strata features build` or ingest first)")
+        """Raise DataError naming `uri` if it is missing, unreadable, or lacks `required`.
+
+        A local file that passed is not read again while its inode, size and modification time
+        stay the same (the store replaces files by renaming, which changes all of them): a
+        training run binds the store dozens of times over the same event partitions."""
+        key = (uri, tuple(required))
+        absent = "missing (run `strata features build` or ingest first)"
+        stamp = None
+        if not self._s3:
+            try:
+                st = os.stat(uri)
+            except FileNotFoundError:
+                raise DataError(uri, absent) from None
+            stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+            if _CHECKED.get(key) == stamp:
+                return
+        elif not self._exists(con, uri):
+            raise DataError(uri, absent)
         import duckdb
 
         try:
@@ -165,9 +185,13 @@ class ParquetFiles:
             cols = [r[0] for r in desc]
         except duckdb.Error as exc:
             raise DataError(uri, f"corrupt or unreadable Parquet ({first_line(exc)})") from None
-        missing = [c for c in required if c not in cols]
+        missing = [c for c in key[1] if c not in cols]
         if missing:
             raise DataError(uri, f"missing columns {missing}")
+        if stamp is not None:
+            if len(_CHECKED) >= _CHECKED_MAX:
+                _CHECKED.clear()
+            _CHECKED[key] = stamp
 
     def _event_files(
         self,

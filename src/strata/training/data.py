@@ -90,7 +90,28 @@ def training_data(
     images: Path | None = None,
     tables: Tables | None = None,
 ) -> tuple[OfflineStore, TrainingData]:
-    """Point-in-time training rows before `until` (default: after the last event) and catalog."""
+    """Point-in-time training rows before `until` (default: after the last event) and catalog.
+    In a distributed run rank 0 ingests / encodes whatever is missing first, then the others
+    read it."""
+    from strata.training.distributed import current
+
+    dist = current(settings.training.device)
+    if not dist.main:
+        dist.barrier()
+    try:
+        return _training_data(settings, dataset, until, images, tables)
+    finally:
+        if dist.main:
+            dist.barrier()
+
+
+def _training_data(
+    settings: Settings,
+    dataset: str,
+    until: int | None,
+    images: Path | None,
+    tables: Tables | None,
+) -> tuple[OfflineStore, TrainingData]:
     store = prepare_store(settings, dataset, images, tables)
     rows = positive_rows(store.training_set(dataset, until=until),
                          store.dataset_meta(dataset).get("positives"))  # fmt: skip
@@ -171,9 +192,9 @@ def retrieval_data(space: FeatureSpace, rows: pd.DataFrame) -> RetrievalData:
     and popularity log-probabilities for logQ."""
     q = query_features_from_frame(space, rows)
     item_rows, _ = space.item_rows(rows["item_id"].to_numpy(np.int64))
-    item_num = space.items(
+    item_num = space.item_num(
         item_rows, rows["item_n_events"].to_numpy(np.float64), rows["ts"].to_numpy(np.int64)
-    ).item_num
+    )
     counts = np.bincount(item_rows, minlength=len(space.item_ids) + 1).astype(np.float64)
     p = counts / max(counts.sum(), 1.0)
     log_q = np.log(np.maximum(p[item_rows], 1e-12)).astype(np.float32)

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from strata.config import Settings, TrainingConfig
+    from strata.features.offline import OfflineStore
     from strata.models.dcn import DCNRanker
     from strata.models.two_tower import TwoTower
     from strata.training.checkpoints import Checkpoints
@@ -161,12 +162,14 @@ def train_two_tower(
     epochs: int | None = None,
     tables: Tables | None = None,
     stage_dir: Path | None = None,
+    loaded: tuple[OfflineStore, TrainingData] | None = None,
 ) -> Path:
     """Fit the feature space and the two-tower on events before `until` and write them, with the
     item embeddings, into `stage_dir` (plain JSON, safetensors and .npy files) for `train_ranker`.
 
     Every feature comes from the offline store (ingesting `tables` or the dataset first when
     given/missing); content embeddings are encoded from `images` when none are stored.
+    `loaded`: the result of `training_data` for these arguments, when the caller has it.
     """
     import json
 
@@ -189,11 +192,7 @@ def train_two_tower(
     seed = settings.seed
     seed_everything(seed, cfg.num_threads)
     dist = current(cfg.device)
-    if not dist.main:
-        dist.barrier()  # rank 0 ingests / encodes whatever is missing, then the others read it
-    store, data = training_data(settings, dataset, until, images, tables)
-    if dist.main:
-        dist.barrier()
+    store, data = loaded or training_data(settings, dataset, until, images, tables)
     space = fit_space(store, dataset, data)
     rdata = retrieval_data(space, data.rows)
     n_epochs = epochs or cfg.epochs
@@ -236,12 +235,17 @@ def train_two_tower(
 
 
 def train_ranker(
-    settings: Settings, dataset: str, stage_dir: Path, promote: bool = True
+    settings: Settings,
+    dataset: str,
+    stage_dir: Path,
+    promote: bool = True,
+    loaded: tuple[OfflineStore, TrainingData] | None = None,
 ) -> TrainResult:
     """Train the ranker on a `train_two_tower` staging folder, export, register (and promote).
 
     An ANN index saved in `stage_dir/index` (built from the staged item embeddings) is copied
-    into the committed version.
+    into the committed version. `loaded`: the training data the two-tower was staged from (read
+    from the offline store again when not given).
     """
     import json
 
@@ -271,7 +275,7 @@ def train_ranker(
     cfg = settings.training
     seed = int(meta["seed"])
     seed_everything(seed, cfg.num_threads)
-    store, data = training_data(settings, dataset, meta["until"])
+    store, data = loaded or training_data(settings, dataset, meta["until"])
     rows, cut = data.rows, data.cut
     if cut != int(meta["cut"]):
         raise DataError(stage_dir, f"offline store cut {cut} differs from the staged {meta['cut']}")
@@ -393,8 +397,9 @@ def train(
 
     stage = Path(tempfile.mkdtemp(prefix="strata-train-"))
     try:
-        train_two_tower(settings, dataset, until, images, epochs, tables, stage)
-        return train_ranker(settings, dataset, stage, promote)
+        loaded = training_data(settings, dataset, until, images, tables)
+        train_two_tower(settings, dataset, until, images, epochs, tables, stage, loaded)
+        return train_ranker(settings, dataset, stage, promote, loaded)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 
