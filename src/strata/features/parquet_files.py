@@ -171,7 +171,7 @@ class ParquetFiles:
         if not self._s3:
             try:
                 st = os.stat(uri)
-            except FileNotFoundError:
+            except (FileNotFoundError, NotADirectoryError):  # what Path.exists() says False to
                 raise DataError(uri, absent) from None
             stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
             if _CHECKED.get(key) == stamp:
