@@ -186,6 +186,32 @@ def test_latest_features_equal_training_features_at_same_time(tmp_path: Path) ->
         assert irow["item_mean_value"] == pytest.approx(row["item_mean_value"])
 
 
+def test_item_popularity_at_many_times_equals_latest_at_each(tmp_path: Path) -> None:
+    """One probe per (item, time) in one query gives what one `latest_item_features` per time
+    gives: the window (short here, so events fall out of it) and the strict before both hold,
+    including at a time equal to an event's second."""
+    store = _store(tmp_path, item_window_s=5_000)
+    records = [
+        (f"e{i}", 1 + i % 3, [10, 20, 30, 40][i % 4], "rating", float(1 + i % 5), 1000 * i)
+        for i in range(40)
+    ]
+    store.ingest("pop", make_users(), make_items(), [make_events(records)])
+    times = [0, 7_000, 17_000, 17_500, 39_000, 60_000]
+    many = store.item_popularity_at("pop", [39_000, *times])  # duplicates and order don't matter
+    assert sorted(set(many["as_of"])) == times and len(many) == len(times) * 4
+    cols = ["item_n_events", "item_n_users", "item_mean_value"]
+    for t in times:
+        got = many[many["as_of"] == t].set_index("item_id")[cols]
+        want = store.latest_item_features("pop", as_of=t).set_index("item_id")[cols]
+        pd.testing.assert_frame_equal(got, want, check_dtype=False)
+    # The window really cut: item 20 had events at 1000, 5000, 9000, ...; at 17000 only 13000
+    # (and not 17000 itself) is within 5000 s before.
+    at = many[(many["as_of"] == 17_000)].set_index("item_id")
+    assert at.at[20, "item_n_events"] == 1
+    with pytest.raises(ValueError, match="at least one"):
+        store.item_popularity_at("pop", [])
+
+
 def test_until_and_since_cut_rows_but_keep_history(tmp_path: Path) -> None:
     store = _store(tmp_path)
     records = [(f"e{i}", 1, 10 * (1 + i % 4), "rating", float(i % 5), 86400 * i) for i in range(10)]

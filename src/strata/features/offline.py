@@ -21,8 +21,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Iterable
-from dataclasses import asdict
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,7 +46,13 @@ from strata.features.normalize import (
     typed_select,
 )
 from strata.features.parquet_files import ParquetFiles, day_of, first_line, scalar, sql_quote
-from strata.features.pit import latest_sql, training_sql
+from strata.features.pit import (
+    bind,
+    build_manifest,
+    latest_sql,
+    popularity_views,
+    training_sql,
+)
 from strata.features.schema import (
     ITEM_CONTENT_COLUMNS,
     ITEM_FEATURE_COLUMNS,
@@ -291,21 +296,32 @@ class OfflineStore(ParquetFiles):
 
     def latest_user_features(self, dataset_name: str, as_of: int | None = None) -> pd.DataFrame:
         """One row per user with features from events strictly before `as_of` (default: all)."""
-
-        def run(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
-            self._bind(con, dataset_name, as_of)
-            return con.execute(latest_sql(con, self.params_for(dataset_name), "user", as_of)).df()
-
-        return self._query(run, dataset_name, "user features")
+        return self._latest(dataset_name, "user", as_of)
 
     def latest_item_features(self, dataset_name: str, as_of: int | None = None) -> pd.DataFrame:
         """One row per item with features from events strictly before `as_of` (default: all)."""
+        return self._latest(dataset_name, "item", as_of)
 
+    def _latest(self, dataset_name: str, entity: str, as_of: int | None) -> pd.DataFrame:
         def run(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
             self._bind(con, dataset_name, as_of)
-            return con.execute(latest_sql(con, self.params_for(dataset_name), "item", as_of)).df()
+            return con.execute(latest_sql(con, self.params_for(dataset_name), entity, as_of)).df()
 
-        return self._query(run, dataset_name, "item features")
+        return self._query(run, dataset_name, f"{entity} features")
+
+    def item_popularity_at(self, dataset_name: str, times: Sequence[int]) -> pd.DataFrame:
+        """Item behaviour features of every item at each of `times` (each from the events
+        strictly before it, as `latest_item_features(as_of=t)`) in one query: columns item_id,
+        as_of, item_n_events, item_n_users, item_mean_value, ordered by (as_of, item_id)."""
+        ts = sorted({int(t) for t in times})
+        if not ts:
+            raise ValueError("item_popularity_at needs at least one time")
+
+        def run(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+            self._bind(con, dataset_name, ts[-1])
+            return con.execute(bind(con, popularity_views(self.params_for(dataset_name), ts))).df()
+
+        return self._query(run, dataset_name, "item popularity")
 
     def training_set(
         self, dataset_name: str, until: int | None = None, since: int | None = None
@@ -463,32 +479,6 @@ class OfflineStore(ParquetFiles):
 def ingest_dataset(store: OfflineStore, ds: Any, name: str | None = None) -> dict[str, int]:
     """Ingest a `RecDataset` (users, items, interactions) under `name` (default `ds.name`)."""
     return store.ingest(name or ds.name, ds.users, ds.items, [ds.interactions], ds.declared())
-
-
-def build_manifest(
-    dataset_name: str,
-    until: int | None,
-    as_of: int,
-    stats: tuple[Any, Any, Any],
-    counts: dict[str, int],
-    params: FeatureParams,
-    out: str,
-) -> dict[str, Any]:
-    """The `features/manifest.json` of a build, whichever engine ran it; `stats` is
-    (events, min ts, max ts) of the bound log."""
-    n_events, min_ts, max_ts = stats
-    return {
-        "dataset": dataset_name,
-        "until": until,
-        "as_of": as_of,
-        "events": int(n_events),
-        "min_ts": None if min_ts is None else int(min_ts),
-        "max_ts": None if max_ts is None else int(max_ts),
-        "user_rows": counts["user"],
-        "item_rows": counts["item"],
-        "params": asdict(params),
-        "path": out,
-    }
 
 
 def _check_cut(until: int | None, since: int | None) -> None:

@@ -11,7 +11,8 @@ temp views (`strata.features.spark`), Athena inlines them as one `WITH` query (`
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
 
 from strata.features import definitions as defs
 from strata.features.definitions import FeatureParams
@@ -62,6 +63,36 @@ def latest_views(p: FeatureParams, entity: str, as_of: int) -> list[View]:
         ("history", history),
         ("behaviour", behaviour),
         (f"{entity}_features", result),
+    ]
+
+
+def popularity_views(p: FeatureParams, times: list[int]) -> list[View]:
+    """Views ending in the item behaviour features of every item at each of `times`: one probe
+    per (item, time), each seeing only the events before its own time (the window ends 1 s
+    before the probe, and probes carry no event, so they never count themselves or each other).
+    One pass over the events replaces one `latest_views` query per time."""
+    values = ", ".join(f"({int(t)})" for t in times)
+    probes = (
+        "SELECT item_id, CAST(t.ts AS BIGINT) AS as_of, "
+        "CAST(item_id AS VARCHAR) || '@' || CAST(t.ts AS VARCHAR) AS point_id "
+        f"FROM items CROSS JOIN (VALUES {values}) AS t(ts)"
+    )
+    history = (
+        "SELECT CAST(NULL AS VARCHAR) AS point_id, user_id, item_id, event_type, value, ts, "
+        "event_id FROM all_events UNION ALL "
+        "SELECT point_id, CAST(NULL AS BIGINT), item_id, CAST(NULL AS VARCHAR), "
+        "CAST(NULL AS FLOAT), as_of, CAST(NULL AS VARCHAR) FROM probes"
+    )
+    result = (
+        "SELECT pr.item_id, pr.as_of, b.item_n_events, b.item_n_users, b.item_mean_value "
+        "FROM probes AS pr JOIN behaviour AS b ON b.point_id = pr.point_id "
+        "ORDER BY pr.as_of, pr.item_id"
+    )
+    return [
+        ("probes", probes),
+        ("history", history),
+        ("behaviour", defs.ITEM_POPULARITY.render(p)),
+        ("item_popularity_at", result),
     ]
 
 
@@ -117,3 +148,29 @@ def training_sql(con: duckdb.DuckDBPyConnection, params: FeatureParams, since: i
     """Bind training-set views (DuckDB) over the bound `all_events` (already cut at `until` by
     OfflineStore._bind): points are the events >= since."""
     return bind(con, training_views(params, since))
+
+
+def build_manifest(
+    dataset_name: str,
+    until: int | None,
+    as_of: int,
+    stats: tuple[Any, Any, Any],
+    counts: dict[str, int],
+    params: FeatureParams,
+    out: str,
+) -> dict[str, Any]:
+    """The `features/manifest.json` of a build, whichever engine ran it; `stats` is
+    (events, min ts, max ts) of the bound log."""
+    n_events, min_ts, max_ts = stats
+    return {
+        "dataset": dataset_name,
+        "until": until,
+        "as_of": as_of,
+        "events": int(n_events),
+        "min_ts": None if min_ts is None else int(min_ts),
+        "max_ts": None if max_ts is None else int(max_ts),
+        "user_rows": counts["user"],
+        "item_rows": counts["item"],
+        "params": asdict(params),
+        "path": out,
+    }

@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 from strata.errors import ConfigError, DataError, ValidationError
 from strata.features import pit
 from strata.features.normalize import EVENT_SQL_TYPES
-from strata.features.offline import build_manifest
 from strata.features.parquet_files import first_line
+from strata.features.pit import build_manifest
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession

@@ -318,10 +318,10 @@ def popularity_at(
     qs = np.quantile(np.asarray(ts, np.int64), np.linspace(0.0, 1.0, n_snapshots + 1)[1:-1])
     times = np.unique(np.minimum(np.r_[int(np.min(ts)), qs.astype(np.int64)], cut))
     table = np.zeros((len(times), len(space.item_ids) + 1), np.float64)
-    for j, t in enumerate(times):
-        f = store.latest_item_features(dataset, as_of=int(t))
-        rows, ok = space.item_rows(f["item_id"].to_numpy(np.int64))
-        table[j, rows[ok]] = f["item_n_events"].to_numpy(np.float64)[ok]
+    f = store.item_popularity_at(dataset, times.tolist())
+    rows, ok = space.item_rows(f["item_id"].to_numpy(np.int64))
+    snap = np.searchsorted(times, f["as_of"].to_numpy(np.int64))
+    table[snap[ok], rows[ok]] = f["item_n_events"].to_numpy(np.float64)[ok]
     return PopularitySnapshots(times, table)
 
 
