@@ -151,6 +151,11 @@ class TrainingConfig(_Strict):
     # <home>/checkpoints/<dataset>); a rerun of the same training resumes from the last one
     checkpoint_every: int = Field(default=500, ge=0)
     checkpoint_dir: Path | None = None
+    # True: in a multi-rank run each rank reads only its shard of the training set (the users
+    # whose hash falls on it; strata.training.shards) instead of every row; per-rank batches
+    # are then the rank's own rows. False: every rank reads all rows and takes its slice of each
+    # global batch (N ranks x batch B train exactly like one rank with batch N*B).
+    shard_input: bool = False
     num_threads: int = Field(default=2, ge=1)
     epochs: int = Field(default=5, ge=1)
     batch_size: int = Field(default=1024, ge=2)  # in-batch negatives; 2x fewer steps than 512

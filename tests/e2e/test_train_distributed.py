@@ -13,15 +13,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
+from strata.artifacts import ITEM_EMBEDDINGS_FILE, ITEM_IDS_FILE, SEEN_FILE
 from strata.features.offline import OfflineStore, ingest_dataset
 from strata.registry import Registry
+from strata.training.recommender import load_recommender
 from tests.unit.tiny_world import fast_settings, tiny_dataset
 
 STRATA = Path(sys.executable).parent / "strata"
 
 
-def _run(home: Path, *args: str, batch_x: int = 1) -> subprocess.CompletedProcess[str]:
+def _run(
+    home: Path, *args: str, batch_x: int = 1, shard: bool = False
+) -> subprocess.CompletedProcess[str]:
     if not STRATA.exists():
         pytest.skip(f"console script {STRATA} is not installed")
     t = fast_settings(home).training
@@ -29,6 +34,7 @@ def _run(home: Path, *args: str, batch_x: int = 1) -> subprocess.CompletedProces
         update={
             "batch_size": t.batch_size * batch_x,
             "ranker_batch_size": t.ranker_batch_size * batch_x,
+            "shard_input": shard,
         }
     )
     env = {**os.environ, "STRATA_HOME": str(home), "STRATA_TRAINING": t.model_dump_json()}
@@ -65,6 +71,46 @@ def test_two_ranks_register_the_version_one_rank_with_twice_the_batch_would(
     m, m_ref = out["metrics"], json.loads(ref.stdout)["metrics"]
     for name in ("two_tower_loss", "ranker_loss", "ranker_auc_valid", "holdout_recall@10_full"):
         assert abs(m[name] - m_ref[name]) < 2e-3, (name, m[name], m_ref[name])
+
+
+def test_two_ranks_on_sharded_input_each_read_their_users_and_register_one_version(
+    tmp_path: Path,
+) -> None:
+    """`training.shard_input`: each rank reads only its shard; the version is still whole (its
+    metrics count every row, its seen filter holds every pair) and the models learned."""
+    home = tmp_path / "home"
+    until = _world(home)
+    res = _run(home, "--until", str(until), "--nproc", "2", "--json", shard=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout)
+    path = Registry(fast_settings(home).registry_dir, "tiny").path("v0001")
+    data_range = json.loads((path / "manifest.json").read_text())["data_range"]
+    n_rows = len(OfflineStore(fast_settings(home)).training_set("tiny", until=until))
+    shards = data_range["shard_rows"]
+    assert len(shards) == 2 and sum(shards) == n_rows == data_range["events"]
+    assert all(0 < k < n_rows for k in shards)  # neither rank read every row
+    m = out["metrics"]
+    assert m["train_events"] == n_rows
+    assert m["holdout_recall@10_full"] > 0.0, m
+    # The world's users like the genre (user_id - 1) % 4: the two-tower learned it from both
+    # shards' users (a random model puts 1 in 4 of a user's top 5 in its genre).
+    rec = load_recommender(fast_settings(home), "tiny")
+    emb, ids = np.load(path / ITEM_EMBEDDINGS_FILE), np.load(path / ITEM_IDS_FILE)
+    users = np.arange(1, 61)
+    top = ids[np.argsort(-(rec.query_embeddings(users) @ emb.T), axis=1)[:, :5]]
+    assert ((top - 1) % 4 == ((users - 1) % 4)[:, None]).mean() > 0.6
+    seen = load_file(str(path / SEEN_FILE))
+    assert len(seen["user"]) == n_rows  # every shard's pairs, not rank 0's alone
+    assert not list((home / "offline").rglob("training_sets/*.parquet"))  # export removed
+
+
+def test_a_shard_smaller_than_a_batch_is_a_one_line_error(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    res = _run(home, "--until", str(_world(home)), "--nproc", "2", batch_x=8, shard=True)
+    assert res.returncode == 2, res.stderr[-3000:]
+    assert res.stderr.strip().count("\n") == 0 and "training.shard_input" in res.stderr, res.stderr
+    assert Registry(fast_settings(home).registry_dir, "tiny").versions() == []
+    assert not list((home / "offline").rglob("training_sets/*.parquet"))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")

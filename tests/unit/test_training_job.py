@@ -133,7 +133,7 @@ def test_bad_values_fail_the_render_naming_the_key(value: str, key: str) -> None
 
 def test_torchrun_is_standalone_locally_and_joins_the_job_in_a_pod() -> None:
     local = torchrun_command(2, ["train", "--dataset", "x"], {})
-    assert local[:3] == [sys.executable, "-m", "torch.distributed.run"]
+    assert local[:3] == [sys.executable, "-m", "strata.training.distributed"]
     assert "--standalone" in local and "--nproc-per-node=2" in local
     assert local[-4:] == ["strata.cli", "train", "--dataset", "x"]
     pod = torchrun_command(2, ["train"], {"PET_MASTER_ADDR": "strata-train-1-master-0",

@@ -65,6 +65,8 @@ def distributed(
         return None
     if not dist.in_worker():
         code = dist.launch(nproc, _without_nproc(sys.argv[1:]))
+        if code == 2:  # a rank rejected the input and printed why, in one line
+            raise SystemExit(2)
         if code != 0:
             again = " Run it again to resume from the last checkpoint" if resumable else ""
             sys.stderr.write(

@@ -264,11 +264,12 @@ class FeatureSpace:
         cls,
         users: pd.DataFrame,
         items: pd.DataFrame,
-        train_events: pd.DataFrame,
+        train_events: pd.DataFrame | Mapping[str, pd.Series],
         content: pd.DataFrame | None = None,
         hist_len: int = RECENT_ITEMS_N,
     ) -> FeatureSpace:
-        """Fit vocabularies on the catalog and mark ids seen in `train_events` as known.
+        """Fit vocabularies on the catalog and mark ids seen in `train_events` (its columns
+        user_id, item_id and value, whose largest magnitude scales values) as known.
 
         The popularity column of `item_num` starts at zero; `set_item_popularity` fills it from
         the offline store's item features as of the version's cut-off.

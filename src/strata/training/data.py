@@ -4,8 +4,9 @@ negatives, and item popularity snapshots as of each training query's time."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,6 +25,9 @@ if TYPE_CHECKING:
     from strata.datasets.base import RecDataset
     from strata.features.offline import OfflineStore
     from strata.training.loops import Negatives
+    from strata.training.shards import ShardTotals
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,8 @@ class TrainingData:
     rows: pd.DataFrame  # training set: one row per event before `cut`, point-in-time features
     cut: int
     content: pd.DataFrame | None
+    # the whole set's totals when `rows` is this rank's shard (`training.shard_input`)
+    shard: ShardTotals | None = None
 
 
 def prepare_store(
@@ -92,37 +98,50 @@ def training_data(
 ) -> tuple[OfflineStore, TrainingData]:
     """Point-in-time training rows before `until` (default: after the last event) and catalog.
     In a distributed run rank 0 ingests / encodes whatever is missing first, then the others
-    read it."""
+    read it; with `training.shard_input` each rank reads only its shard of the rows
+    (`strata.training.shards`)."""
     from strata.training.distributed import current
+    from strata.training.shards import TrainingExport
 
     dist = current(settings.training.device)
+    sharded = settings.training.shard_input and dist.world > 1
     if not dist.main:
         dist.barrier()
+    export = None
     try:
-        return _training_data(settings, dataset, until, images, tables)
+        store = prepare_store(settings, dataset, images, tables)
+        content = load_content(settings, store, dataset, images)
+        if sharded and dist.main:
+            export = TrainingExport.write(store, dataset, until)
     finally:
         if dist.main:
             dist.barrier()
-
-
-def _training_data(
-    settings: Settings,
-    dataset: str,
-    until: int | None,
-    images: Path | None,
-    tables: Tables | None,
-) -> tuple[OfflineStore, TrainingData]:
-    store = prepare_store(settings, dataset, images, tables)
-    rows = positive_rows(store.training_set(dataset, until=until),
-                         store.dataset_meta(dataset).get("positives"))  # fmt: skip
-    if len(rows) == 0:
+    positives = store.dataset_meta(dataset).get("positives")
+    shard = None
+    if sharded:
+        uri = dist.gather_objects(None if export is None else export.uri)[0]
+        export = TrainingExport(store, dataset, uri)
+        try:
+            types = list(positives) if positives else None
+            rows = positive_rows(export.shard(dist, types), positives)
+            sizes = tuple(int(k) for k in dist.gather_objects(len(rows)))
+            shard = replace(export.totals(types, pairs=dist.main), shard_rows=sizes)
+        finally:
+            dist.barrier()  # every rank has read: the file can go
+            if dist.main:
+                export.remove()
+        log.info("rank %d trains on its shard: %d of %d rows", dist.rank, len(rows), shard.rows)
+        n, max_ts = shard.rows, shard.max_ts
+    else:
+        rows = positive_rows(store.training_set(dataset, until=until), positives)
+        n, max_ts = len(rows), int(rows["ts"].max()) if len(rows) else 0
+    if n == 0:
         where = "" if until is None else f" before {until}"
         raise ValidationError("--until" if until is not None else "dataset",
                               f"no interactions{where} to train on")  # fmt: skip
-    cut = int(rows["ts"].max()) + 1 if until is None else int(until)
-    content = load_content(settings, store, dataset, images)
+    cut = max_ts + 1 if until is None else int(until)
     items, content = with_live_items(settings, dataset, store.items(dataset), content)
-    return store, TrainingData(store.users(dataset), items, rows, cut, content)
+    return store, TrainingData(store.users(dataset), items, rows, cut, content, shard)
 
 
 def with_live_items(
@@ -177,7 +196,8 @@ def positive_rows(rows: pd.DataFrame, positives: dict[str, float] | None) -> pd.
 
 def fit_space(store: OfflineStore, dataset: str, data: TrainingData) -> FeatureSpace:
     """Vocabularies on the catalog, ids known from the training rows, popularity as of the cut."""
-    space = FeatureSpace.fit(data.users, data.items, data.rows, data.content)
+    known = data.rows if data.shard is None else data.shard.known()
+    space = FeatureSpace.fit(data.users, data.items, known, data.content)
     params = store.params_for(dataset)
     space.meta["event_types"] = list(params.event_types)  # what POST /events accepts
     space.meta["timezone"] = params.timezone  # of the hour / day-of-week context
@@ -187,15 +207,22 @@ def fit_space(store: OfflineStore, dataset: str, data: TrainingData) -> FeatureS
     return space
 
 
-def retrieval_data(space: FeatureSpace, rows: pd.DataFrame) -> RetrievalData:
+def retrieval_data(
+    space: FeatureSpace, rows: pd.DataFrame, shard: ShardTotals | None = None
+) -> RetrievalData:
     """Positive examples (one per training-set row) with point-in-time query and item features
-    and popularity log-probabilities for logQ."""
+    and popularity log-probabilities for logQ (over the whole set when `rows` is a `shard`)."""
     q = query_features_from_frame(space, rows)
     item_rows, _ = space.item_rows(rows["item_id"].to_numpy(np.int64))
     item_num = space.item_num(
         item_rows, rows["item_n_events"].to_numpy(np.float64), rows["ts"].to_numpy(np.int64)
     )
-    counts = np.bincount(item_rows, minlength=len(space.item_ids) + 1).astype(np.float64)
+    if shard is None:
+        counts = np.bincount(item_rows, minlength=len(space.item_ids) + 1).astype(np.float64)
+    else:
+        rows_all, ok = space.item_rows(shard.item_ids)
+        n_by_row = shard.item_counts[ok].astype(np.float64)
+        counts = np.bincount(rows_all[ok], n_by_row, len(space.item_ids) + 1).astype(np.float64)
     p = counts / max(counts.sum(), 1.0)
     log_q = np.log(np.maximum(p[item_rows], 1e-12)).astype(np.float32)
     weight = (

@@ -59,6 +59,9 @@ class Dist:
     rank: int = 0
     world: int = 1
     device: str = "cpu"
+    # True: each rank's batches are its own rows (sharded input), every rank the same size;
+    # False: each rank takes its slice of every global batch
+    sharded: bool = False
 
     @property
     def main(self) -> bool:
@@ -67,11 +70,13 @@ class Dist:
 
     def rows(self, n: int) -> np.ndarray | None:
         """This rank's rows of a global batch of `n` (every rank the same count; the remainder
-        of an uneven batch is dropped so collectives line up). None: too few rows to train on."""
-        per = n // self.world
+        of an uneven batch is dropped so collectives line up), or all `n` of a sharded rank's
+        own batch. None: too few rows to train on."""
+        per = n if self.sharded else n // self.world
         if per < 1 or per * self.world < 2:
             return None
-        return np.arange(self.rank * per, (self.rank + 1) * per)
+        start = 0 if self.sharded else self.rank * per
+        return np.arange(start, start + per)
 
     def gather(self, x: torch.Tensor) -> torch.Tensor:
         """All ranks' `x` concatenated in rank order (dim 0), differentiable for float inputs."""
@@ -215,12 +220,13 @@ def shutdown() -> None:
 def torchrun_command(
     nproc: int, argv: Sequence[str], env: dict[str, str], module: str = "strata.cli"
 ) -> list[str]:
-    """The torchrun command line: one node on a free local port (`--standalone`), or, inside a
+    """The torchrun command line (through `torchrun_main`): one node on a free local port
+    (`--standalone`), or, inside a
     Kubeflow PyTorchJob pod (the operator sets `PET_MASTER_ADDR`, `PET_NNODES`, `PET_NODE_RANK`,
     which torchrun reads), this pod's share of a multi-node job."""
     single = "PET_MASTER_ADDR" not in env
     return [
-        sys.executable, "-m", "torch.distributed.run", *(["--standalone"] if single else []),
+        sys.executable, "-m", "strata.training.distributed", *(["--standalone"] if single else []),
         f"--nproc-per-node={int(nproc)}", "--max-restarts=0", "-m", module, *argv,
     ]  # fmt: skip
 
@@ -236,3 +242,27 @@ def launch(nproc: int, argv: Sequence[str], module: str = "strata.cli") -> int:
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // int(nproc))))
     log.info("launching %d ranks: %s", nproc, " ".join(cmd))
     return subprocess.run(cmd, env=env, check=False).returncode
+
+
+def torchrun_main(argv: Sequence[str]) -> int:
+    """torchrun (`torch.distributed.run`) whose failure is an exit status, not torchrun's
+    traceback: 2 when the first rank to fail exited 2 (input it rejected, its one-line error
+    already printed), 1 for any other failure."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    # torchrun's agent logs each failed rank itself; the summary below says it once
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    try:
+        run(parse_args(list(argv)))
+    except ChildFailedError as exc:
+        _, first = exc.get_first_failure()
+        if first.exitcode == 2:
+            return 2
+        sys.stderr.write(f"{exc}\n")  # which rank failed how (no traceback of torchrun's)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(torchrun_main(sys.argv[1:]))

@@ -69,10 +69,15 @@ class RetrievalData:
         )
 
     def batches(
-        self, items: ItemFeatures, batch_size: int, rng: np.random.Generator
+        self,
+        items: ItemFeatures,
+        batch_size: int,
+        rng: np.random.Generator,
+        steps: int | None = None,
     ) -> Iterator[RetrievalBatch]:
-        """Shuffled mini-batches; item features are gathered from the table per batch."""
-        perm = rng.permutation(len(self))
+        """Shuffled mini-batches; item features are gathered from the table per batch.
+        `steps`: exactly that many full batches (`epoch_order`)."""
+        perm = epoch_order(rng, len(self), steps, batch_size)
         for s in range(0, len(perm) - 1, batch_size):
             idx = perm[s : s + batch_size]
             if len(idx) < 2:  # a softmax over one candidate teaches nothing
@@ -87,6 +92,18 @@ class RetrievalData:
                 self.weight[idx],
                 None if self.ts is None else self.ts[idx],
             )
+
+
+def epoch_order(rng: np.random.Generator, n: int, steps: int | None, batch_size: int) -> np.ndarray:
+    """The row order of one epoch over `n` rows: a permutation, or with `steps` exactly
+    `steps * batch_size` rows drawn as successive permutations (a shard smaller than the
+    epoch repeats rows, a larger one leaves a random surplus out; sharded ranks so take the
+    same number of full batches)."""
+    if steps is None:
+        return rng.permutation(n)
+    need = int(steps) * int(batch_size)
+    laps = max(1, -(-need // max(n, 1)))
+    return np.concatenate([rng.permutation(n) for _ in range(laps)])[:need]
 
 
 @dataclass(frozen=True)
@@ -206,8 +223,11 @@ def two_tower_loop(
     `logq_weight_cold` (default: `logq_weight`) is the logQ weight of rows whose user was masked,
     so the cold-start query can keep more of the popularity prior than a known user's;
     `pop_col` masks item popularity together with the item id (see `masking.mask_item`).
-    With `dist` each rank trains on its slice of every batch and the softmax runs over the items
-    of the whole global batch (gathered from all ranks), logQ-corrected for the global batch.
+    With `dist` each rank trains on its slice of every batch (or, `dist.sharded`, on its own
+    batch of its shard) and the softmax runs over the items of the whole global batch (gathered
+    from all ranks), logQ-corrected for the global batch. The step generator is the same on
+    every rank (a checkpoint restores one state everywhere), so sharded ranks draw the same
+    masks and negatives for their different, independently shuffled rows.
     """
     import torch
 
@@ -231,7 +251,7 @@ def two_tower_loop(
         mine = d.rows(len(gb))
         if mine is None:  # a softmax over one candidate teaches nothing
             return None
-        whole = d.world == 1  # one process: the whole batch, no copy
+        whole = d.world == 1 or d.sharded  # the whole batch is this rank's: no copy
         b, cold = (gb, cold) if whole else (gb.take(mine), cold[mine])
         it_feats = it_feats if whole else it_feats.take(mine)
         q = model.query_tower(*mask_query_rows(b.query, cold).tensors(device))  # (B, D)
@@ -295,8 +315,8 @@ def ranker_loop(
     ckpt: Checkpoints | None = None,
 ) -> list[float]:
     """Train the ranker with BCE on labelled (global) batches; return mean loss per epoch.
-    With `dist` each rank takes an equal slice of every batch (the mean of the ranks' means is
-    the global batch's mean)."""
+    With `dist` each rank takes an equal slice of every batch, or its own equal-sized batch of
+    sharded input (either way the mean of the ranks' means is the global batch's mean)."""
     import torch
 
     from strata.training.losses import bce_loss
@@ -307,8 +327,9 @@ def ranker_loop(
     opt = _adam(model.parameters(), lr, weight_decay)
 
     def step(gb: RankBatch, _rng: np.random.Generator) -> tuple[torch.Tensor, int] | None:
-        mine = d.rows(len(gb)) if d.world > 1 else None
-        if d.world > 1 and mine is None:
+        split = d.world > 1 and not d.sharded  # this rank's slice of a global batch
+        mine = d.rows(len(gb)) if split else None
+        if split and mine is None:
             return None
         b = gb if mine is None else gb.take(mine)
         logits = model(*rank_inputs(b, d.device))  # (B,)

@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from strata.models.dcn import DCNRanker
     from strata.models.two_tower import TwoTower
     from strata.training.checkpoints import Checkpoints
+    from strata.training.distributed import Dist
 
 log = logging.getLogger(__name__)
 
@@ -61,21 +62,21 @@ def fit_ranker(
     epochs: int,
     lr: float,
     ckpt: Checkpoints | None = None,
+    sharded: bool = False,
 ) -> list[float]:
     """Train the ranker on `data` with shuffled mini-batches and cold-start masking: whole
     queries (a positive with its negatives) lose the user's identity with probability p_user,
-    rows lose the item id with probability p_item, as unknown users/items look at serving."""
-    from strata.training.distributed import current
-    from strata.training.loops import ranker_loop
+    rows lose the item id with probability p_item, as unknown users/items look at serving.
+    `sharded`: `data` is this rank's shard (see `_lockstep`)."""
+    from strata.training.loops import epoch_order, ranker_loop
     from strata.training.masking import mask_item, mask_query_rows
 
-    dist = current(cfg.device)
-    bs = cfg.ranker_batch_size * dist.world  # per-rank batch x ranks: the global batch
+    dist, bs, steps = _lockstep(cfg, cfg.ranker_batch_size, len(data), sharded)
     pop_col = POP_COL if cfg.mask_item_popularity else None
 
     def batches(e: int, rng: np.random.Generator) -> Any:
         cold_q = rng.random(len(data.query)) < cfg.p_user  # (P,) per query, fixed this epoch
-        perm = rng.permutation(len(data))
+        perm = epoch_order(rng, len(data), steps if dist.sharded else None, bs)
         for s in range(0, len(perm), bs):
             idx = perm[s : s + bs]
             b = data.batch(space, idx)
@@ -91,9 +92,36 @@ def fit_ranker(
             )
 
     return ranker_loop(
-        ranker, batches, epochs, lr=lr, seed=seed, dist=dist, ckpt=ckpt,
-        steps_per_epoch=-(-len(data) // bs),
-    )  # fmt: skip
+        ranker, batches, epochs, lr=lr, seed=seed, dist=dist, ckpt=ckpt, steps_per_epoch=steps
+    )
+
+
+def _lockstep(cfg: TrainingConfig, batch: int, n: int, sharded: bool) -> tuple[Dist, int, int]:
+    """(dist, batch, steps per epoch) of a loop over `n` rows. Replicated input: every rank
+    holds all rows and takes its slice of each global batch of `batch` x ranks. Sharded input:
+    each rank's batches of `batch` are its own rows, and an epoch is as many global batches as
+    replicated input would take (all shards' rows / (ranks x batch), rounded up), so every
+    rank steps together: a smaller shard repeats some rows in an epoch, a larger one leaves
+    some out, reshuffled each epoch (`epoch_order`). A shard with less than one batch is an
+    error on every rank."""
+    from strata.training.distributed import current
+
+    dist = current(cfg.device)
+    if not sharded or dist.world == 1:
+        bs = batch * dist.world  # per-rank batch x ranks: the global batch
+        return dist, bs, -(-n // bs)
+    dist = replace(dist, sharded=True)
+    sizes = [int(k) for k in dist.gather_objects(int(n))]
+    steps = -(-sum(sizes) // (dist.world * batch))
+    if min(sizes) < batch:
+        if not dist.main:  # every rank knows it; rank 0 alone says it (one line)
+            raise SystemExit(2)
+        raise ValidationError(
+            "training.shard_input",
+            f"a rank's shard holds fewer rows than one batch of {batch}: lower the batch size "
+            "or the number of ranks, or turn shard_input off",
+        )
+    return dist, batch, steps
 
 
 def fit_two_tower(
@@ -107,18 +135,17 @@ def fit_two_tower(
     freeze_items: bool = False,
     snapshots: PopularitySnapshots | None = None,
     ckpt: Checkpoints | None = None,
+    sharded: bool = False,
 ) -> list[float]:
     """Train the two-tower on `data` with masking and random negatives from the catalog.
 
     With `snapshots` (and event times in `data`) each query scores the random negatives with
     their popularity and age as of its own time (latest snapshot at or before the event);
-    without, as of the space's cut-off.
+    without, as of the space's cut-off. `sharded`: `data` is this rank's shard (`_lockstep`).
     """
-    from strata.training.distributed import current
     from strata.training.loops import two_tower_loop
 
-    dist = current(cfg.device)
-    bs = cfg.batch_size * dist.world  # per-rank batch x ranks: the global batch
+    dist, bs, steps = _lockstep(cfg, cfg.batch_size, len(data), sharded)
     table = space.items(np.arange(len(space.item_ids) + 1))
     n_items = len(space.item_ids)
     m = cfg.random_negatives
@@ -126,7 +153,7 @@ def fit_two_tower(
 
     return two_tower_loop(
         model,
-        lambda e, rng: data.batches(table, bs, rng),
+        lambda e, rng: data.batches(table, bs, rng, steps if dist.sharded else None),
         epochs,
         lr=lr,
         weight_decay=cfg.weight_decay,
@@ -138,7 +165,7 @@ def fit_two_tower(
         seed=seed,
         dist=dist,
         ckpt=ckpt,
-        steps_per_epoch=-(-len(data) // bs),
+        steps_per_epoch=steps,
         logq_weight=cfg.logq_weight,
         logq_weight_cold=cfg.logq_weight_cold,
         pop_col=POP_COL if cfg.mask_item_popularity else None,
@@ -194,16 +221,20 @@ def train_two_tower(
     dist = current(cfg.device)
     store, data = loaded or training_data(settings, dataset, until, images, tables)
     space = fit_space(store, dataset, data)
-    rdata = retrieval_data(space, data.rows)
+    rdata = retrieval_data(space, data.rows, data.shard)
     n_epochs = epochs or cfg.epochs
     t0 = time.perf_counter()
     assert rdata.ts is not None  # retrieval_data always carries the event times
-    snaps = popularity_at(store, dataset, space, rdata.ts, data.cut, cfg.popularity_snapshots)
+    # snapshot times from the quantiles of every row's time (of all shards when sharded)
+    ts = rdata.ts if data.shard is None else data.shard.ts_grid
+    snaps = popularity_at(store, dataset, space, ts, data.cut, cfg.popularity_snapshots)
     tt = TwoTower(space.dims(), TwoTowerConfig())
-    ckpt = for_run(settings, dataset, dist, cut=data.cut, seed=seed, n=len(rdata))
+    n_all = data.shard.rows if data.shard is not None else len(rdata)
+    ckpt = for_run(settings, dataset, dist, cut=data.cut, seed=seed, **_run_size(data, n_all))
     tt_loss = fit_two_tower(
-        tt, space, rdata, cfg, seed, n_epochs, cfg.lr, snapshots=snaps, ckpt=ckpt
-    )
+        tt, space, rdata, cfg, seed, n_epochs, cfg.lr, snapshots=snaps, ckpt=ckpt,
+        sharded=data.shard is not None,
+    )  # fmt: skip
     t_tt = time.perf_counter() - t0
     item_emb = embed_items(tt, space.all_items())
     space.save(stage_dir)
@@ -281,7 +312,7 @@ def train_ranker(
         raise DataError(stage_dir, f"offline store cut {cut} differs from the staged {meta['cut']}")
     space = FeatureSpace.load(stage_dir)
     dims = space.dims()
-    rdata = retrieval_data(space, rows)
+    rdata = retrieval_data(space, rows, data.shard)
     tt = TwoTower(dims, TwoTowerConfig(**meta["two_tower"]))
     load_state(tt, stage_dir / "two_tower.safetensors")
     tt.eval()
@@ -289,10 +320,15 @@ def train_ranker(
     torch.set_rng_state(load_file(str(stage_dir / STAGE_RNG))["state"])
     item_emb = np.load(stage_dir / ITEM_EMBEDDINGS_FILE, allow_pickle=False)
 
-    rng = np.random.default_rng(seed + 1)
+    dist = current(cfg.device)
+    sharded = data.shard is not None
+    # sharded: each rank samples its share of the positives from its own rows
+    rng = np.random.default_rng((seed + 1, dist.rank) if sharded else seed + 1)
+    n_pos = -(-cfg.ranker_max_positives // dist.world) if sharded else cfg.ranker_max_positives
     users = rows["user_id"].to_numpy(np.int64)
+    # a shard holds all of its users' rows, so this filter is exact there too
     seen = PairSetFilter(users, rows["item_id"].to_numpy(np.int64))
-    sel = np.sort(rng.permutation(len(rdata))[: cfg.ranker_max_positives])
+    sel = np.sort(rng.permutation(len(rdata))[:n_pos])
     q_sel = rdata.query.take(sel)
     rd = rank_data(
         space, embed_queries(tt, q_sel), q_sel, rdata.item_rows[sel], users[sel], item_emb,
@@ -317,32 +353,41 @@ def train_ranker(
         dims, DCNConfig(score_weight=w_score, prior_weight=w_prior, prior_col=POP_COL)
     )
     t0 = time.perf_counter()
-    dist = current(cfg.device)
+    n_rd = int(dist.total(len(rd))) if sharded else len(rd)
     ckpt = for_run(
-        settings, dataset, dist, cut=cut, seed=seed, n=len(rd), tt_loss=meta["two_tower_loss"]
-    )
+        settings, dataset, dist, cut=cut, seed=seed, **_run_size(data, n_rd),
+        tt_loss=meta["two_tower_loss"],
+    )  # fmt: skip
     rk_loss = fit_ranker(
-        ranker, space, rd.subset(~val_mask), cfg, seed, cfg.ranker_epochs, cfg.ranker_lr, ckpt
-    )
+        ranker, space, rd.subset(~val_mask), cfg, seed, cfg.ranker_epochs, cfg.ranker_lr, ckpt,
+        sharded,
+    )  # fmt: skip
     t_rk = time.perf_counter() - t0
-    if not dist.main:  # every rank holds the same weights: rank 0 alone writes the version
+    if not dist.main and not sharded:  # every rank holds the same weights: rank 0 writes
         return TrainResult("", stage_dir, {"ranker_loss": rk_loss[-1]})
     val = rd.subset(val_mask)
     val_batch = val.batch(space, np.arange(len(val)))
-    p_val = score_ranker(ranker, val_batch)
     # The network alone (no fusion with the retrieval logit nor the prior), for comparison.
     net = DCNRanker(dims, ranker.cfg.model_copy(update={"score_weight": 0.0, "prior_weight": 0.0}))
     net.load_state_dict(ranker.state_dict())
     net.eval()
+    scored = [val.label, score_ranker(ranker, val_batch), score_ranker(net, val_batch), val.score]
+    if sharded:  # each rank held out positives of its own shard: pool them on rank 0
+        parts = dist.gather_objects(scored)
+        scored = [np.concatenate(col) for col in zip(*parts, strict=True)]
+        if not dist.main:
+            return TrainResult("", stage_dir, {"ranker_loss": rk_loss[-1]})
+    label, p_val, p_net, s_val = scored
+    n_rows = data.shard.rows if data.shard is not None else len(rows)
     metrics: dict[str, float] = {
         "two_tower_loss": float(meta["two_tower_loss"]),
         "ranker_loss": rk_loss[-1],
-        "ranker_auc_valid": auc(val.label, p_val),
-        "ranker_net_auc_valid": auc(val.label, score_ranker(net, val_batch)),
-        "retrieval_score_auc_valid": auc(val.label, val.score),
+        "ranker_auc_valid": auc(label, p_val),
+        "ranker_net_auc_valid": auc(label, p_net),
+        "retrieval_score_auc_valid": auc(label, s_val),
         "two_tower_train_s": float(meta["two_tower_train_s"]),
         "ranker_train_s": t_rk,
-        "train_events": float(len(rows)),
+        "train_events": float(n_rows),
     }
     snapshot = store.latest_user_features(dataset, as_of=cut)
     manifest = {
@@ -350,20 +395,25 @@ def train_ranker(
         "kind": "train",
         "parent": None,
         "data_range": {
-            "min_ts": int(rows["ts"].min()),
-            "max_ts": int(rows["ts"].max()),
+            "min_ts": data.shard.min_ts if data.shard is not None else int(rows["ts"].min()),
+            "max_ts": data.shard.max_ts if data.shard is not None else int(rows["ts"].max()),
             "until": cut,
-            "events": len(rows),
+            "events": n_rows,
+            # sharded input: the rows each rank trained on (rank order)
+            **({"shard_rows": list(data.shard.shard_rows)} if data.shard is not None else {}),
         },
         "metrics": metrics,
         "seed": seed,
         "epochs": int(meta["epochs"]),
     }
     index_dir = stage_dir / STAGE_INDEX
+    # the (user, item) pairs the version's seen filter holds: all shards' (rank 0 read them)
+    pairs = data.shard.pairs if data.shard is not None else None
+    seen_u = users if pairs is None else pairs[:, 0]
+    seen_i = rows["item_id"].to_numpy(np.int64) if pairs is None else pairs[:, 1]
     with torch.no_grad():
         version, path = write_version(
-            settings, dataset, space, tt, ranker, item_emb, snapshot,
-            users, rows["item_id"].to_numpy(np.int64), manifest,
+            settings, dataset, space, tt, ranker, item_emb, snapshot, seen_u, seen_i, manifest,
             index_dir=index_dir if index_dir.is_dir() else None,
         )  # fmt: skip
     holdout = store.events(dataset, since=cut)
@@ -379,6 +429,12 @@ def train_ranker(
         Registry(settings.registry_dir, dataset).promote(version)
     log.info("trained %s %s: %s", dataset, version, metrics)
     return TrainResult(version, path, metrics)
+
+
+def _run_size(data: TrainingData, n: int) -> dict[str, Any]:
+    """The checkpoint key's size entries: `n` rows (every rank's together when sharded, so all
+    ranks resume from the one checkpoint rank 0 wrote)."""
+    return {"n": n} if data.shard is None else {"n": n, "sharded": True}
 
 
 def train(
