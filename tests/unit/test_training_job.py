@@ -58,11 +58,20 @@ def test_nodes_times_ranks_train_on_the_shared_volume() -> None:
         assert cmd[cmd.index("--device") + 1] == "cpu"
         env = {e["name"]: e.get("value") for e in c["env"]}
         assert env["STRATA_HOME"] == "/data"  # checkpoints and the registry on the shared volume
+        assert env["STRATA_TRAINING__SHARD_INPUT"] == "false"  # every rank reads all rows
         claims = [v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"]
                   if "persistentVolumeClaim" in v]  # fmt: skip
         assert claims == ["strata-data"]
         assert "nvidia.com/gpu" not in c["resources"].get("limits", {})
         assert pod["nodeSelector"] == {"strata.io/pool": "cpu"}
+
+
+def test_shard_input_reaches_every_rank_pod() -> None:
+    job = yaml.safe_load(_template("distributedTraining.shardInput=true"))
+    for pod in _pods(job).values():
+        (c,) = pod["containers"]
+        env = {e["name"]: e.get("value") for e in c["env"]}
+        assert env["STRATA_TRAINING__SHARD_INPUT"] == "true"
 
 
 def test_one_node_has_no_workers_and_gpu_ranks_get_a_gpu_each() -> None:
