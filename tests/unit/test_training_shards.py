@@ -16,6 +16,7 @@ from strata.features.offline import OfflineStore, ingest_dataset
 from strata.models.space import FeatureSpace
 from strata.training.data import positive_rows, retrieval_data
 from strata.training.distributed import Dist
+from strata.training.loops import epoch_order
 from strata.training.shards import TS_GRID, TrainingExport
 from tests.unit.tiny_world import fast_settings, tiny_dataset
 
@@ -88,3 +89,21 @@ def test_totals_fit_the_space_and_logq_of_all_rows(
     have = retrieval_data(ref, shard, tot)
     assert np.allclose(have.log_q, want.log_q[mine])
     assert not np.allclose(retrieval_data(ref, shard).log_q, want.log_q[mine])
+
+
+def test_an_epoch_of_sharded_input_takes_the_asked_steps_of_full_batches() -> None:
+    """A shard smaller than the epoch repeats rows (each at most once more than any other), a
+    larger one leaves a surplus out; without steps an epoch is one permutation."""
+    rng = np.random.default_rng(0)
+    small = epoch_order(rng, 10, steps=4, batch_size=4)  # 16 rows from 10
+    assert len(small) == 16 and set(small.tolist()) == set(range(10))
+    counts = np.bincount(small, minlength=10)
+    assert counts.min() == 1 and counts.max() == 2
+    large = epoch_order(rng, 50, steps=4, batch_size=4)  # 16 of 50, none twice
+    assert len(large) == 16 and len(set(large.tolist())) == 16
+    assert sorted(epoch_order(rng, 7, None, 4).tolist()) == list(range(7))
+    # a sharded rank's batch is all of its own rows, not a slice
+    rows = Dist(1, 2, sharded=True).rows(8)
+    assert rows is not None and rows.tolist() == list(range(8))
+    sliced = Dist(1, 2).rows(8)
+    assert sliced is not None and sliced.tolist() == [4, 5, 6, 7]
