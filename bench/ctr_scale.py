@@ -65,14 +65,17 @@ def generate(out: Path, rows: int) -> Path:
 
 
 class PeakRss:
-    """Peak summed RSS of a process and all its descendants, sampled on a thread."""
+    """Peak RSS of a process and all its descendants, sampled on a thread: `peak` of their sum,
+    and `peaks` of each descendant whose command line holds `match` (none without it)."""
 
-    def __init__(self, pid: int, every_s: float = 0.2) -> None:
+    def __init__(self, pid: int, every_s: float = 0.2, match: str | None = None) -> None:
         import psutil
 
         self._root = psutil.Process(pid)
         self._every = every_s
+        self._match = match
         self.peak = 0
+        self.peaks: dict[int, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -88,9 +91,12 @@ class PeakRss:
                 return
             for p in procs:
                 try:
-                    total += p.memory_info().rss
+                    rss = p.memory_info().rss
+                    if self._match is not None and self._match in p.cmdline():
+                        self.peaks[p.pid] = max(self.peaks.get(p.pid, 0), rss)
                 except psutil.NoSuchProcess:
                     continue  # a child that ended between listing and reading
+                total += rss
             self.peak = max(self.peak, total)
             self._stop.wait(self._every)
 
@@ -98,6 +104,19 @@ class PeakRss:
         self._stop.set()
         self._thread.join()
         return self.peak
+
+
+def measured(
+    cmd: list[str], env: dict[str, str], match: str | None = None
+) -> tuple[subprocess.CompletedProcess[bytes], PeakRss, float]:
+    """Run `cmd` to the end, sampling its memory (`PeakRss`); (result, sampler, wall seconds)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    rss = PeakRss(proc.pid, match=match)
+    stdout, stderr = proc.communicate()
+    rss.stop()
+    wall = time.perf_counter() - t0
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr), rss, wall
 
 
 def run_once(
@@ -112,15 +131,12 @@ def run_once(
             env["STRATA_CTR__MODEL__DEEP"] = json.dumps([int(w) for w in deep.split(",")])
         cmd = [str(STRATA), "ctr", "train", "--data", str(data), "--epochs", str(epochs)]
         cmd += ["--nproc", str(ranks), "--device", device]
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-        rss = PeakRss(proc.pid)
-        stdout, stderr = proc.communicate()
-        peak = rss.stop()
-        wall = time.perf_counter() - t0
+        proc, rss, wall = measured(cmd, env)
+        peak = rss.peak
     if proc.returncode != 0:
-        raise SystemExit(f"strata ctr train failed ({proc.returncode}):\n{stderr.decode()[-3000:]}")
-    out = json.loads(stdout)
+        tail = proc.stderr.decode()[-3000:]
+        raise SystemExit(f"strata ctr train failed ({proc.returncode}):\n{tail}")
+    out = json.loads(proc.stdout)
     return {
         "ranks": ranks,
         "samples_per_s": out["samples_per_s"],

@@ -18,51 +18,14 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+from ctr_scale import measured
 from offline_store import SIZES
 
 STRATA = Path(sys.executable).parent / "strata"
-
-
-class RankPeaks:
-    """Peak RSS of each rank process (descendants running `strata.cli`), sampled on a thread."""
-
-    def __init__(self, pid: int, every_s: float = 0.2) -> None:
-        import psutil
-
-        self._root = psutil.Process(pid)
-        self._every = every_s
-        self.peaks: dict[int, int] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        import psutil
-
-        while not self._stop.is_set():
-            try:
-                procs = self._root.children(recursive=True)
-            except psutil.NoSuchProcess:
-                return
-            for p in procs:
-                try:
-                    if "strata.cli" in p.cmdline():
-                        self.peaks[p.pid] = max(self.peaks.get(p.pid, 0), p.memory_info().rss)
-                except psutil.NoSuchProcess:
-                    continue  # a rank that ended between listing and reading
-            self._stop.wait(self._every)
-
-    def stop(self) -> list[int]:
-        self._stop.set()
-        self._thread.join()
-        return sorted(self.peaks.values())
 
 
 def prepare(workdir: Path, size: str) -> tuple[Path, int]:
@@ -95,15 +58,13 @@ def run_once(base: Path, until: int, ranks: int, shard: bool, epochs: int) -> di
     }
     cmd = [str(STRATA), "train", "--dataset", "synthetic", "--until", str(until)]
     cmd += ["--nproc", str(ranks), "--json", "--no-promote"]
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    peaks = RankPeaks(proc.pid)
-    stdout, stderr = proc.communicate()
-    rss = peaks.stop()
-    wall = time.perf_counter() - t0
+    # the ranks run `python -m strata.cli` (torchrun's own process names it as an argument)
+    proc, sampler, wall = measured(cmd, env, match="strata.cli")
+    rss = sorted(sampler.peaks.values())
     if proc.returncode != 0:
-        raise SystemExit(f"strata train failed ({proc.returncode}):\n{stderr.decode()[-3000:]}")
-    m = json.loads(stdout)["metrics"]
+        tail = proc.stderr.decode()[-3000:]
+        raise SystemExit(f"strata train failed ({proc.returncode}):\n{tail}")
+    m = json.loads(proc.stdout)["metrics"]
     return {
         "shard_input": shard,
         "rank_peak_rss_gb": [r / 2**30 for r in rss],

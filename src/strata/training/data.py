@@ -124,8 +124,11 @@ def training_data(
         try:
             types = list(positives) if positives else None
             rows = positive_rows(export.shard(dist, types), positives)
-            sizes = tuple(int(k) for k in dist.gather_objects(len(rows)))
-            shard = replace(export.totals(types, pairs=dist.main), shard_rows=sizes)
+            # the whole-set aggregates are read once, on rank 0, and sent to the others
+            mine = export.totals(types, pairs=True) if dist.main else None
+            sent = None if mine is None else replace(mine, pairs=None)
+            parts = dist.gather_objects((len(rows), sent))
+            shard = replace(mine or parts[0][1], shard_rows=tuple(int(n) for n, _ in parts))
         finally:
             dist.barrier()  # every rank has read: the file can go
             if dist.main:

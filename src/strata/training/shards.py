@@ -6,8 +6,9 @@ reads only its shard, the rows whose `hash(user_id) % world` is its rank: a user
 on one rank, so the ranker's filter of items the user already saw stays exact. What the model
 needs of the whole set (ids known to training, the largest |value|, item counts for logQ, the
 time quantiles of the popularity snapshots, the seen pairs the version ships) comes from
-aggregate queries over the file, so no rank holds every row; rank 0 alone keeps the (user, item)
-pairs the version's seen filter is built from. The file is removed once every rank has read.
+aggregate queries over the file, run once by rank 0 and sent to the others, so no rank holds
+every row; rank 0 alone keeps the (user, item) pairs the version's seen filter is built from.
+The file is removed once every rank has read.
 """
 
 from __future__ import annotations
