@@ -41,8 +41,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from bench.balancer import Balancer  # noqa: E402
 
-from serve_load import (  # noqa: E402
-    _without_client_gc,
+from serve_harness import (  # noqa: E402
     closed_loop,
     free_port,
     materialize_users,
@@ -51,6 +50,7 @@ from serve_load import (  # noqa: E402
     start_server,
     start_valkey,
     summarize,
+    without_client_gc,
 )
 
 # name -> (replicas, online store, cluster mode, through the balancer)
@@ -85,11 +85,11 @@ def run_setup(setup: str, s: Any, ds_name: str, url: str, users: np.ndarray, dur
         if lb is not None:
             lb.__enter__()
         port = lb.port if lb is not None else ports[0]
-        _without_client_gc(open_loop(port, users, 20, 3.0))  # warm-up
-        out = _without_client_gc(open_loop(port, users, 100, duration))
+        without_client_gc(open_loop(port, users, 20, 3.0))  # warm-up
+        out = without_client_gc(open_loop(port, users, 100, duration))
         rate = summarize(out)
         rate["errors"] = sum(1 for o in out if o[1] != 200)
-        closed, elapsed = _without_client_gc(closed_loop(port, users, 8, duration))
+        closed, elapsed = without_client_gc(closed_loop(port, users, 8, duration))
         rate["max_rps"] = summarize(closed, elapsed)["rps"]
         return rate
     finally:
