@@ -48,5 +48,11 @@ fmt: install
 	$(VENV)/bin/ruff check --fix src tests bench
 	$(VENV)/bin/ruff format src tests bench
 
+# The documentation site (MkDocs + Material) into site/; its hook regenerates the reference
+# pages from the code first (docs/gen_ref.py). --strict: a broken link or a missing page fails.
+.PHONY: docs
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .ruff_cache .mypy_cache
