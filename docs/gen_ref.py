@@ -7,7 +7,7 @@
   every group and command with its help, usage line and parameters.
 
 MkDocs runs `on_pre_build` below (`hooks:` in mkdocs.yml), so every `mkdocs build` regenerates
-both pages. They are also committed, so the links into them work when the repository is read
+both pages (and `on_page_markdown`, which reconciles GitHub's and Python-Markdown's tables). They are also committed, so the links into them work when the repository is read
 on its host; a file is rewritten only when its text changed. `--check` exits 1 when a committed
 page differs from what the code gives (tests/unit/test_docs.py runs it).
 
@@ -235,6 +235,17 @@ def generate(out: Path = OUT, check: bool = False) -> list[Path]:
 def on_pre_build(config: Any, **_: Any) -> None:
     """MkDocs hook: regenerate the reference pages before every build."""
     generate(Path(config["docs_dir"]) / "reference")
+
+
+def on_page_markdown(markdown: str, **_: Any) -> str:
+    """MkDocs hook: in table rows, unescape `\\|` inside code spans. GitHub needs the escape there
+    (a bare pipe splits the cell); Python-Markdown never splits inside code and would print it."""
+    return "\n".join(
+        _CODE.sub(lambda m: m.group(0).replace("\\|", "|"), line)
+        if line.lstrip().startswith("|")
+        else line
+        for line in markdown.split("\n")
+    )
 
 
 if __name__ == "__main__":
