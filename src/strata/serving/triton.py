@@ -1,15 +1,20 @@
 """Triton model repository: export a registry version's ONNX models with a `config.pbtxt` each.
 
-Every tensor name, dtype and shape in a config is read from the ONNX graph itself (never typed by
-hand), so the repository cannot drift from what training exported. Rank-1 tensors (`[batch]`,
+Every tensor name, dtype and shape in a config is read from the model as ONNX Runtime loads it
+(never typed by hand; the same view Triton's onnxruntime backend checks a config against), so the
+repository cannot drift from what training exported. Rank-1 tensors (`[batch]`,
 e.g. ids and the ranker's logit) are declared as `dims: [1]` with `reshape: { shape: [] }`, the
-Triton idiom for per-sample scalars in a batching model. A tiny protobuf-text parser reads the
-configs back for structural checks without needing Triton's protobuf classes.
+Triton idiom for per-sample scalars in a batching model. `check_repository` reads what was written
+back (a tiny protobuf-text parser: Triton's protobuf classes are not needed) and checks it against
+each model by the rules Triton's onnxruntime backend applies when it loads one; the export runs it
+on every repository it writes.
 """
 
 from __future__ import annotations
 
+import filecmp
 import logging
+import math
 import os
 import re
 import shutil
@@ -28,25 +33,28 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CONFIG = "config.pbtxt"
+MODEL_FILE = "model.onnx"  # what Triton's onnxruntime backend loads from <version>/
+PLATFORM = "onnxruntime_onnx"
 DATASET_PARAM = "strata_dataset"
 
-# onnx.TensorProto element types -> Triton data types (ints so onnx is imported lazily).
-_ONNX_TO_TRITON = {
-    1: "TYPE_FP32",
-    2: "TYPE_UINT8",
-    3: "TYPE_INT8",
-    4: "TYPE_UINT16",
-    5: "TYPE_INT16",
-    6: "TYPE_INT32",
-    7: "TYPE_INT64",
-    8: "TYPE_STRING",
-    9: "TYPE_BOOL",
-    10: "TYPE_FP16",
-    11: "TYPE_FP64",
-    12: "TYPE_UINT32",
-    13: "TYPE_UINT64",
-    16: "TYPE_BF16",
+# Triton data types <-> ONNX Runtime's tensor type strings (TYPE_STRING is tensor(string)).
+_TRITON_TO_ORT = {
+    "TYPE_FP32": "tensor(float)",
+    "TYPE_FP64": "tensor(double)",
+    "TYPE_FP16": "tensor(float16)",
+    "TYPE_BF16": "tensor(bfloat16)",
+    "TYPE_INT64": "tensor(int64)",
+    "TYPE_INT32": "tensor(int32)",
+    "TYPE_INT16": "tensor(int16)",
+    "TYPE_INT8": "tensor(int8)",
+    "TYPE_UINT64": "tensor(uint64)",
+    "TYPE_UINT32": "tensor(uint32)",
+    "TYPE_UINT16": "tensor(uint16)",
+    "TYPE_UINT8": "tensor(uint8)",
+    "TYPE_BOOL": "tensor(bool)",
+    "TYPE_STRING": "tensor(string)",
 }
+_ORT_TO_TRITON = {v: k for k, v in _TRITON_TO_ORT.items()}
 
 
 @dataclass(frozen=True)
@@ -82,29 +90,32 @@ class TritonExport:
 
 
 def onnx_signature(path: Path) -> ModelSignature:
-    """Read input/output names, dtypes and shapes from an ONNX file (weights not needed)."""
-    import onnx
+    """Input/output names, Triton dtypes and shapes of an ONNX file as ONNX Runtime loads it.
+
+    That is the view Triton's onnxruntime backend compares a config against, and it can be more
+    specific than the shapes the graph declares: ONNX Runtime's shape inference resolves e.g.
+    the query tower's output `[batch, Div..._dim_1]` to `[batch, 16]`, and Triton then requires
+    `dims: [ 16 ]` (outputs are compared exactly). Overridable initializers are not inputs."""
+    import onnxruntime as ort
 
     if not Path(path).is_file():
         raise DataError(path, "ONNX file does not exist")
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # I/O only
+    opts.intra_op_num_threads = 1
     try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # onnx raises DecodeError and friends; report them as bad data
-        raise DataError(path, f"not a readable ONNX model: {exc}") from None
-    # Initializers may be listed as graph inputs in old exports; they are not request tensors.
-    weights = {i.name for i in model.graph.initializer}
+        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... classes
+        raise DataError(path, f"ONNX Runtime cannot load it: {exc}") from None
 
-    def spec(v: Any) -> TensorSpec:
-        tt = v.type.tensor_type
-        if tt.elem_type not in _ONNX_TO_TRITON:
-            raise DataError(
-                path, f"tensor {v.name!r}: unsupported ONNX element type {tt.elem_type}"
-            )
-        dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tt.shape.dim)
-        return TensorSpec(v.name, _ONNX_TO_TRITON[tt.elem_type], dims)
+    def spec(arg: Any) -> TensorSpec:
+        if arg.type not in _ORT_TO_TRITON:
+            raise DataError(path, f"tensor {arg.name!r}: unsupported type {arg.type}")
+        dims = tuple(d if isinstance(d, int) else -1 for d in arg.shape)  # symbolic/None: -1
+        return TensorSpec(arg.name, _ORT_TO_TRITON[arg.type], dims)
 
-    inputs = tuple(spec(v) for v in model.graph.input if v.name not in weights)
-    outputs = tuple(spec(v) for v in model.graph.output)
+    inputs = tuple(spec(a) for a in sess.get_inputs())
+    outputs = tuple(spec(a) for a in sess.get_outputs())
     return ModelSignature(inputs, outputs)
 
 
@@ -134,7 +145,7 @@ def model_config_text(
     batched = sig.batched
     parts = [
         f'name: "{name}"',
-        'platform: "onnxruntime_onnx"',
+        f'platform: "{PLATFORM}"',
         f"max_batch_size: {cfg.max_batch_size if batched else 0}",
         "input [\n" + ",\n".join(_tensor_block(t, batched) for t in sig.inputs) + "\n]",
         "output [\n" + ",\n".join(_tensor_block(t, batched) for t in sig.outputs) + "\n]",
@@ -179,7 +190,7 @@ def write_model_repository(
         for name, path in models.items():
             folder = stage / name
             (folder / "1").mkdir(parents=True)
-            shutil.copyfile(path, folder / "1" / "model.onnx")
+            shutil.copyfile(path, folder / "1" / MODEL_FILE)
             text = model_config_text(name, sigs[name], cfg, dataset, version)
             (folder / CONFIG).write_text(text)
         for name in models:
@@ -344,36 +355,139 @@ def read_model_config(folder: Path) -> dict[str, list[Any]]:
         raise DataError(path, f"malformed config: {exc}") from None
 
 
-def config_tensors(cfg: dict[str, list[Any]], kind: str) -> list[TensorSpec]:
-    """The `input` or `output` entries of a parsed config as specs with the *model* shape (the
-    batch axis added back and `reshape` applied), comparable to `onnx_signature`."""
-    batched = cfg.get("max_batch_size", [0])[0] > 0
-    specs = []
-    for t in cfg.get(kind, []):
-        dims = tuple(t.get("dims", []))
-        if t.get("reshape"):
-            dims = tuple(t["reshape"][0].get("shape", []))
-        specs.append(TensorSpec(t["name"][0], t["data_type"][0], ((-1,) if batched else ()) + dims))
-    return specs
+# --- checking a repository as written -----------------------------------------------------------
 
 
-def check_repository(out: Path, models: dict[str, Path] | None = None) -> None:
-    """Structural check of a repository: each model folder has a parsable config whose I/O names,
-    dtypes and shapes equal its `1/model.onnx` (and `models[name]` when given); DataError if not."""
-    out = Path(out)
-    names = list(models) if models else sorted(p.name for p in out.iterdir() if p.is_dir())
-    for name in names:
-        if name.startswith("."):
+def _size(dims: list[Any]) -> tuple[int, int]:
+    """(number of -1 axes, product of the fixed ones): equal for a valid `reshape`."""
+    fixed = [d for d in dims if d != -1]
+    return len(dims) - len(fixed), math.prod(fixed)
+
+
+def _io_problems(
+    kind: str, entries: list[Any], model: tuple[TensorSpec, ...], max_batch: int
+) -> list[str]:
+    """What keeps the `input` or `output` entries of a config from matching the model's tensors,
+    by the rules of Triton's onnxruntime backend: names, data types, and the shape the entry
+    declares (a -1 batch axis when max_batch_size > 0, then `reshape.shape` if given, else
+    `dims`) against the model's, where a dynamic (-1) model axis takes any input size but an
+    output must be declared exactly as the model has it."""
+    specs = {t.name: t for t in model}
+    problems = []
+    names = [e.get("name", [None])[0] for e in entries]
+    extra = [n for n in names if n not in specs]
+    missing = [n for n in specs if n not in names]
+    if extra or missing:
+        problems.append(
+            f"{kind}s do not match the ONNX model: config has {extra} not in the model, "
+            f"the model has {missing} not in the config"
+        )
+    if len(set(names)) != len(names):
+        problems.append(f"{kind} names repeat: {names}")
+    for e, name in zip(entries, names, strict=True):
+        if name not in specs:
             continue
-        folder = out / name
-        cfg = read_model_config(folder)
-        if cfg.get("name", [None])[0] != name:
-            raise DataError(folder / CONFIG, f"name {cfg.get('name')} != folder {name!r}")
-        onnx_file = folder / "1" / "model.onnx"
-        sig = onnx_signature(onnx_file)
-        if models and onnx_signature(models[name]) != sig:
-            raise DataError(onnx_file, f"differs from the registry's {models[name]}")
-        for kind, want in (("input", sig.inputs), ("output", sig.outputs)):
-            got = config_tensors(cfg, kind)
-            if got != list(want):
-                raise DataError(folder / CONFIG, f"{kind}s {got} do not match the ONNX {want}")
+        spec = specs[name]
+        dtype = e.get("data_type", [None])[0]
+        if dtype != spec.dtype:
+            ort_type = _TRITON_TO_ORT[spec.dtype]
+            problems.append(f"{kind} {name!r}: data_type {dtype}, the model's is {ort_type}")
+        dims = e.get("dims", [])
+        declared = e["reshape"][0].get("shape", []) if e.get("reshape") else dims
+        if not dims or any(not isinstance(d, int) or d == 0 or d < -1 for d in dims + declared):
+            problems.append(f"{kind} {name!r}: dims {dims} (reshape {declared}): each -1 or > 0")
+            continue
+        if _size(declared) != _size(dims):
+            problems.append(f"{kind} {name!r}: reshape {declared} is not the size of {dims}")
+        full = ([-1] if max_batch else []) + declared
+        model_shape = list(spec.shape)
+        if max_batch and model_shape[:1] != [-1]:
+            problems.append(
+                f"{kind} {name!r}: max_batch_size {max_batch} needs a dynamic first axis, "
+                f"the model's shape is {model_shape}"
+            )
+        elif len(full) != len(model_shape) or any(
+            m != c and (kind == "output" or m != -1) for m, c in zip(model_shape, full, strict=True)
+        ):
+            problems.append(
+                f"{kind} {name!r}: the config declares shape {full}, the model's is "
+                f"{model_shape} (-1 = dynamic)"
+            )
+    return problems
+
+
+def model_config_problems(folder: Path) -> list[str]:
+    """Why Triton's ONNX Runtime backend would not load `folder` as written (empty: it would).
+
+    Checks `config.pbtxt` as written against each version's model file as ONNX Runtime reads it:
+    name = folder, platform `onnxruntime_onnx`, `<version>/model.onnx` (or the config's
+    `default_model_filename`) in every numeric version folder, max_batch_size and
+    dynamic batching coherent, and every input and output (names, data types, dims with the
+    batch axis and any reshape) equal to the model's, as Triton's backend compares them."""
+    folder = Path(folder)
+    try:
+        cfg = parse_pbtxt((folder / CONFIG).read_text())
+    except FileNotFoundError:
+        return ["config.pbtxt is missing"]
+    except ValueError as exc:
+        return [f"malformed config: {exc}"]
+
+    def one(key: str, default: Any = None) -> Any:
+        return cfg.get(key, [default])[0]
+
+    problems = []
+    if one("name") != folder.name:
+        problems.append(f"name {one('name')!r} is not the folder's {folder.name!r}")
+    if one("platform") != PLATFORM or one("backend", "onnxruntime") != "onnxruntime":
+        problems.append(
+            f"platform {one('platform')!r} / backend {one('backend')!r}: expected {PLATFORM!r}"
+        )
+    max_batch = one("max_batch_size", 0)
+    if not isinstance(max_batch, int) or max_batch < 0:
+        problems.append(f"max_batch_size {max_batch!r} must be an integer >= 0")
+        max_batch = 0
+    batching = one("dynamic_batching")
+    if batching is not None:
+        sizes = batching.get("preferred_batch_size", [])
+        if not max_batch or any(not (isinstance(s, int) and 1 <= s <= max_batch) for s in sizes):
+            problems.append(
+                f"dynamic_batching preferred sizes {sizes} need 1 <= size <= "
+                f"max_batch_size {max_batch}"
+            )
+    filename = one("default_model_filename", MODEL_FILE)
+    versions = sorted(
+        (p for p in folder.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)
+    )
+    if not versions:
+        problems.append(f"no version folder (<number>/{filename})")
+    for v in versions:
+        try:
+            sig = onnx_signature(v / filename)
+        except DataError as exc:
+            problems.append(f"{v.name}/{filename}: {exc.problem}")
+            continue
+        problems += _io_problems("input", cfg.get("input", []), sig.inputs, max_batch)
+        problems += _io_problems("output", cfg.get("output", []), sig.outputs, max_batch)
+    return problems
+
+
+def check_repository(out: Path, models: dict[str, Path] | None = None) -> list[str]:
+    """Check a model repository as written: every model folder (those of `models` when given)
+    passes `model_config_problems`, and holds a byte copy of `models[name]`; DataError naming
+    every problem, else the model names checked."""
+    out = Path(out)
+    if models is not None:
+        names = list(models)
+    else:
+        names = sorted(p.name for p in out.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not names:
+        raise DataError(out, "no model folders")
+    problems = []
+    for name in names:
+        problems += [f"{name}: {p}" for p in model_config_problems(out / name)]
+        copy = out / name / "1" / MODEL_FILE
+        if models and copy.is_file() and not filecmp.cmp(copy, models[name], shallow=False):
+            problems.append(f"{name}: 1/{MODEL_FILE} differs from {models[name]}")
+    if problems:
+        raise DataError(out, "; ".join(problems))
+    return names
