@@ -1,10 +1,15 @@
-"""The chart's Triton Deployment serves what `strata export triton` writes: its `export`
-sidecar's own command (from `helm template` with the gpu-triton profile) runs here against a
-registry, fills the model repository, and a real `tritonserver` started with the chart's
-repository options (poll mode) serves that version; a promotion is re-exported by the same
-running sidecar and Triton picks it up without a restart. The serving pods of that profile are
-pointed at the Triton Service. (As in test_triton.py, the Triton of the pytriton wheel has no
-ONNX Runtime backend, so the test serves each exported model.onnx through the Python backend.)
+"""The chart's Triton Deployment and what its `export` sidecar writes.
+
+The sidecar's own command (from `helm template` with the gpu-triton profile) runs here against a
+registry and fills the model repository; that repository, as written, passes `check_repository`
+(each config against its model as ONNX Runtime loads it, by the rules of Triton's onnxruntime
+backend). A real `tritonserver` started with the chart's repository options (poll mode) then
+follows it: a promotion is re-exported by the same running sidecar and Triton picks it up
+without a restart. That server is the one of the pytriton wheel, which has no onnxruntime
+backend, so it serves a mirror of the repository with each `platform` line swapped for its
+Python backend (see test_triton.py): this checks the chart's wiring and the reload transport,
+not Triton's onnxruntime backend loading our configs. The serving pods of that profile are
+pointed at the Triton Service.
 """
 
 from __future__ import annotations
@@ -21,14 +26,15 @@ from typing import Any
 import pytest
 
 from strata.serving.backends import MODEL_FILES, TritonBackend
+from strata.serving.triton import check_repository
 from tests.unit.backend_support import register_small_models
 from tests.unit.test_pipelines_deploy import one
 
 from .test_triton import (
     find_triton,
-    python_backend_repository,
     start_tritonserver,
     stop_process,
+    transport_repository,
 )
 
 pytestmark = pytest.mark.integration
@@ -61,10 +67,11 @@ def _wait_for(cond: Any, what: str, timeout: float = 90.0) -> None:
 
 
 def _mirror(exported: Path, repo: Path) -> None:
-    """The Python-backend copy of the sidecar's repository, each model swapped in by rename (as
-    the sidecar swaps its own), so Triton's poll sees whole models only."""
+    """The transport copy of the sidecar's repository (platform swapped for the Python backend),
+    each model swapped in by rename (as the sidecar swaps its own), so Triton's poll sees whole
+    models only."""
     stage = repo.parent / f".stage-{time.monotonic_ns()}"
-    python_backend_repository(exported, stage)
+    transport_repository(exported, stage)
     repo.mkdir(exist_ok=True)
     for name in MODEL_FILES:
         old = repo.parent / f".old-{name}-{time.monotonic_ns()}"
@@ -96,7 +103,9 @@ def test_serving_pods_of_the_triton_profile_call_the_triton_service(
     assert triton["resources"]["limits"]["nvidia.com/gpu"] == 1
 
 
-def test_the_triton_deployment_serves_what_its_export_sidecar_writes(tmp_path: Path) -> None:
+def test_triton_chart_transport_python_backend_follows_the_export_sidecar(tmp_path: Path) -> None:
+    """The sidecar's repository is checked as written; Triton (Python backend, platform line
+    swapped: the bundled server has no onnxruntime backend) follows its re-exports in poll mode."""
     pytest.importorskip("tritonclient.http", reason="needs the 'triton' extra: strata[triton]")
     dep = one(_chart(), "Deployment", "strata-triton")
     pod = dep["spec"]["template"]["spec"]
@@ -134,6 +143,7 @@ def test_the_triton_deployment_serves_what_its_export_sidecar_writes(tmp_path: P
     try:
         _wait_for(lambda: (exported / "ranker" / "config.pbtxt").is_file(), "the first export")
         assert _served_version(exported) == first.version
+        assert check_repository(exported) == sorted(MODEL_FILES)  # as the sidecar wrote it
         repo = tmp_path / "repo"
         _mirror(exported, repo)
         proc, port = start_tritonserver(dist, repo, tmp_path, tuple(poll))
@@ -146,6 +156,7 @@ def test_the_triton_deployment_serves_what_its_export_sidecar_writes(tmp_path: P
         second = register_small_models(home, dataset)  # promoted: the sidecar re-exports
         assert second.version != first.version
         _wait_for(lambda: _served_version(exported) == second.version, "the re-export")
+        assert check_repository(exported) == sorted(MODEL_FILES)
         _mirror(exported, repo)
 
         def reloaded() -> bool:

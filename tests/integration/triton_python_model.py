@@ -1,9 +1,11 @@
-"""Triton Python-backend model that runs an ONNX file with ONNX Runtime (integration tests only).
+"""Triton Python-backend model that runs an ONNX file with ONNX Runtime (transport tests only).
 
 The pip-installable Triton server (nvidia-pytriton's bundled `tritonserver`) has no ONNX Runtime
-backend, so the integration test serves our exported ONNX files through this Python-backend model
-under the exported `config.pbtxt` (platform swapped): Triton still parses our config, applies its
-reshapes and batching settings, and answers real HTTP/gRPC requests. Runs inside Triton's Python
+backend, so the `test_triton_transport_*` tests serve our exported ONNX files through this
+Python-backend model under the exported `config.pbtxt` with its `platform` line swapped: Triton
+parses the rest of our config, applies its reshapes and batching settings, and answers real
+HTTP/gRPC requests. It does not check the config against the model the way the onnxruntime
+backend would (`strata.serving.triton.check_repository` does that). Runs inside Triton's Python
 stub, which finds the separate numpy<2 environment through its `python3` first on PATH.
 """
 
