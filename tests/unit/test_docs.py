@@ -53,3 +53,14 @@ def test_site_builds_strict(tmp_path: Path) -> None:
     for page in ("index.html", "reference/cli/index.html", "reference/configuration/index.html"):
         assert (site / page).is_file(), page
     assert (site / "img" / "bench" / "serve_load.png").is_file()
+
+
+def test_bench_plots_draw_from_published_figures(tmp_path: Path) -> None:
+    """The benchmarks page's figures: bench/plots.py draws each from bench/published/."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "plots.py"), "--published", "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    drawn = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert drawn == sorted(p.name for p in (ROOT / "docs" / "img" / "bench").glob("*.png"))
