@@ -1,10 +1,13 @@
-"""Shared fixtures: an isolated STRATA_HOME per test and the shared data folder (skip if absent)."""
+"""Shared fixtures: an isolated STRATA_HOME per test and the shared data folder (absent: skip,
+or fail under CI=true naming the path)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+
+from tests.ci import missing
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -22,7 +25,7 @@ def strata_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def _shared(sub: str) -> Path:
     path = SHARED_DATA / sub
     if not path.exists():
-        pytest.skip(f"shared data {path} is absent (tests that need it skip without it)")
+        missing(f"shared data {path} is absent")
     return path
 
 
