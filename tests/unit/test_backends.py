@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 
 from strata.config import OnnxRuntimeConfig, Settings, TritonBackendConfig, TritonExportConfig
@@ -74,15 +73,20 @@ def test_parse_pbtxt_rejects_malformed(bad: str) -> None:
 
 
 def _onnx_io(path: Path) -> dict[str, list[tuple[str, str, list[int]]]]:
-    """Names, NumPy dtypes and shapes straight from the graph (independent of strata.triton)."""
-    g = onnx.load(str(path)).graph
+    """Names, NumPy dtypes and shapes as ONNX Runtime loads the model: the view Triton's
+    onnxruntime backend checks a config against (independent of strata.triton)."""
+    import onnxruntime as ort
 
-    def one(v: onnx.ValueInfoProto) -> tuple[str, str, list[int]]:
-        t = v.type.tensor_type
-        dt = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name
-        return v.name, dt, [d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim]
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    np_types = {"tensor(float)": "float32", "tensor(int64)": "int64"}
 
-    return {"input": [one(v) for v in g.input], "output": [one(v) for v in g.output]}
+    def one(a: ort.NodeArg) -> tuple[str, str, list[int]]:
+        return a.name, np_types[a.type], [d if isinstance(d, int) else -1 for d in a.shape]
+
+    return {
+        "input": [one(a) for a in sess.get_inputs()],
+        "output": [one(a) for a in sess.get_outputs()],
+    }
 
 
 @pytest.mark.parametrize("model", ["query_tower", "ranker"])
