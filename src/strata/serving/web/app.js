@@ -28,7 +28,7 @@ async function init() {
   const cat = await json("/catalog");
   ownIds = cat.own_ids;
   if (cat.users.length) { sampleUsers = cat.users.slice(0, 2); if (ownIds) $("user").value = cat.users[0]; }
-  $("version").textContent = `${cat.dataset} · ${cat.version} · ${cat.items} items (${cat.live_items} live)`;
+  showCatalog(cat);
   for (const d of cat.devices) $("device").add(new Option(d, d, d === "unknown", d === "unknown"));
   clickType = cat.event_types.includes("click") ? "click" : cat.event_types[0];
   for (const g of cat.genres) {
@@ -38,6 +38,11 @@ async function init() {
   }
   $("token").value = sessionStorage.getItem("strata-token") || "";
   await recommend();
+}
+
+// The header's catalogue sizes; refreshed after an add, or it would still say "(0 live)".
+function showCatalog(cat) {
+  $("version").textContent = `${cat.dataset} · ${cat.version} · ${cat.items} items (${cat.live_items} live)`;
 }
 
 function params() {
@@ -133,6 +138,7 @@ async function addItem(ev) {
       where.push(`${label}: ${pos < 0 ? "not in the top 20" : "position " + (pos + 1)}`);
     }
     $("added").textContent = `added ${body.title} (${r.ms} ms) · ${where.join(" · ")}`;
+    json("/catalog").then(showCatalog).catch(() => {});
     await recommend();
   } catch (e) { $("added").textContent = `not added: ${e.message}`; }
 }
