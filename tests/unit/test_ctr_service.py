@@ -52,7 +52,7 @@ def test_predict_and_feedback(settings: Settings) -> None:
     again = svc.feedback(a.ids[:5], y[:5])
     assert again.accepted == 0 and again.duplicate == a.ids[:5].tolist()
     fb = svc.feedback(b.ids, y[30:])
-    assert fb.decision.kind in ("triggered", "healthy") and fb.decision.n == 60
+    assert fb.decision.kind == "triggered" and fb.decision.n == 60  # 0.99 is unreachable
     recent = svc.recent_labelled()
     assert len(recent) == 60 and np.array_equal(recent.labels, y.astype(np.float32))
     assert svc.stats()["feedback"] == 60 and svc.stats()["unknown_feedback"] == 1
@@ -88,10 +88,21 @@ def test_hot_reload_and_missing_version(settings: Settings, tmp_path: Path) -> N
         load_service(settings, version="v0099")
 
 
-def test_trigger_retrains_promotes_and_reloads(settings: Settings) -> None:
+@pytest.mark.parametrize(("min_gain", "promotes"), [(-1.0, True), (1.0, False)])
+def test_trigger_retrains_and_the_gate_decides_promotion(
+    settings: Settings, min_gain: float, promotes: bool
+) -> None:
+    # AUCs lie in [0, 1]: a min_gain of -1 lets every retrain through the gate and +1 none, so
+    # each branch is known and asserted unconditionally.
+    incremental = settings.ctr.incremental.model_copy(update={"min_gain": min_gain})
+    cfg = settings.ctr.model_copy(update={"incremental": incremental})
     registry = ctr_registry(settings)
     svc = load_service(settings)
-    trigger = RetrainTrigger(make_retrain(svc, registry, settings.ctr, seed=0))
+    serving_before, versions_before = registry.serving(), registry.versions()
+    assert svc.served.version == serving_before
+    log_file = registry.dir / "decisions.jsonl"
+    log_before = log_file.read_text().splitlines() if log_file.exists() else []
+    trigger = RetrainTrigger(make_retrain(svc, registry, cfg, seed=0))
     svc_events = []
     df = synthetic_frame(600, seed=21, drift=True)
     y = df.pop("label").to_numpy()
@@ -106,9 +117,13 @@ def test_trigger_retrains_promotes_and_reloads(settings: Settings) -> None:
     assert len(outcomes) == trigger.runs
     for o in outcomes:
         assert o["ok"] is True and {"old_auc", "new_auc", "promoted"} <= o.keys()
-        assert o["promoted"] == (o["new_auc"] >= o["old_auc"])
-    promoted = [o["version"] for o in outcomes if o["promoted"]]
-    if promoted:  # the last promoted version is what the registry and the service serve
-        assert registry.serving() == promoted[-1] == svc.served.version
-    log = (registry.dir / "decisions.jsonl").read_text().splitlines()
-    assert any('"ctr_incremental"' in line for line in log)
+        assert o["promoted"] is promotes == (o["new_auc"] >= o["old_auc"] + min_gain)
+    new_versions = [v for v in registry.versions() if v not in versions_before]
+    if promotes:  # every retrain published, the last one served by the registry and service
+        assert new_versions == [o["version"] for o in outcomes]
+        assert registry.serving() == new_versions[-1] == svc.served.version != serving_before
+    else:  # nothing published; the service kept its model
+        assert new_versions == [] and "version" not in outcomes[-1]
+        assert registry.serving() == serving_before == svc.served.version
+    logged = log_file.read_text().splitlines()[len(log_before) :]
+    assert sum('"ctr_incremental"' in line for line in logged) == trigger.runs
