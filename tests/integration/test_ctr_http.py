@@ -29,6 +29,7 @@ from strata.ctr.artifacts import ctr_registry, publish
 from strata.ctr.data import CtrSource
 from strata.ctr.train import train_ctr
 from strata.serving.ctr_api import create_ctr_app, install_ctr
+from strata.serving.ctr_runtime import LATENCY_BUCKETS
 from tests.unit.ctr_support import synthetic_frame, synthetic_parquet, tiny_cfg
 
 pytestmark = pytest.mark.integration
@@ -97,6 +98,18 @@ def _metric(text: str, name: str, labels: str = "") -> float:
     return float(m.group(1))
 
 
+def _buckets(text: str, name: str, **labels: str) -> dict[float, float]:
+    """`le` -> cumulative count of one labelled histogram series, in exposition order (the
+    label order of a sample line is not assumed)."""
+    out: dict[float, float] = {}
+    pattern = "^" + re.escape(name) + r"_bucket\{([^}]*)\} (\S+)$"
+    for m in re.finditer(pattern, text, flags=re.MULTILINE):
+        found = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
+        if {k: found.get(k) for k in labels} == labels:
+            out[float(found["le"])] = float(m.group(2))
+    return out
+
+
 @pytest.fixture(scope="module")
 def healthy(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     """No trigger possible (threshold 0, no relative rule); small request limits."""
@@ -141,7 +154,12 @@ def test_predict_feedback_and_rolling_auc_gauge(base_url: str) -> None:
             metrics, "strata_ctr_request_seconds_count", 'endpoint="predict",status="2xx"'
         )
         assert n_pred == 1
-        assert 'le="0.01",status="2xx"' in metrics or 'le="0.01"' in metrics  # the buckets
+        # The latency histogram of that request: every configured bucket, cumulative, the one
+        # observation counted in +Inf (what the HPA's histogram_quantile reads).
+        buckets = _buckets(metrics, "strata_ctr_request_seconds", endpoint="predict", status="2xx")
+        assert list(buckets) == [*LATENCY_BUCKETS, math.inf]
+        counts = list(buckets.values())
+        assert counts == sorted(counts) and set(counts) <= {0, 1} and counts[-1] == n_pred
 
         status = c.get("/ctr/status").json()
         assert status["version"] == "v0001" and status["predictions"] == 300
