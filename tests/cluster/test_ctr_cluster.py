@@ -29,7 +29,7 @@ from tests.unit.ctr_support import synthetic_parquet, tiny_cfg
 
 from .conftest import Replica
 
-pytestmark = [pytest.mark.integration, pytest.mark.cluster]
+pytestmark = [pytest.mark.integration, pytest.mark.cluster, pytest.mark.multiprocess]
 
 LEASE_S = 3.0
 

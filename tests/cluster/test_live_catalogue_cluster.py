@@ -19,7 +19,7 @@ from tests.unit.serving_support import DATASET, TOKEN, serving_settings
 
 from .conftest import Cluster, running_cluster
 
-pytestmark = [pytest.mark.integration, pytest.mark.cluster]
+pytestmark = [pytest.mark.integration, pytest.mark.cluster, pytest.mark.multiprocess]
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 NEW = 5000  # not an id of the tiny catalogue (1..80)

@@ -23,7 +23,7 @@ from tests.unit.serving_support import DATASET, TOKEN, copy_version
 
 from .conftest import Cluster
 
-pytestmark = [pytest.mark.integration, pytest.mark.cluster]
+pytestmark = [pytest.mark.integration, pytest.mark.cluster, pytest.mark.multiprocess]
 
 
 @contextmanager

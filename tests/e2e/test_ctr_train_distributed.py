@@ -20,6 +20,8 @@ from strata.ctr.data import CtrSource, temporal_split
 from strata.ctr.preprocess import fit_preprocessor
 from tests.unit.ctr_support import synthetic_frame, tiny_cfg
 
+pytestmark = pytest.mark.multiprocess
+
 STRATA = Path(sys.executable).parent / "strata"
 
 

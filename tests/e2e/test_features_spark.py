@@ -23,7 +23,7 @@ from strata.features.definitions import FeatureParams
 from strata.features.engines import build_features
 from strata.features.offline import OfflineStore, ingest_dataset
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.multiprocess]
 
 
 def _need_spark() -> None:

@@ -21,6 +21,8 @@ from strata.registry import Registry
 from strata.training.recommender import load_recommender
 from tests.unit.tiny_world import fast_settings, tiny_dataset
 
+pytestmark = pytest.mark.multiprocess
+
 STRATA = Path(sys.executable).parent / "strata"
 
 

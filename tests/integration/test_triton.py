@@ -42,7 +42,7 @@ from strata.serving.triton import check_repository, export_triton
 
 from ..unit.backend_support import Version, random_inputs, register_small_models, torch_outputs
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.multiprocess]
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV = Path(os.environ.get("STRATA_TRITON_VENV", ROOT / "bench" / ".venv-triton"))

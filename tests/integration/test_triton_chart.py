@@ -37,7 +37,7 @@ from .test_triton import (
     transport_repository,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.multiprocess]
 
 POLL_S = 1
 

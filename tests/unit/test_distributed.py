@@ -2,22 +2,30 @@
 N*B (global in-batch negatives, logQ for the global batch, masking drawn for the global batch),
 checkpoints resume to the same weights as an unbroken run, and a killed rank fails the job.
 
-The multi-rank tests run real gloo process groups on loopback (torch.multiprocessing, spawn).
+The multi-rank tests run real gloo process groups on loopback (spawned processes). They join the
+way torchrun's workers do: through a store that the launching process hosts on a port it is
+already listening on (no free-port race, and the store outlives every rank). A rank that
+finishes leaves the group only after a barrier (`leaving_group`, as `strata train` does), so no
+rank tears down its connections while another still talks to it. The launcher waits for every
+rank and reports each exit status itself, so a test reads exactly which rank died how (not
+whichever failure a join happened to see first).
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing
+import multiprocessing.connection
 import os
 import signal
-import socket
+import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
 from strata.models.batch import (
@@ -32,15 +40,19 @@ from strata.models.inputs import FeatureDims
 from strata.models.layers import CrossNetConfig, MLPConfig
 from strata.models.two_tower import TwoTower, TwoTowerConfig
 from strata.training.checkpoints import Checkpoints
-from strata.training.distributed import Dist
+from strata.training.distributed import Dist, leaving_group
 from strata.training.loops import Negatives, ranker_loop, seed_everything, two_tower_loop
 from strata.training.losses import sampled_softmax_loss
+
+pytestmark = pytest.mark.multiprocess
 
 DIMS = FeatureDims(n_users=40, n_items=60, text_dim=8, image_dim=6, hist_len=5)
 WORLD = 2
 PER_RANK = 24  # per-rank batch B; the global batch is WORLD * B
 STEPS = 6  # batches per epoch
 EPOCHS = 2
+JOB_TIMEOUT_S = 300  # a job that hangs fails the test instead of the suite's 600 s timeout
+GRACE_S = 20  # after one rank failed, time for the others to notice (their peer is gone)
 
 
 def _batches(kind: str, size: int) -> list[RetrievalBatch] | list[RankBatch]:
@@ -91,9 +103,11 @@ def _train(
 
 def _worker(rank: int, port: int, out: str, kind: str, ckpt_dir: str, kill_at: int) -> None:
     """One rank of a gloo job on loopback; rank 0 writes the final weights and loss history."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.distributed.init_process_group("gloo", rank=rank, world_size=WORLD)
-    try:
+    store = torch.distributed.TCPStore(
+        "127.0.0.1", port, WORLD, is_master=False, timeout=timedelta(seconds=120)
+    )
+    torch.distributed.init_process_group("gloo", store=store, rank=rank, world_size=WORLD)
+    with leaving_group():  # as `strata train` leaves: a barrier first unless this rank failed
         d = Dist(rank, WORLD)
         ckpt = None
         if ckpt_dir:
@@ -102,15 +116,29 @@ def _worker(rank: int, port: int, out: str, kind: str, ckpt_dir: str, kill_at: i
         if d.main:
             save_file({k: v.contiguous() for k, v in state.items()}, f"{out}/state.safetensors")
             Path(out, "history.json").write_text(json.dumps(hist))
-    finally:
-        torch.distributed.destroy_process_group()
 
 
-def _run_ranks(tmp: Path, kind: str, ckpt_dir: str = "", kill_at: int = -1) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    mp.spawn(_worker, args=(port, str(tmp), kind, ckpt_dir, kill_at), nprocs=WORLD, join=True)
+def _run_ranks(tmp: Path, kind: str, ckpt_dir: str = "", kill_at: int = -1) -> list[int | None]:
+    """Run a WORLD-rank job to its end; every rank's exit status, in rank order. Once a rank has
+    failed, the others get GRACE_S to fail on their own before they are killed."""
+    store = torch.distributed.TCPStore(
+        "127.0.0.1", 0, WORLD, is_master=True, wait_for_workers=False
+    )
+    spawn = multiprocessing.get_context("spawn")
+    args = (store.port, str(tmp), kind, ckpt_dir, kill_at)
+    procs = [spawn.Process(target=_worker, args=(r, *args)) for r in range(WORLD)]
+    for p in procs:
+        p.start()
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while any(p.is_alive() for p in procs) and time.monotonic() < deadline:
+        if any(p.exitcode not in (None, 0) for p in procs):
+            deadline = min(deadline, time.monotonic() + GRACE_S)
+        multiprocessing.connection.wait([p.sentinel for p in procs if p.is_alive()], 0.5)
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+        p.join()
+    return [p.exitcode for p in procs]
 
 
 def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
@@ -149,7 +177,7 @@ def test_gathered_softmax_adds_up_to_the_global_batch() -> None:
 @pytest.mark.parametrize("kind", ["two_tower", "ranker"])
 def test_two_ranks_train_like_one_rank_with_twice_the_batch(kind: str, tmp_path: Path) -> None:
     ref_state, ref_hist = _train(kind)  # one process, batch 2B
-    _run_ranks(tmp_path, kind)  # two gloo ranks, batch B each
+    assert _run_ranks(tmp_path, kind) == [0] * WORLD  # two gloo ranks, batch B each
     state = load_file(str(tmp_path / "state.safetensors"))
     hist = json.loads((tmp_path / "history.json").read_text())
     assert _max_diff(state, ref_state) < 1e-4
@@ -204,13 +232,13 @@ def test_a_killed_rank_fails_the_job_and_the_rerun_resumes(tmp_path: Path) -> No
     ckpt_dir = tmp_path / "ckpt"
     out = tmp_path / "out"
     out.mkdir()
-    with pytest.raises(mp.ProcessExitedException) as exc:
-        _run_ranks(out, "two_tower", str(ckpt_dir), kill_at=9)  # rank 1 SIGKILLed at step 10
-    assert exc.value.exit_code == -signal.SIGKILL
+    rank0, rank1 = _run_ranks(out, "two_tower", str(ckpt_dir), kill_at=9)  # rank 1 dies at step 10
+    assert rank1 == -signal.SIGKILL
+    assert rank0 != 0  # the survivor fails (its peer is gone) or is stopped: never finishes
     assert not (out / "state.safetensors").exists()  # the job failed as a whole
     meta = json.loads((ckpt_dir / "two-tower.json").read_text())
     assert meta["global_step"] == 8  # checkpoints every 2 steps: the last one before the kill
-    _run_ranks(out, "two_tower", str(ckpt_dir))
+    assert _run_ranks(out, "two_tower", str(ckpt_dir)) == [0] * WORLD
     state = load_file(str(out / "state.safetensors"))
     assert _max_diff(state, ref_state) < 1e-4
     assert np.allclose(json.loads((out / "history.json").read_text()), ref_hist, atol=1e-5)

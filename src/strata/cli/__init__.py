@@ -350,17 +350,15 @@ def train_cmd(
 ) -> None:
     """Train the two-tower and the DCN-v2 ranker, export, register and promote a version."""
     from strata.cli.common import distributed, parse_ts
-    from strata.training.distributed import shutdown
+    from strata.training.distributed import leaving_group
     from strata.training.train import train
 
     s = settings()
     if device is not None:
         s = s.model_copy(update={"training": s.training.model_copy(update={"device": device})})
     rank = distributed(nproc, s.training.device, "training")
-    try:
+    with leaving_group():
         res = train(s, dataset, parse_ts(until), images, epochs, promote=promote)
-    finally:
-        shutdown()
     if rank is not None and not rank.main:
         return  # rank 0 wrote the version and prints it
     out = {"version": res.version, "path": str(res.path), "metrics": res.metrics}

@@ -41,7 +41,7 @@ def ctr_train(
     from strata.cli.common import distributed
     from strata.ctr.data import resolve_source
     from strata.ctr.train import run_ctr_train, shard_steps
-    from strata.training.distributed import in_worker, shutdown
+    from strata.training.distributed import in_worker, leaving_group
 
     s = settings()
     if device is not None:
@@ -52,10 +52,8 @@ def ctr_train(
         if nproc > 1:
             shard_steps(source, s.ctr, nproc)  # too little data per rank: fail before launching
     rank = distributed(nproc, s.ctr.train.device, "ctr training", "ctr.train.device", False)
-    try:
+    with leaving_group():
         out = run_ctr_train(s, data, model, epochs, baseline, rank)
-    finally:
-        shutdown()
     if out is not None:  # only the main rank publishes and prints
         print_json(out)
 

@@ -14,12 +14,13 @@ worker finds itself through torchrun's environment (`RANK`, `WORLD_SIZE`, `LOCAL
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -209,12 +210,29 @@ def current(device: str = "cpu") -> Dist:
     return Dist(0, 1, resolve_device(device))
 
 
-def shutdown() -> None:
-    """Leave the process group (no-op outside one)."""
+def shutdown(barrier: bool = False) -> None:
+    """Leave the process group (no-op outside one); with `barrier`, only once every rank is here,
+    so no rank closes its connections while another still uses them."""
     import torch
 
     if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if barrier and torch.distributed.get_world_size() > 1:
+            torch.distributed.barrier()
         torch.distributed.destroy_process_group()
+
+
+@contextlib.contextmanager
+def leaving_group() -> Iterator[None]:
+    """Run a job's body, then leave the process group: together after a barrier when the body
+    finished, at once when it raised (the others may be blocked in a collective; torchrun stops
+    them). Every process leaves the group before it exits: one that exits inside a gloo group
+    can abort in the group's threads."""
+    try:
+        yield
+    except BaseException:
+        shutdown()
+        raise
+    shutdown(barrier=True)
 
 
 def torchrun_command(
