@@ -180,7 +180,7 @@ class TrainingConfig(_Strict):
     ranker_fusion: bool = True
     # weight of log(1 + the item's events in the popularity window) added to the served ranker
     # logit (DCNConfig.prior_weight; 0 = off). 8 chosen on the validation split: cold users peak
-    # there, larger weights only converge on the 30-day popularity list (README)
+    # there, larger weights only converge on the 30-day popularity list (docs/quality.md)
     ranker_popularity_prior: float = Field(default=8.0, ge=0.0)
     ranker_batch_size: int = Field(default=1024, ge=2)
     ranker_lr: float = Field(default=2e-3, gt=0.0)
@@ -273,7 +273,8 @@ class FreshConfig(_Strict):
     the user's features) choosing within a year; "ranker" = the network alone; "random" =
     uniform exploration (unbiased exposure, e.g. to log data a later model learns from).
     On ML-100K "newest" gives 3.2-4.6x the recall of "random" on three test splits and 2.2x on
-    the validation split; "ranker" beats "random" on the test splits, not on validation (README)."""
+    the validation split; "ranker" beats "random" on the test splits, not on validation
+    (docs/quality.md)."""
 
     enabled: bool = True
     start: int = Field(default=10, ge=0)
@@ -286,7 +287,7 @@ class GcConfig(_Strict):
     """Garbage-collector policy of a serving process (`strata.serving.pauses`): freeze what is
     loaded at start-up and on reload out of every collection, and collect young objects less
     often than CPython's default (700, 10, 10).
-    Chosen with `bench/serve_load.py` (README, "Tail latency")."""
+    Chosen with `bench/serve_load.py` (docs/benchmarks.md, "Tail latency")."""
 
     freeze: bool = True
     threshold0: int = Field(default=10_000, ge=0)  # 0 disables automatic collection

@@ -37,7 +37,7 @@ class OfflineStoreConfig(Strict):
     spark_shuffle_partitions: int = Field(default=8, ge=1)
     athena_database: str = "strata"
     athena_workgroup: str = "primary"
-    athena_output: str | None = None  # s3:// prefix for query results (default <uri>/athena)
+    athena_output: str | None = None  # s3:// query-results prefix (default <uri>/athena-results)
     athena_region: str | None = None  # default: s3_region, else the AWS environment
     athena_poll_s: float = Field(default=1.0, gt=0.0)
     athena_timeout_s: float = Field(default=3600.0, gt=0.0)

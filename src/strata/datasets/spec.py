@@ -14,7 +14,7 @@ unparseable timestamp, a duplicate id) raise `DataError` naming the file, row an
 `register_spec` writes the spec (paths resolved) and its report under
 `$STRATA_HOME/datasets/<name>/` only after the check passed, so a failed add leaves nothing.
 
-Example (the README's "Use your own data" section has a complete one):
+Example (docs/own-data.md has a complete one):
 
     interactions:
       path: events.jsonl

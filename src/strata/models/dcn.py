@@ -41,7 +41,7 @@ class DCNRanker(nn.Module):
     In eval mode the logit is fused with the retrieval logit (`DCNConfig.score_weight`): the
     two-tower saw every training positive, so its scores on them are inflated and a ranker that
     learns to lean on (or correct) them fails to transfer to served candidates; fitted apart
-    and added in log-odds, each model keeps what it learned (measured on ML-100K: README).
+    and added in log-odds, each model keeps what it learned (measured on ML-100K: docs/quality.md).
     `DCNConfig.prior_weight` adds the item's recent popularity the same way: neither model
     extrapolates the popularity at the cut-off (a trend the training events never saw) as
     strongly as new users and new interests follow it.

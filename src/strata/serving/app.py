@@ -119,7 +119,7 @@ async def _serve_recommend(
     hold the loop). Inline is the faster and steadier choice when inference is local: a request
     is ~2-4 ms of GIL-bound work either way, and a thread hand-off costs two cross-thread wake-ups
     per request (worse on an idle CPU) while concurrent worker threads convoy on the GIL's 5 ms
-    switch interval once requests queue (bench/serve_load.py, README "Tail latency")."""
+    switch interval once requests queue (bench/serve_load.py, docs/benchmarks.md "Tail latency")."""
     kk = pipe.config.k_default if k is None else k
     uid = request_user(pipe, user_id)
     if state.inline:

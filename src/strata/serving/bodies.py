@@ -1,5 +1,5 @@
 """What the serving app reads and writes besides errors: the POST /recommend body, the /recommend
-response (every score field documented in the README's API section), and the validation of
+response (every score field documented in docs/serving.md), and the validation of
 POST /events bodies against the serving catalogue."""
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 `/ui` (explorer) and `/ui/ops` (operations) are static pages in the package (`serving/web/`, no
 CDN, no build step) that call the public HTTP API only. What the API lacked for them is added
-here and documented in the README: `GET /catalog` (genres, devices and event types of the
+here and documented in docs/serving.md: `GET /catalog` (genres, devices and event types of the
 served version, for the forms), titles and posters of items (`ItemDisplay`, read once from the
 offline store's items table and the live catalogue), and `GET /items/{id}/image`.
 """
