@@ -11,9 +11,10 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -141,12 +142,37 @@ def offline_event_counts(offline: Path, dataset: str) -> dict[str, int]:
     return {str(e): int(n) for e, n in rows}
 
 
-def kill_when(env: dict[str, str], args: list[str], trigger: Callable[[], bool],
-               log: Path, timeout_s: float = 120) -> str:  # fmt: skip
-    """Start `strata args`, SIGKILL it once `trigger()` holds; 'killed' or 'finished' (it ended
-    before the trigger fired)."""
+#: A named moment to SIGKILL a command at: `arm()` is called as the command starts and returns
+#: the trigger (polled until it holds), so a trigger can compare with the state at the start.
+KillPoint = tuple[str, Callable[[], Callable[[], bool]]]
+
+
+def kill_at(env: dict[str, str], args: list[str], points: Sequence[KillPoint], log: Path, *,
+            state: Callable[[], Callable[[], None]] | None = None,
+            done: Callable[[], bool] | None = None, timeout_s: float = 120) -> str:  # fmt: skip
+    """Run `strata args` and SIGKILL it at the first of `points` whose kill lands: the points
+    go from the one the test means to earlier ones. A try comes too late when the command
+    exited before the trigger held, or when `done()` says its work was already complete as the
+    kill landed (it was only exiting); the state is then put back and the next point is tried.
+    `state()` is called before each try and returns what restores the state of that moment.
+    Returns the name of the point the kill landed at; fails the test when no kill landed."""
+    late = []
+    for name, arm in points:
+        restore = state() if state is not None else None
+        if _kill_once(env, args, arm, log, done, timeout_s):
+            return name
+        late.append(name)
+        if restore is not None:
+            restore()
+    pytest.fail(f"strata {' '.join(args)} came to its end before every kill: {late}")
+
+
+def _kill_once(env: dict[str, str], args: list[str], arm: Callable[[], Callable[[], bool]],
+               log: Path, done: Callable[[], bool] | None, timeout_s: float) -> bool:  # fmt: skip
+    """One try of `kill_at`: True when the SIGKILL landed before the command's end."""
     with log.open("wb") as err:
         proc = subprocess.Popen(cli_args(*args), env=env, stdout=subprocess.DEVNULL, stderr=err)
+        trigger = arm()
         deadline = time.monotonic() + timeout_s
         try:
             while proc.poll() is None:
@@ -154,16 +180,36 @@ def kill_when(env: dict[str, str], args: list[str], trigger: Callable[[], bool],
                     proc.send_signal(signal.SIGKILL)
                     break
                 assert time.monotonic() < deadline, f"{args} neither ended nor reached its point"
-                time.sleep(0.002)
+                time.sleep(0.001)
             rc = proc.wait(timeout=30)
         finally:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
     if rc == -signal.SIGKILL:
-        return "killed"
+        return done is None or not done()
     assert rc == 0, log.read_text()[-3000:]
-    return "finished"
+    return False
+
+
+def saved(scratch: Path, *folders: Path) -> Callable[[], Callable[[], None]]:
+    """A `state` for `kill_at`: copies `folders` under `scratch` before a try; the restore puts
+    them back exactly as they were."""
+
+    def save() -> Callable[[], None]:
+        scratch.mkdir(parents=True, exist_ok=True)
+        keep = Path(tempfile.mkdtemp(prefix="try-", dir=scratch))
+        for i, folder in enumerate(folders):
+            shutil.copytree(folder, keep / str(i), symlinks=True)
+
+        def restore() -> None:
+            for i, folder in enumerate(folders):
+                shutil.rmtree(folder)
+                shutil.copytree(keep / str(i), folder, symlinks=True)
+
+        return restore
+
+    return save
 
 
 def after(seconds: float) -> Callable[[], bool]:
