@@ -206,6 +206,7 @@ def _shot(page, name: str) -> None:  # type: ignore[no-untyped-def]
 class DemoRun(NamedTuple):
     url: str  # where it serves
     printed: str  # what it printed before serving (steps, facts, samples)
+    home: Path  # its STRATA_HOME
 
 
 @pytest.fixture(scope="module")
@@ -244,7 +245,7 @@ def demo(
             time.sleep(1)
         text = log.read_text()
         print(text[text.find("strata demo: movielens-100k") :].split("facts")[0])  # step times
-        yield DemoRun(url, text)
+        yield DemoRun(url, text, home)
     finally:
         proc.send_signal(signal.SIGINT)  # Ctrl-C, as a user stops it
         try:
@@ -261,6 +262,9 @@ def test_demo_ran_every_step_with_the_posters(demo: DemoRun) -> None:
     for step in steps:
         assert step in out, step
     assert re.search(r"content\.has_image\s*\S\s*1425\b", out), out  # every poster encoded
+    registry = demo.home / "registry" / "movielens-100k"
+    assert (registry / "v0001" / "index" / "manifest.json").is_file()
+    assert (registry / "serving").read_text().strip() == "v0001"
 
 
 def _ml100k_titles(folder: Path) -> dict[int, str]:
