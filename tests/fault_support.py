@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 from strata.registry import Registry
+from tests.ci import in_ci
 from tests.unit.serving_support import DATASET, tiny_world, trained_registry
 
 #: Training as small as `tests.unit.tiny_world.fast_settings`, one epoch: for CLI processes.
@@ -40,17 +41,13 @@ FAST_TRAINING = {
 }
 
 
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
 def _mount(path: Path, size_kib: int) -> None:
     path.mkdir(parents=True, exist_ok=True)
     cmd = ["mount", "-t", "tmpfs", "-o", f"size={size_kib}k,mode=0755", "tmpfs", str(path)]
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
         why = f"cannot mount a tmpfs ({res.stderr.strip() or res.returncode})"
-        if _in_ci():
+        if in_ci():
             pytest.fail(f"{why}: CI runs as root and must run the disk-full tests")
         pytest.skip(why)
 
@@ -60,7 +57,7 @@ class Disks:
 
     def __init__(self) -> None:
         if os.geteuid() != 0:
-            if _in_ci():
+            if in_ci():
                 pytest.fail("the disk-full tests need root to mount a tmpfs, and CI runs as root")
             pytest.skip("not root: a small tmpfs (mount -t tmpfs) cannot be mounted")
         self.mounted: list[Path] = []

@@ -21,6 +21,7 @@ import pytest
 from strata.config import ValkeyOnlineConfig
 from strata.errors import StoreUnavailableError
 from strata.features.online.valkey import ValkeyOnlineStore
+from tests.ci import in_ci
 
 URL_ENV = "STRATA_TEST_VALKEY_URL"
 
@@ -58,7 +59,7 @@ def valkey_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         _wait_ready(url)
         yield url
         return
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+    if in_ci():
         pytest.fail(f"{URL_ENV} is not set: CI must provide a Valkey server (.ci/run starts one)")
     binary = shutil.which("valkey-server") or shutil.which("redis-server")
     if binary is None:
