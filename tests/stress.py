@@ -5,7 +5,7 @@ report each run. A flake that shows up once in a full suite on a loaded CI machi
     python tests/stress.py [--runs 20] [--busy N] [--keep DIR] [pytest args: -m multiprocess]
 
 Each run is a fresh pytest process; the busy loops are plain Python spinning at full speed, one
-per core by default. Exits 1 if any run failed; the failed runs' logs are kept in --keep.
+per core by default. Exits 1 if any run failed; every run's log is kept in --keep.
 """
 
 from __future__ import annotations
@@ -42,15 +42,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for i in range(1, args.runs + 1):
             t0 = time.monotonic()
-            cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rf"]
+            cmd = [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "-rf",
+                "--durations=10",
+            ]
             proc = subprocess.run(
                 [*cmd, *pytest_args], cwd=ROOT, capture_output=True, text=True, check=False
             )
             log = proc.stdout + proc.stderr
             ok = proc.returncode == 0
+            (args.keep / f"run-{i:02d}.log").write_text(log)
             if not ok:
                 failed.append(i)
-                (args.keep / f"run-{i:02d}.log").write_text(log)
             verdict = "ok  " if ok else "FAIL"
             print(
                 f"run {i:2d}/{args.runs} {verdict} {time.monotonic() - t0:6.0f} s  {_summary(log)}"
@@ -65,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             p.wait()
     good = args.runs - len(failed)
     print(f"stress-test: {good} of {args.runs} runs green under {args.busy} busy loops", end="")
-    print(f"; failed runs {failed}, logs in {args.keep}" if failed else "")
+    print(f"; failed runs {failed}" if failed else "", f"(logs in {args.keep})")
     return 1 if failed else 0
 
 
