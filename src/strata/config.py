@@ -79,6 +79,9 @@ class CtrTrainConfig(_Strict):
     replay_rows: int = Field(default=20_000, ge=0)  # training sample kept for incremental replay
     max_threads: int = Field(default=2, ge=1)
     device: str = Field(default="cpu", pattern=r"^(cpu|cuda|auto)(:\d+)?$")  # as training.device
+    # `strata ctr train` fits a hashed LR on the same rows; the version is promoted only if its
+    # validation AUC > the LR's + this (0.0: strictly better; negative: a tolerated deficit).
+    baseline_min_gain: float = Field(default=0.0, ge=-1.0, le=1.0)
 
 
 class DriftConfig(_Strict):

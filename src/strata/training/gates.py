@@ -10,6 +10,9 @@ and the reasons when it may not. Pipelines, the CLI and the CTR monitor only for
   the serving version's on the same events.
 - `ctr_retrain_gate`: a warm-started CTR model (monitor, `ctr-retrain` pipeline). Its AUC on the
   recent holdout must reach the serving model's plus a minimum gain.
+- `ctr_baseline_gate`: a CTR model trained from scratch (`strata ctr train`). Its AUC on the
+  validation window must exceed the hashed logistic regression's, fitted and early-stopped on the
+  same rows in the same run, by more than a minimum gain (a tie is refused).
 """
 
 from __future__ import annotations
@@ -75,3 +78,14 @@ def ctr_retrain_gate(old_auc: float, new_auc: float, min_gain: float) -> GateDec
     if new_auc >= old_auc + min_gain:
         return GateDecision(True)
     return GateDecision(False, [f"new auc {new_auc:.4f} < old auc {old_auc:.4f} + {min_gain}"])
+
+
+def ctr_baseline_gate(
+    model_auc: float, baseline_auc: float, min_gain: float, model: str = "DCN"
+) -> GateDecision:
+    """Gate a CTR model's validation AUC against the hashed-LR baseline's on the same window:
+    accepted only if strictly above the baseline's plus `min_gain` (NaN is refused)."""
+    if model_auc > baseline_auc + min_gain:  # False for NaN on either side
+        return GateDecision(True)
+    why = f"{model} validation AUC {model_auc:.4f} <= hashed LR {baseline_auc:.4f}"
+    return GateDecision(False, [f"{why} + min gain {min_gain}"])
