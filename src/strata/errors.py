@@ -61,3 +61,8 @@ class StoreUnavailableError(StrataError):
 
 class NotFoundError(StrataError):
     """A requested entity, artifact or model version does not exist."""
+
+
+# Exit status of a command that ran to the end but whose version a promotion gate refused (the
+# version is recorded, not served): not 2 (nothing to fix in the input) and not 1 (a crash).
+EXIT_NOT_PROMOTED = 3

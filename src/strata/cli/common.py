@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from strata.config import Settings
-from strata.errors import ValidationError
+from strata.errors import EXIT_NOT_PROMOTED, ValidationError
 
 if TYPE_CHECKING:
     from strata.training.distributed import Dist
@@ -65,8 +65,8 @@ def distributed(
         return None
     if not dist.in_worker():
         code = dist.launch(nproc, _without_nproc(sys.argv[1:]))
-        if code == 2:  # a rank rejected the input and printed why, in one line
-            raise SystemExit(2)
+        if code in (2, EXIT_NOT_PROMOTED):  # bad input / not promoted: the rank said why, in a line
+            raise SystemExit(code)
         if code != 0:
             again = " Run it again to resume from the last checkpoint" if resumable else ""
             sys.stderr.write(

@@ -27,8 +27,14 @@ def ctr_train(
     data: Annotated[Path, typer.Option(help="Criteo TSV or Parquet (file or folder).")],
     model: Annotated[str | None, typer.Option(help="dcn | dcnv2 (default: config).")] = None,
     epochs: Annotated[int | None, typer.Option(help="Maximum epochs (early stopping).")] = None,
-    baseline: Annotated[
-        bool, typer.Option("--baseline", help="Also train a hashed LR on the same split.")
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="Serve the version even if it does not beat the hashed-LR baseline."
+        ),
+    ] = False,
+    baseline: Annotated[  # the baseline always runs now; the flag is kept for old scripts
+        bool, typer.Option("--baseline", hidden=True, help="No-op: the baseline always runs.")
     ] = False,
     nproc: Annotated[
         int, typer.Option(help="Data-parallel ranks on this machine (torchrun; gloo/NCCL).")
@@ -37,10 +43,13 @@ def ctr_train(
         str | None, typer.Option(help="cpu | cuda | auto (default: ctr.train.device).")
     ] = None,
 ) -> None:
-    """Train DCN / DCN-v2, evaluate on the held-out split, export ONNX and serve the version."""
+    """Train DCN / DCN-v2 and a hashed LR on the same rows, export ONNX, and serve the version
+    only if its validation AUC beats the LR's (else exit 3: recorded, not served)."""
     from strata.cli.common import distributed
     from strata.ctr.data import resolve_source
-    from strata.ctr.train import run_ctr_train, shard_steps
+    from strata.ctr.promote import refusal_line, run_ctr_train
+    from strata.ctr.train import shard_steps
+    from strata.errors import EXIT_NOT_PROMOTED
     from strata.training.distributed import in_worker, leaving_group
 
     s = settings()
@@ -53,9 +62,12 @@ def ctr_train(
             shard_steps(source, s.ctr, nproc)  # too little data per rank: fail before launching
     rank = distributed(nproc, s.ctr.train.device, "ctr training", "ctr.train.device", False)
     with leaving_group():
-        out = run_ctr_train(s, data, model, epochs, baseline, rank)
+        out = run_ctr_train(s, data, model, epochs, force, rank)
     if out is not None:  # only the main rank publishes and prints
         print_json(out)
+        if not out["promoted"]:
+            sys.stderr.write(refusal_line(out) + "\n")
+            raise SystemExit(EXIT_NOT_PROMOTED)
 
 
 @ctr_app.command("evaluate")

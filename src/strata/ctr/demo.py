@@ -34,6 +34,7 @@ from strata.config import (
     IncrementalConfig,
     Settings,
 )
+from strata.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ class DemoReport:
     max_psi_before_drift: float = float("nan")
     max_psi_after_drift: float = float("nan")
     drift_kind: str = "none"  # none | concept | covariate
+    first_gate: dict[str, Any] = field(default_factory=dict)  # v1 against the hashed LR
 
     def to_dict(self, with_timeline: bool = False) -> dict[str, Any]:
         """A JSON-friendly dict (the per-batch timeline only on request)."""
@@ -99,9 +101,9 @@ def run_ctr_demo(
     """Run the whole story and write `rolling_auc.png`, `decisions.jsonl` and `report.json`."""
     import pandas as pd
 
-    from strata.ctr.artifacts import publish
     from strata.ctr.data import CtrSource
     from strata.ctr.drift import FeatureDriftReference
+    from strata.ctr.promote import publish_gated
     from strata.ctr.service import CtrService, ServedModel, make_retrain
     from strata.ctr.train import train_ctr
     from strata.datasets.criteo_synthetic import criteo_like
@@ -116,8 +118,14 @@ def run_ctr_demo(
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
         path = Path(tmp) / "train.parquet"
         train_df.to_parquet(path, index=False)
-        result = train_ctr(CtrSource(path), cfg, seed=seed)
-    v1 = publish(result, registry, promote=True)
+        result = train_ctr(CtrSource(path), cfg, seed=seed, baseline=True)
+    # the same gate as `strata ctr train`: the story needs v1 to beat the hashed LR
+    v1, first_gate = publish_gated(result, registry)
+    if not first_gate["promoted"]:
+        raise ConfigError(
+            f"ctr demo: v1 not promoted ({'; '.join(first_gate['reasons'])}): "
+            "train on more rows (--rows) or more epochs"
+        )
     served = ServedModel.load(registry.path(v1), v1)
     log_path = out_dir / "decisions.jsonl"
     log_path.unlink(missing_ok=True)
@@ -162,6 +170,7 @@ def run_ctr_demo(
             }
         )
     report = _summarise(timeline, n_before, registry.versions(), out_dir, log_path)
+    report.first_gate = first_gate
     _add_feature_drift(report, segments, n_before)
     _plot(timeline, n_before, batch, out_dir / "rolling_auc.png", segments, cfg.drift.psi_alert)
     report_json = json.dumps(report.to_dict(with_timeline=True), indent=2)

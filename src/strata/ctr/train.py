@@ -20,14 +20,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from strata.config import CtrConfig, CtrModelConfig, Settings
-from strata.ctr.artifacts import REPLAY, CtrTrainResult, ctr_registry, load_version_model, publish
+from strata.config import CtrConfig, CtrModelConfig
+from strata.ctr.artifacts import REPLAY, CtrTrainResult, load_version_model
 from strata.ctr.baseline import evaluate_hashed_lr_baseline
 from strata.ctr.data import (
     CtrSource,
     Reservoir,
     _block_shuffled,
-    resolve_source,
     temporal_split,
     valid_frame,
 )
@@ -175,7 +174,8 @@ def train_ctr(
     source: CtrSource, cfg: CtrConfig, seed: int = 42, baseline: bool = False
 ) -> CtrTrainResult:
     """Fit preprocessing, train DCN/DCN-v2 with early stopping, evaluate on the held-out test
-    (one process, on `ctr.train.device`)."""
+    (one process, on `ctr.train.device`). `baseline`: also fit the hashed LR on the same rows
+    (`metrics["baseline_hashed_lr"]`), which `strata ctr train`'s promotion gate needs."""
     result = train_ctr_rank(source, cfg, seed, baseline)
     assert result is not None  # rank 0 of 1 always returns one
     return result
@@ -261,8 +261,10 @@ def train_ctr_rank(
         "device": d.device,
         "split": {"train": split.train, "valid": split.valid, "test": split.test},
     }
-    if baseline:
-        metrics["baseline_hashed_lr"] = evaluate_hashed_lr_baseline(source, split, tc.read_rows)
+    if baseline:  # the yardstick of `strata ctr train`'s gate: same train rows, same valid window
+        metrics["baseline_hashed_lr"] = evaluate_hashed_lr_baseline(
+            source, split, tc.read_rows, seed=seed
+        )
     # with several ranks the replay sample comes from the main rank's shard (its row groups
     # are spread over the whole training range, so it is still a sample of all of it)
     replay = reservoir.sample()
@@ -437,43 +439,4 @@ def incremental_train(
             drift_reference=FeatureDriftReference.fit(recent, psi_alert=cfg.drift.psi_alert),
             data={"rows": len(recent), "incremental": True},
         )
-    return out
-
-
-def run_ctr_train(
-    settings: Settings,
-    data: Path,
-    model_type: str | None = None,
-    epochs: int | None = None,
-    baseline: bool = False,
-    dist: Dist | None = None,
-) -> dict[str, Any] | None:
-    """`strata ctr train`: train on a Criteo TSV or Parquet, publish and serve the new version.
-    As one rank of a data-parallel job (`dist`), only the main rank publishes and returns the
-    summary; the others return None."""
-    cfg = settings.ctr
-    if model_type is not None:
-        cfg = cfg.model_copy(
-            update={"model": CtrModelConfig(**{**cfg.model.model_dump(), "type": model_type})}
-        )
-    if epochs is not None:
-        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": epochs})})
-    result = train_ctr_rank(resolve_source(data, settings), cfg, settings.seed, baseline, dist)
-    if result is None:
-        return None
-    version = publish(result, ctr_registry(settings), promote=True)
-    m = result.metrics
-    out: dict[str, Any] = {
-        "version": version,
-        "model": cfg.model.type,
-        "test": m["test"],
-        "valid_auc": m["valid_auc"],
-        "best_epoch": m["best_epoch"],
-        "samples_per_s": m["samples_per_s"],
-        "rows_seen": m["rows_seen"],
-        "ranks": m["ranks"],
-        "device": m["device"],
-    }
-    if baseline:
-        out["baseline_hashed_lr"] = m["baseline_hashed_lr"]
     return out

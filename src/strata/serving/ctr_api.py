@@ -284,7 +284,8 @@ def _observe_feedback(
 
 @router.get("/status", name="status", responses=errors(503))
 def status(request: Request) -> dict[str, Any]:
-    """Served version, counters, rolling AUC and its trigger floor, retrains, feature drift."""
+    """Served version, counters, rolling AUC and its trigger floor, retrains, feature drift, and
+    the served version's baseline-gate record (`strata ctr train`'s; None for a retrained one)."""
     rt = _runtime(request)
     stats = rt.service.stats()
     retrains = [r for r in rt.trigger.records if r.get("event") == "retrain"]
@@ -301,6 +302,7 @@ def status(request: Request) -> dict[str, Any]:
         "retrains": rt.trigger.runs,
         "last_retrain": _jsonable(retrains[-1]) if retrains else None,
         "feature_drift": drift,
+        "promotion": rt.service.served.meta.get("metrics", {}).get("promotion"),
     }
 
 

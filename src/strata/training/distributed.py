@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from strata.errors import ValidationError
+from strata.errors import EXIT_NOT_PROMOTED, ValidationError
 
 if TYPE_CHECKING:
     import torch
@@ -265,7 +265,8 @@ def launch(nproc: int, argv: Sequence[str], module: str = "strata.cli") -> int:
 def torchrun_main(argv: Sequence[str]) -> int:
     """torchrun (`torch.distributed.run`) whose failure is an exit status, not torchrun's
     traceback: 2 when the first rank to fail exited 2 (input it rejected, its one-line error
-    already printed), 1 for any other failure."""
+    already printed), 3 likewise when it exited 3 (its version not promoted), 1 for any other
+    failure."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
@@ -275,8 +276,8 @@ def torchrun_main(argv: Sequence[str]) -> int:
         run(parse_args(list(argv)))
     except ChildFailedError as exc:
         _, first = exc.get_first_failure()
-        if first.exitcode == 2:
-            return 2
+        if first.exitcode in (2, EXIT_NOT_PROMOTED):
+            return int(first.exitcode)
         sys.stderr.write(f"{exc}\n")  # which rank failed how (no traceback of torchrun's)
         return 1
     return 0
