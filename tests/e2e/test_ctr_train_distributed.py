@@ -1,7 +1,8 @@
 """`strata ctr train --nproc 2` as a user runs it: torchrun starts two gloo ranks, each streams
 only its row groups, rank 0 publishes the one version and prints one JSON document; the
 preprocessing both ranks agreed on is the one a single pass over all training rows fits; too
-many ranks for the data and an absent device are one-line errors (exit 2)."""
+many ranks for the data and an absent device are one-line errors (exit 2); a version the
+baseline gate refuses is one line and exit 3 through the launcher."""
 
 from __future__ import annotations
 
@@ -14,21 +15,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from strata.config import Settings
+from strata.config import CtrConfig, Settings
 from strata.ctr.artifacts import ctr_registry, load_version_model
 from strata.ctr.data import CtrSource, temporal_split
 from strata.ctr.preprocess import fit_preprocessor
-from tests.unit.ctr_support import synthetic_frame, tiny_cfg
+from tests.unit.ctr_support import linear_world, synthetic_frame, tiny_cfg
 
 pytestmark = pytest.mark.multiprocess
 
 STRATA = Path(sys.executable).parent / "strata"
 
 
-def _run(home: Path, data: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def _run(
+    home: Path, data: Path, *args: str, cfg: CtrConfig | None = None
+) -> subprocess.CompletedProcess[str]:
     if not STRATA.exists():
         pytest.skip(f"console script {STRATA} is not installed")
-    env = {**os.environ, "STRATA_HOME": str(home), "STRATA_CTR": tiny_cfg().model_dump_json()}
+    ctr = (cfg or tiny_cfg()).model_dump_json()
+    env = {**os.environ, "STRATA_HOME": str(home), "STRATA_CTR": ctr}
     return subprocess.run(
         [str(STRATA), "ctr", "train", "--data", str(data), *args],
         capture_output=True, text=True, env=env, timeout=600,
@@ -62,6 +66,28 @@ def test_two_ranks_publish_one_version_trained_on_both_shards(tmp_path: Path, da
     assert prep.to_dict() == one.to_dict()  # the merged counts of both shards
     batch = prep.transform(synthetic_frame(50, seed=3))
     assert np.isfinite(batch.dense).all()
+
+
+def test_a_version_the_baseline_gate_refuses_exits_3_through_the_launcher(tmp_path: Path) -> None:
+    # A world the hashed LR solves and a DCN that sees no category (all rarer than min_count).
+    path = tmp_path / "linear.parquet"
+    linear_world(4000, seed=2).to_parquet(path, index=False, row_group_size=500)
+    cfg = tiny_cfg()
+    blind = cfg.model_copy(
+        update={"preprocess": cfg.preprocess.model_copy(update={"min_count": 10**6})}
+    )
+    home = tmp_path / "home"
+    res = _run(home, path, "--nproc", "2", cfg=blind)
+    assert res.returncode == 3, res.stderr[-3000:]
+    out = json.loads(res.stdout)  # rank 0's summary, then its one line
+    assert out["promoted"] is False and out["version"] == "v0001" and out["ranks"] == 2
+    last = res.stderr.strip().splitlines()[-1]
+    assert (
+        last.startswith("not promoted: DCN validation AUC ")
+        and "failed on a rank" not in res.stderr
+    )
+    reg = ctr_registry(Settings(home=home, ctr=blind))
+    assert reg.versions() == ["v0001"] and reg.serving() is None
 
 
 def test_more_ranks_than_a_batch_per_shard_is_a_clear_error(tmp_path: Path) -> None:
