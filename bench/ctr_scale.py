@@ -9,7 +9,9 @@ The rows are generated once into `--data-dir` (a Criteo Parquet folder, 1M-row p
 layout `strata` converts a day file into), then reused. Every run trains a fresh version in a
 fresh STRATA_HOME with the shipped CTR config (DCN, batch 512 per rank) except `--epochs`;
 `--batch` overrides the per-rank batch and `--deep` the deep tower's widths. Peak RSS is
-sampled every 0.2 s over the process tree.
+sampled every 0.2 s over the process tree. `strata ctr train` also fits its hashed-LR baseline
+(the promotion gate's yardstick) on the same rows, inside the wall time; the runs pass `--force`
+(this measures training, not the choice) and record the gate's numbers.
 Writes bench/results/ctr_scale.json (every run) and prints the median and min-max spread.
 """
 
@@ -130,7 +132,7 @@ def run_once(
         if deep is not None:
             env["STRATA_CTR__MODEL__DEEP"] = json.dumps([int(w) for w in deep.split(",")])
         cmd = [str(STRATA), "ctr", "train", "--data", str(data), "--epochs", str(epochs)]
-        cmd += ["--nproc", str(ranks), "--device", device]
+        cmd += ["--nproc", str(ranks), "--device", device, "--force"]
         proc, rss, wall = measured(cmd, env)
         peak = rss.peak
     if proc.returncode != 0:
@@ -144,6 +146,8 @@ def run_once(
         "test_auc": out["test"]["auc"],
         "test_rows": out["test"]["rows"],
         "valid_auc": out["valid_auc"],
+        "baseline_valid_auc": out["promotion"]["baseline_valid_auc"],
+        "gate_accepted": out["promotion"]["accepted"],
         "peak_rss_gb": peak / 2**30,
         "wall_s": wall,
     }
