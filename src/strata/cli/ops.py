@@ -50,7 +50,7 @@ def ctr_train(
     from strata.ctr.promote import refusal_line, run_ctr_train
     from strata.ctr.train import shard_steps
     from strata.errors import EXIT_NOT_PROMOTED
-    from strata.training.distributed import in_worker, leaving_group
+    from strata.training.distributed import in_worker
 
     s = settings()
     if device is not None:
@@ -61,8 +61,7 @@ def ctr_train(
         if nproc > 1:
             shard_steps(source, s.ctr, nproc)  # too little data per rank: fail before launching
     rank = distributed(nproc, s.ctr.train.device, "ctr training", "ctr.train.device", False)
-    with leaving_group():
-        out = run_ctr_train(s, data, model, epochs, force, rank)
+    out = run_ctr_train(s, data, model, epochs, force, rank)  # it leaves the group itself
     if out is not None:  # only the main rank publishes and prints
         print_json(out)
         if not out["promoted"]:

@@ -95,9 +95,11 @@ def run_ctr_train(
     """`strata ctr train`: train on a Criteo TSV or Parquet with the hashed-LR baseline on the
     same rows, publish the version and serve it if it beats the baseline on the validation
     window (or `force`); the summary's `promoted` says which. As one rank of a data-parallel
-    job (`dist`), only the main rank publishes and returns the summary; the others None."""
+    job (`dist`), this leaves the process group after training; then only the main rank fits
+    the baseline, publishes and returns the summary; the others return None."""
     from strata.ctr.data import resolve_source
-    from strata.ctr.train import train_ctr_rank
+    from strata.ctr.train import train_ctr_rank, with_baseline
+    from strata.training.distributed import leaving_group
 
     cfg = settings.ctr
     if model_type is not None:
@@ -106,9 +108,13 @@ def run_ctr_train(
         )
     if epochs is not None:
         cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": epochs})})
-    result = train_ctr_rank(resolve_source(data, settings), cfg, settings.seed, True, dist)
+    with leaving_group():  # every rank leaves together once the network is trained and tested
+        source = resolve_source(data, settings)
+        result = train_ctr_rank(source, cfg, settings.seed, dist)
     if result is None:
         return None
+    # the main rank alone, outside the group: no rank waits in a collective while the LR fits
+    result = with_baseline(result, source, settings.seed)
     registry = ctr_registry(settings)
     version, decision = publish_gated(result, registry, force)
     m = result.metrics

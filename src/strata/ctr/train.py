@@ -9,6 +9,7 @@ validation sample (capped), a replay reservoir and the test scores are held in m
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import os
 import time
@@ -176,16 +177,25 @@ def train_ctr(
     """Fit preprocessing, train DCN/DCN-v2 with early stopping, evaluate on the held-out test
     (one process, on `ctr.train.device`). `baseline`: also fit the hashed LR on the same rows
     (`metrics["baseline_hashed_lr"]`), which `strata ctr train`'s promotion gate needs."""
-    result = train_ctr_rank(source, cfg, seed, baseline)
+    result = train_ctr_rank(source, cfg, seed)
     assert result is not None  # rank 0 of 1 always returns one
-    return result
+    return with_baseline(result, source, seed) if baseline else result
+
+
+def with_baseline(result: CtrTrainResult, source: CtrSource, seed: int = 42) -> CtrTrainResult:
+    """`result` plus the hashed LR fitted on the same training rows and early-stopped on the
+    same validation window (`metrics["baseline_hashed_lr"]`): the promotion gate's yardstick.
+    One process; a data-parallel job runs it on the main rank after the ranks left the group."""
+    tc = result.config.train
+    split = temporal_split(source.rows, tc.valid_fraction, tc.test_fraction)
+    base = evaluate_hashed_lr_baseline(source, split, tc.read_rows, seed=seed)
+    return dataclasses.replace(result, metrics={**result.metrics, "baseline_hashed_lr": base})
 
 
 def train_ctr_rank(
     source: CtrSource,
     cfg: CtrConfig,
     seed: int = 42,
-    baseline: bool = False,
     dist: Dist | None = None,
 ) -> CtrTrainResult | None:
     """`train_ctr` as one rank of a job. Data-parallel (`dist` of N ranks): each rank streams
@@ -261,10 +271,6 @@ def train_ctr_rank(
         "device": d.device,
         "split": {"train": split.train, "valid": split.valid, "test": split.test},
     }
-    if baseline:  # the yardstick of `strata ctr train`'s gate: same train rows, same valid window
-        metrics["baseline_hashed_lr"] = evaluate_hashed_lr_baseline(
-            source, split, tc.read_rows, seed=seed
-        )
     # with several ranks the replay sample comes from the main rank's shard (its row groups
     # are spread over the whole training range, so it is still a sample of all of it)
     replay = reservoir.sample()
