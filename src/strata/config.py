@@ -190,7 +190,9 @@ class TrainingConfig(_Strict):
     ranker_hard_negatives: int = Field(default=2, ge=0)  # per positive, from retrieval top-N
     ranker_random_negatives: int = Field(default=2, ge=0)  # per positive, uniform
     ranker_max_positives: int = Field(default=20_000, ge=1)  # subsample for 2-core CPUs
-    candidates: int = Field(default=200, ge=1)  # retrieval depth N before ranking
+    # retrieval depth the ranker's hard negatives are drawn from (evaluation and gates rank
+    # serve.candidates from the version's index, as serving does)
+    candidates: int = Field(default=200, ge=1)
     finetune_epochs: int = Field(default=2, ge=1)
     finetune_lr: float = Field(default=5e-4, gt=0.0)
     replay_ratio: float = Field(default=1.0, ge=0.0)  # replayed old events per new event

@@ -126,7 +126,7 @@ def test_finetune_accepted_keeps_the_item_tower_frozen(trained: tuple, tmp_path:
     for name, value in new.two_tower.item_tower.state_dict().items():
         assert torch.equal(value, old_items[name]), name
     rebuilt = embed_items(new.two_tower, new.space.all_items())
-    np.testing.assert_allclose(rebuilt, old.index.emb, atol=1e-5)
+    np.testing.assert_allclose(rebuilt, old.model_version.item_embeddings, atol=1e-5)
     # ...while the query tower did train (else "frozen" would say nothing).
     old_query = old.two_tower.query_tower.state_dict()
     assert any(

@@ -91,7 +91,7 @@ def finetune(
     new_idx = np.flatnonzero(ts >= since)
     if len(new_idx) < 10:
         raise ValidationError("--since", f"only {len(new_idx)} events since {since}; need >= 10")
-    space, item_emb = rec.space, rec.index.emb
+    space, item_emb = rec.space, rec.model_version.item_embeddings
     data = retrieval_data(space, ev)
     # The gate holds out the newest events; training uses the rest of the new ones plus replay.
     n_gate = max(int(len(new_idx) * cfg.gate_fraction), 5)

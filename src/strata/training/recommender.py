@@ -1,11 +1,13 @@
 """Contract 4: `load_recommender(settings, dataset, version)` -> `Recommender.recommend(...)`.
 
-The engine (`strata.engine.recommend.Engine`) with the version's torch modules, exact search and
-its item table, for users as of the version's cut-off: query features come from the version's
+The engine (`strata.engine.recommend.Engine`) configured as serving runs it: the version's
+retriever (its saved ANN index, else exact search), the serving depth `serve.candidates`, the
+same fresh-item and diversity settings, here with the version's torch modules and its item
+table, for users as of the version's cut-off: query features come from the version's
 user snapshot through `query_features_from_rows`, the function serving applies to online-store
 rows, with the cut-off as request time and device unknown. Users without history before the
 cut-off have no snapshot row: masked cold-start inputs (what training-time masking showed).
-Used by evaluation, fine-tune gating and index tuning.
+Used by evaluation, fine-tune gating and index tuning, so what they measure is what is served.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ class Recommender:
         self.n_candidates = n_candidates
         self.seed = seed
         self.fresh_rows = self.space.fresh_rows()  # catalog rows without training interactions
-        self.index = mv.exact_index()
+        self.index, _ = mv.index()  # as served (its FAISS index), exact when none was built
         self.engine = Engine(
             TorchModels(self.two_tower, self.ranker), self.index, VersionItems(self.space),
             mv.history, FreshItems.of(self.space, mv.item_ids, mv.item_embeddings), mv.score_weight,
@@ -102,5 +104,5 @@ def _pairs(exclude: dict[int, set[int]] | None) -> PairSetFilter | None:
 
 
 def load_recommender(settings: Settings, dataset: str, version: str | None = None) -> Recommender:
-    """Load `version` (default: serving) of `dataset` from the registry."""
-    return Recommender(ModelVersion.open(settings, dataset, version), settings.training.candidates)
+    """Load `version` (default: serving) of `dataset` from the registry, as it is served."""
+    return Recommender(ModelVersion.open(settings, dataset, version), settings.serve.candidates)
