@@ -127,6 +127,37 @@ def test_hashed_lr_baseline_learns(tmp_path: Path) -> None:
     assert auc(test["label"].to_numpy(), lr.predict(test)) > 0.6
 
 
+def test_hashed_lr_is_deterministic_and_its_grid_fits_in_one_pass(monkeypatch) -> None:
+    from strata.ctr import baseline
+    from strata.ctr.baseline import HashedLRConfig, fit_hashed_lr, fit_hashed_lrs, hash_features
+
+    df = synthetic_frame(2500, seed=3)
+    train, valid = df.iloc[:2000], df.iloc[2000:]
+    ids = hash_features(df, 16)
+    assert ids.dtype == np.int32 and (hash_features(df.iloc[::-1], 16)[::-1] == ids).all()
+    # Tokens are per field: equal values in two fields, or a value and its field's missing
+    # token, hash apart; "" and a null are the same missing token.
+    twin = df.iloc[:3].copy()
+    twin["C2"], twin.loc[twin.index[0], "C1"], twin.loc[twin.index[1], "C1"] = twin["C1"], "", None
+    tw = hash_features(twin, 16)
+    assert (tw[:, 13] != tw[:, 14])[2] and tw[0, 13] == tw[1, 13] != tw[2, 13]
+    with pytest.raises(ValueError, match="n_bits"):
+        hash_features(df, 32)
+    cfgs = [HashedLRConfig(n_bits=16, lr=lr, epochs=3, seed=1) for lr in (0.01, 0.003)]
+    chunks = lambda: (train.iloc[i : i + 700] for i in range(0, len(train), 700))  # noqa: E731
+    together = fit_hashed_lrs(chunks, valid, cfgs)
+    for cfg, (lr, valid_auc) in zip(cfgs, together, strict=True):
+        alone, alone_auc = fit_hashed_lr(chunks, valid, cfg)  # same seed: the same model
+        assert alone_auc == valid_auc and np.array_equal(alone.weights, lr.weights)
+    # Re-hashing every epoch (data too large to keep hashed) gives the same model too.
+    monkeypatch.setattr(baseline, "_CACHE_TOKENS", 0)
+    streamed, streamed_auc = fit_hashed_lr(chunks, valid, cfgs[0])
+    assert streamed_auc == together[0][1]
+    assert np.array_equal(streamed.weights, together[0][0].weights)
+    with pytest.raises(ValueError, match="share"):
+        fit_hashed_lrs(chunks, valid, [cfgs[0], HashedLRConfig(n_bits=16, seed=2)])
+
+
 def test_cli_train_evaluate_and_errors(tmp_path: Path, strata_home: Path, monkeypatch) -> None:
     from strata.cli import app, main
     from strata.datasets.criteo_synthetic import write_criteo_tsv
