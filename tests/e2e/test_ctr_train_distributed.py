@@ -48,12 +48,19 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_two_ranks_publish_one_version_trained_on_both_shards(tmp_path: Path, data: Path) -> None:
     home = tmp_path / "home"
-    res = _run(home, data, "--nproc", "2", "--epochs", "2")
+    cfg = tiny_cfg()
+    # The subject is the two ranks, not the gate (tests/unit/test_ctr_gate.py): this tiny
+    # 2-epoch DCN ties the hashed LR on these rows (validation AUC 0.7014 vs 0.7021), so a
+    # small deficit is tolerated and the version is served through the normal path.
+    tolerant = cfg.model_copy(
+        update={"train": cfg.train.model_copy(update={"baseline_min_gain": -0.02})}
+    )
+    res = _run(home, data, "--nproc", "2", "--epochs", "2", cfg=tolerant)
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads(res.stdout)  # one document: only rank 0 printed
+    assert out["promotion"]["accepted"] and not out["promotion"]["forced"]
     assert out["version"] == "v0001" and out["ranks"] == 2 and out["device"] == "cpu"
     assert out["test"]["rows"] == 800 and out["test"]["auc"] > 0.6  # random would be 0.5
-    cfg = tiny_cfg()
     # 6400 training rows in 8 row groups: 4 per rank, 25 full batches of 128 each, 2 epochs
     assert out["rows_seen"] == 2 * 2 * (3200 // cfg.train.batch_size) * cfg.train.batch_size
     settings = Settings(home=home, ctr=cfg)
